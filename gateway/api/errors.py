@@ -1,0 +1,63 @@
+"""The one place where errors become HTTP: OpenAI-style JSON bodies with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway.errors import MethodNotAllowed, NotFound, TurnoutError
+
+log = logging.getLogger("turnout.errors")
+
+
+def error_body(error: TurnoutError) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": error.message,
+                "type": error.error_type,
+                "code": error.code,
+                "param": error.param,
+            }
+        }
+    )
+
+
+def error_response(error: TurnoutError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error_body(error),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _turnout_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, TurnoutError)
+    return error_response(error)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed here."))
+    if error.status_code == 404:
+        return error_response(NotFound(f"No endpoint {request.scope['path']}."))
+    generic = TurnoutError(str(error.detail))
+    generic.status = error.status_code
+    return error_response(generic)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error on %s", request.scope["path"])
+    return error_response(TurnoutError("The gateway failed to handle this request."))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(TurnoutError, _turnout_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

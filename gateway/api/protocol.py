@@ -1,0 +1,112 @@
+"""OpenAI request models: what the gateway checks before a body may go upstream.
+
+They mirror OpenAI's (and vLLM's) fields and types so that wrong input fails here with a 422
+naming the field. Fields they do not name pass through untouched, because vLLM accepts many
+sampling extensions (`top_k`, `min_p`, ...), except the ones in `RESERVED_FIELDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Guided-decoding inputs reach vLLM's grammar compilers, which have crashed on hostile input
+# (CVE-2025-48942..48944); the gateway alone decides what goes there (output contracts).
+RESERVED_FIELDS = frozenset(
+    {
+        "guided_json",
+        "guided_regex",
+        "guided_choice",
+        "guided_grammar",
+        "guided_decoding_backend",
+        "guided_whitespace_pattern",
+        "structured_outputs",
+        "lora_request",
+    }
+)
+
+Stop = str | list[str] | None
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ChatMessage(_OpenAIModel):
+    """One message of a conversation; content is text or a list of typed parts."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_OpenAIModel):
+    include_usage: bool | None = None
+
+
+class _SamplingFields(_OpenAIModel):
+    model: Annotated[str, Field(min_length=1)]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: NonNegativeInt | None = None
+    temperature: Annotated[float, Field(ge=0)] | None = None
+    top_p: float | None = None
+    n: PositiveInt | None = None
+    stop: Stop = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """`POST /v1/chat/completions`."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: NonNegativeInt | None = None
+    logprobs: bool | None = None
+    top_logprobs: NonNegativeInt | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class CompletionRequest(_SamplingFields):
+    """`POST /v1/completions`."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: PositiveInt | None = None
+    logprobs: NonNegativeInt | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models`: a route, as clients see it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "turnout"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the gateway itself produces."""
+
+    error: ErrorDetail

@@ -1,0 +1,190 @@
+"""The `turnout` command: demo model, serving, config checks and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gateway.config import BackendConfig, TurnoutConfig, config_json_schema, load_config
+from gateway.errors import TurnoutError
+
+DEFAULT_CONFIG = Path("turnout.yaml")
+DEFAULT_LOG_DIR = Path(".turnout/logs")
+
+
+def _with_overrides(
+    config: TurnoutConfig, *, host: str | None = None, port: int | None = None
+) -> TurnoutConfig:
+    server = config.server.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    return config.model_copy(update={"server": server})
+
+
+def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None:
+    from gateway.routing import build_routing_table
+
+    origin = f"http://{config.server.host}:{config.server.port}"
+    table = build_routing_table(config)
+    print(f"Turnout serves on {origin}  (vLLM at {vllm_url}, log: {log_path})")
+    print("Routes (send the route as `model`):")
+    for route, target in table.targets.items():
+        serves = target.adapter.ref if target.adapter else f"the base model `{config.base_model}`"
+        print(f"  {route:<24} -> {serves}")
+    example = next(iter(table.targets), "ROUTE")
+    body = json.dumps(
+        {"model": example, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
+    )
+    print("Try:")
+    print(f"  curl -s {origin}/v1/chat/completions -H 'content-type: application/json' -d '{body}'")
+    print("Ctrl-C stops the gateway and vLLM.", flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gateway.embedded import EmbeddedVllm, adapter_paths, free_port, vllm_command
+    from gateway.routing import build_routing_table
+    from gateway.server import uvicorn_server
+
+    config = _with_overrides(load_config(args.config), port=args.port)
+    model = Path(config.embedded.model)
+    if not model.is_dir():
+        raise TurnoutError(
+            f"No base model at {model}. Generate the demo model with "
+            f"`turnout demo-model {model.parent}` or set embedded.model."
+        )
+    table = build_routing_table(config)
+    adapters = adapter_paths(
+        Path(config.adapters.store),
+        sorted((a.served_name, a.ref) for a in table.adapter_versions()),
+    )
+    port = free_port()
+    vllm = EmbeddedVllm(
+        vllm_command(config.embedded, config.base_model, port, adapters),
+        port,
+        args.log_dir / "vllm.log",
+    )
+    print(f"Starting vLLM on port {port} (log: {vllm.log_path}) ...", flush=True)
+    try:
+        vllm.start()
+        vllm.wait_ready(config.embedded.startup_timeout_s)
+        serving = config.model_copy(update={"backends": [BackendConfig(url=vllm.url)]})
+        _print_welcome(serving, vllm.url, vllm.log_path)
+        uvicorn_server(serving).run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("Stopping vLLM ...", flush=True)
+        vllm.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import uvicorn_server
+
+    config = _with_overrides(load_config(args.config), host=args.host, port=args.port)
+    if not config.backends:
+        raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
+    uvicorn_server(config).run()
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: OK ({len(config.routes)} routes, {len(config.backends)} backends)")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_json_schema(), indent=2))
+    return 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    from adapters.demo import DEMO_ADAPTERS, DEMO_VERSION, DemoModelSpec, write_demo_model
+
+    write_demo_model(args.dir, DemoModelSpec(seed=args.seed))
+    names = ", ".join(f"{name}@{DEMO_VERSION}" for name in DEMO_ADAPTERS)
+    print(f"Wrote the demo base model to {args.dir / 'base'} and adapters {names}")
+    return 0
+
+
+def cmd_bench_overhead(args: argparse.Namespace) -> int:
+    from gateway.bench.overhead import run_overhead_benchmark
+
+    report = run_overhead_benchmark(
+        upstream=args.upstream,
+        duration_s=args.duration,
+        config_path=args.config,
+    )
+    if args.json:
+        for level in report:
+            print(json.dumps(level))
+    else:
+        for level in report:
+            print(json.dumps(level, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start a local vLLM and the gateway in front of it")
+    up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    up.add_argument("--port", type=int, help="gateway port (default: server.port)")
+    up.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR)
+    up.set_defaults(run=cmd_up)
+
+    serve = commands.add_parser("serve", help="run the gateway against the configured backends")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=cmd_serve)
+
+    config = commands.add_parser("config", help="check a config file or print its JSON Schema")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=cmd_config_check)
+    schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(run=cmd_config_schema)
+
+    demo = commands.add_parser("demo-model", help="write the tiny demo model and adapters")
+    demo.add_argument("dir", type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo_model)
+
+    bench = commands.add_parser("bench", help="benchmarks that print JSON")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    overhead = bench_commands.add_parser(
+        "overhead", help="gateway cost against the same upstream called directly"
+    )
+    overhead.add_argument("--upstream", choices=["stub", "vllm"], default="stub")
+    overhead.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    overhead.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="for --upstream vllm: the model"
+    )
+    overhead.add_argument("--json", action="store_true", help="one JSON object per line")
+    overhead.set_defaults(run=cmd_bench_overhead)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        code: int = args.run(args)
+    except TurnoutError as error:
+        print(f"turnout: {error.message}", file=sys.stderr)
+        return 2
+    except FileExistsError as error:
+        print(f"turnout: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

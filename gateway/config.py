@@ -1,0 +1,164 @@
+"""The YAML configuration: one pydantic model tree, loading, and errors that name the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from gateway.errors import ConfigError
+
+# Names reach vLLM and HTTP headers: keep them to a charset that needs no escaping anywhere.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ADAPTER_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+
+RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(StrictModel):
+    """Where the gateway listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="413 above this")
+
+
+class BackendConfig(StrictModel):
+    """One vLLM server of the shared base model."""
+
+    url: str = Field(description="http(s)://host:port of a vLLM OpenAI-compatible server")
+
+    @field_validator("url")
+    @classmethod
+    def _http_origin(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?", url):
+            raise ValueError("must be an http(s) origin such as http://127.0.0.1:8000 (no path)")
+        return url.rstrip("/")
+
+
+class TimeoutsConfig(StrictModel):
+    """Upstream time limits; past them the client gets 504 (or an SSE error once streaming)."""
+
+    connect_s: float = Field(default=5.0, gt=0)
+    response_s: float = Field(
+        default=600.0, gt=0, description="whole answer, or the stream's headers"
+    )
+    stream_idle_s: float = Field(default=60.0, gt=0, description="longest gap between chunks")
+
+
+class AdaptersConfig(StrictModel):
+    """Where adapter versions live: `<store>/<name>/<version>/`."""
+
+    store: str = "./.turnout/demo/adapters"
+
+
+class RouteConfig(StrictModel):
+    """What a client-visible model name serves."""
+
+    stable: AdapterRef | None = Field(
+        default=None, description="adapter version `name@version`; omit for the bare base model"
+    )
+
+
+class EmbeddedConfig(StrictModel):
+    """The local vLLM that `turnout up` starts (ignored by `turnout serve`)."""
+
+    model: str = "./.turnout/demo/base"
+    dtype: str | None = Field(
+        default=None, description="None: float32 on the CPU build of vLLM, auto on CUDA"
+    )
+    gpu_memory_utilization: float = Field(default=0.25, gt=0, le=1)
+    max_lora_rank: int = Field(default=16, gt=0)
+    max_loras: int = Field(default=4, gt=0)
+    max_model_len: int | None = Field(default=None, gt=0)
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class TurnoutConfig(StrictModel):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    base_model: RouteName = Field(default="tiny", description="the name vLLM serves the base under")
+    backends: list[BackendConfig] = Field(default_factory=list)
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    adapters: AdaptersConfig = AdaptersConfig()
+    routes: dict[RouteName, RouteConfig] = Field(default_factory=dict)
+    embedded: EmbeddedConfig = EmbeddedConfig()
+
+
+def _key_path(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location) or "(top level)"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each starting with the dotted key it is about."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif problem["type"] == "string_pattern_mismatch":
+            message = f"{problem['input']!r} is not a valid name (letters, digits, . _ - ; @ between name and version)"
+        lines.append(f"{_key_path(problem['loc'])}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, source: str = "config") -> TurnoutConfig:
+    """Validate an already-parsed YAML document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return TurnoutConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}:\n{describe_validation_error(error)}") from None
+
+
+def _relative_to(folder: Path, location: str) -> str:
+    if "://" in location or Path(location).is_absolute():
+        return location
+    return str((folder / location).resolve())
+
+
+def load_config(path: Path) -> TurnoutConfig:
+    """Read and validate a YAML config file; relative paths in it are relative to the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    config = parse_config(raw, source=str(path))
+    folder = path.resolve().parent
+    return config.model_copy(
+        update={
+            "adapters": config.adapters.model_copy(
+                update={"store": _relative_to(folder, config.adapters.store)}
+            ),
+            "embedded": config.embedded.model_copy(
+                update={"model": _relative_to(folder, config.embedded.model)}
+            ),
+        }
+    )
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, for editors."""
+    schema = TurnoutConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Turnout configuration"
+    return schema

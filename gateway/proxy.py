@@ -1,0 +1,129 @@
+"""Forward one resolved inference request to a backend and give back the client's view of it.
+
+The client named a route; vLLM knows the adapter version under its own name. Requests go up
+with `model` set to vLLM's name, answers come back with it set to the route again: in one JSON
+document, or in every SSE event of a stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
+from gateway.errors import TurnoutError
+from gateway.routing import Target
+from monitoring import metrics
+
+
+@dataclass(frozen=True, slots=True)
+class ModelNameRewrite:
+    """Swaps vLLM's model name for the route's in answer bytes.
+
+    A byte replace is exact here: inside a JSON string every quote is escaped, so the unescaped
+    sequence `"model":"<name>"` can only be the document's own `model` member, and both names
+    are restricted to characters that JSON never escapes.
+    """
+
+    upstream: bytes
+    client: bytes
+
+    @classmethod
+    def for_target(cls, target: Target) -> ModelNameRewrite:
+        return cls(
+            upstream=b'"model":"' + target.served_model.encode() + b'"',
+            client=b'"model":"' + target.route.encode() + b'"',
+        )
+
+    def apply(self, data: bytes) -> bytes:
+        return data.replace(self.upstream, self.client)
+
+
+def upstream_body(fields: dict[str, Any], target: Target) -> bytes:
+    """The request body as vLLM must see it: the client's fields with vLLM's model name."""
+    fields["model"] = target.served_model
+    return orjson.dumps(fields)
+
+
+def sse_error_event(error: TurnoutError) -> bytes:
+    """An SSE event the OpenAI clients raise as an APIError: how a started stream fails."""
+    payload = {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An upstream stream that answered 200; the caller must close `resources`."""
+
+    content_type: str
+    events: AsyncIterator[bytes]
+    resources: AsyncExitStack
+
+
+class InferenceProxy:
+    """Sends requests for resolved targets to the backend pool."""
+
+    def __init__(self, client: UpstreamClient, pool: BackendPool) -> None:
+        self._client = client
+        self._pool = pool
+
+    async def complete(
+        self, target: Target, path: str, fields: dict[str, Any], request_id: str
+    ) -> UpstreamReply:
+        backend = self._pool.pick()
+        try:
+            reply = await self._client.post(
+                backend + path, upstream_body(fields, target), request_id
+            )
+        except TurnoutError as error:
+            metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
+            raise
+        body = ModelNameRewrite.for_target(target).apply(reply.body)
+        return UpstreamReply(status=reply.status, content_type=reply.content_type, body=body)
+
+    async def open_stream(
+        self, target: Target, path: str, fields: dict[str, Any], request_id: str
+    ) -> OpenStream | UpstreamReply:
+        """The open stream, or the whole answer when vLLM refused to stream (an error status)."""
+        backend = self._pool.pick()
+        resources = AsyncExitStack()
+        try:
+            upstream = await resources.enter_async_context(
+                self._client.stream(backend + path, upstream_body(fields, target), request_id)
+            )
+        except TurnoutError as error:
+            metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
+            await resources.aclose()
+            raise
+        rewrite = ModelNameRewrite.for_target(target)
+        if upstream.status != 200:
+            async with resources:
+                body = await upstream.read()
+            return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(body))
+        events = _rewritten_events(upstream, rewrite, backend)
+        return OpenStream(upstream.content_type, events, resources)
+
+
+async def _rewritten_events(
+    upstream: UpstreamStream, rewrite: ModelNameRewrite, backend: str
+) -> AsyncIterator[bytes]:
+    """Whole SSE events with the model name rewritten; a transport failure ends in an error event."""
+    pending = b""
+    try:
+        async for chunk in upstream.chunks():
+            pending += chunk
+            end = pending.rfind(b"\n\n")
+            if end < 0:
+                continue
+            complete, pending = pending[: end + 2], pending[end + 2 :]
+            yield rewrite.apply(complete)
+    except TurnoutError as error:
+        metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
+        yield sse_error_event(error)
+        return
+    if pending:
+        yield rewrite.apply(pending)
