@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.api.asgi import GatewayASGI
 from gateway.api.errors import install_error_handlers
-from gateway.api.openai import openai_router
+from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.ops import ops_router
 from gateway.backends import AiohttpUpstream, BackendPool, UpstreamClient
 from gateway.config import TurnoutConfig
 from gateway.proxy import InferenceProxy
 from gateway.routing import PublishedTable, build_routing_table
 
-def create_app(config: TurnoutConfig, client: UpstreamClient | None = None) -> FastAPI:
+
+def create_app(config: TurnoutConfig, client: UpstreamClient | None = None) -> GatewayASGI:
     """The gateway for `config`; its backends must be set (the CLI checks, with a clear error)."""
     pool = BackendPool([backend.url for backend in config.backends])
     table = PublishedTable(build_routing_table(config))
@@ -24,15 +27,22 @@ def create_app(config: TurnoutConfig, client: UpstreamClient | None = None) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
+        # Everything allocated so far lives for the whole process; freezing it keeps full
+        # garbage collections from walking it, which took p99 latency from 3 ms to 40 ms.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await upstream.close()
 
-    app = FastAPI(title="Turnout", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    install_error_handlers(app)
-    app.include_router(
-        openai_router(table, InferenceProxy(upstream, pool), config.server.max_body_bytes)
+    api = FastAPI(
+        title="Turnout", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
-    app.include_router(ops_router(pool, upstream))
-    return app
+    install_error_handlers(api)
+    api.include_router(models_router(table))
+    api.include_router(ops_router(pool, upstream))
+    inference = InferenceEndpoints(
+        table, InferenceProxy(upstream, pool), config.server.max_body_bytes
+    )
+    return GatewayASGI(inference, api)

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -109,7 +116,10 @@ def describe_validation_error(error: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
         elif problem["type"] == "string_pattern_mismatch":
-            message = f"{problem['input']!r} is not a valid name (letters, digits, . _ - ; @ between name and version)"
+            message = (
+                f"{problem['input']!r} is not a valid name: letters, digits, '.', '_', '-'"
+                " (and one '@' between an adapter's name and version)"
+            )
         lines.append(f"{_key_path(problem['loc'])}: {message}")
     return "\n".join(lines)
 

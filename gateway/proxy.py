@@ -111,7 +111,7 @@ class InferenceProxy:
 async def _rewritten_events(
     upstream: UpstreamStream, rewrite: ModelNameRewrite, backend: str
 ) -> AsyncIterator[bytes]:
-    """Whole SSE events with the model name rewritten; a transport failure ends in an error event."""
+    """Whole SSE events, model name rewritten; a transport failure ends in an error event."""
     pending = b""
     try:
         async for chunk in upstream.chunks():

@@ -6,7 +6,22 @@ from prometheus_client import Counter, Histogram
 
 # LLM answers take from milliseconds (cached, short) to minutes (long generations on a CPU).
 LATENCY_BUCKETS_S = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    320.0,
 )
 
 # `route` is only ever a configured route name (or "unknown"), `version` an adapter version or

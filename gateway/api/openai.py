@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.errors import error_response
 from gateway.api.protocol import (
     RESERVED_FIELDS,
     ChatCompletionRequest,
@@ -27,6 +28,7 @@ from gateway.errors import (
     BodyTooLarge,
     InvalidJSON,
     InvalidRequest,
+    MethodNotAllowed,
     RequestValidationFailed,
     TurnoutError,
 )
@@ -74,7 +76,10 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> dict[str, Any]:
 
 def request_id_of(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    if _REQUEST_ID.fullmatch(given):
+        return given
+    # Unique, not secret: the Mersenne Twister costs no system call, unlike os.urandom.
+    return f"{random.getrandbits(128):032x}"
 
 
 def _version_label(target: Target | None) -> str:
@@ -115,61 +120,69 @@ class ProxiedStreamResponse(StreamingResponse):
             self._on_close()
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+class InferenceEndpoints:
+    """ASGI app for `POST /v1/chat/completions` and `POST /v1/completions`.
+
+    A bare ASGI callable rather than FastAPI routes: the framework's routing, dependency and
+    middleware layers cost a third of the gateway's CPU per request (docs/performance.md).
+    """
+
+    def __init__(self, table: PublishedTable, proxy: InferenceProxy, max_body_bytes: int) -> None:
+        self._table = table
+        self._proxy = proxy
+        self._max_body_bytes = max_body_bytes
+        self.models: dict[str, type[BaseModel]] = {
+            "/v1/chat/completions": ChatCompletionRequest,
+            "/v1/completions": CompletionRequest,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
+            response = await self._forward(request, scope["path"])
+        except TurnoutError as error:
+            response = error_response(error)
+        await response(scope, receive, send)
+
+    async def _forward(self, request: Request, path: str) -> Response:
+        started = time.perf_counter()
+        target: Target | None = None
+        try:
+            fields = parse_request(
+                await read_body(request, self._max_body_bytes), self.models[path]
+            )
+            target = self._table.current.resolve(fields["model"])
+            request_id = request_id_of(request)
+            headers = _turnout_headers(target, request_id)
+            if fields.get("stream") is True:
+                opened = await self._proxy.open_stream(target, path, fields, request_id)
+            else:
+                opened = await self._proxy.complete(target, path, fields, request_id)
+        except TurnoutError as error:
+            _record(target, error.status, started)
+            raise
+        if isinstance(opened, UpstreamReply):
+            _record(target, opened.status, started)
+            return Response(
+                opened.body,
+                status_code=opened.status,
+                media_type=opened.content_type,
+                headers=headers,
+            )
+        resolved = target
+
+        def on_close() -> None:
+            _record(resolved, 200, started)
+
+        return ProxiedStreamResponse(opened, headers, on_close)
 
 
-def openai_router(table: PublishedTable, proxy: InferenceProxy, max_body_bytes: int) -> APIRouter:
-    """`/v1/chat/completions`, `/v1/completions` and `/v1/models` over the given table and proxy."""
+def models_router(table: PublishedTable) -> APIRouter:
+    """`GET /v1/models`: the routes, as OpenAI model cards."""
     router = APIRouter()
     created = int(time.time())
-
-    def forwarding(path: str, model: type[BaseModel]) -> Handler:
-        async def handle(request: Request) -> Response:
-            started = time.perf_counter()
-            target: Target | None = None
-            try:
-                fields = parse_request(await read_body(request, max_body_bytes), model)
-                target = table.current.resolve(fields["model"])
-                request_id = request_id_of(request)
-                headers = _turnout_headers(target, request_id)
-                if fields.get("stream") is True:
-                    opened = await proxy.open_stream(target, path, fields, request_id)
-                else:
-                    opened = await proxy.complete(target, path, fields, request_id)
-            except TurnoutError as error:
-                _record(target, error.status, started)
-                raise
-            if isinstance(opened, UpstreamReply):
-                _record(target, opened.status, started)
-                return Response(
-                    opened.body,
-                    status_code=opened.status,
-                    media_type=opened.content_type,
-                    headers=headers,
-                )
-            resolved = target
-
-            def on_close() -> None:
-                _record(resolved, 200, started)
-
-            return ProxiedStreamResponse(opened, headers, on_close)
-
-        return handle
-
-    router.add_api_route(
-        "/v1/chat/completions",
-        forwarding("/v1/chat/completions", ChatCompletionRequest),
-        methods=["POST"],
-        response_class=Response,
-        summary="Create a chat completion through a route",
-    )
-    router.add_api_route(
-        "/v1/completions",
-        forwarding("/v1/completions", CompletionRequest),
-        methods=["POST"],
-        response_class=Response,
-        summary="Create a text completion through a route",
-    )
 
     async def list_models() -> ModelList:
         return ModelList(

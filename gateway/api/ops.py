@@ -32,6 +32,10 @@ def ops_router(pool: BackendPool, client: UpstreamClient) -> APIRouter:
     router.add_api_route("/healthz", healthz, methods=["GET"], summary="The process is up")
     router.add_api_route("/readyz", readyz, methods=["GET"], summary="A backend answers")
     router.add_api_route(
-        "/metrics", metrics_text, methods=["GET"], summary="Prometheus metrics", response_class=Response
+        "/metrics",
+        metrics_text,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
     )
     return router

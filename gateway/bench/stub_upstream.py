@@ -30,9 +30,17 @@ def _completion(model: bytes, chat: bool) -> bytes:
         choice = b'{"index":0,"text":"' + _TEXT.encode() + b'","finish_reason":"stop"}'
         kind = b"text_completion"
     return (
-        b'{"id":"cmpl-stub","object":"' + kind + b'","created":'
+        b'{"id":"cmpl-stub","object":"'
+        + kind
+        + b'","created":'
         + str(int(time.time())).encode()
-        + b',"model":"' + model + b'","choices":[' + choice + b"]," + _USAGE + b"}"
+        + b',"model":"'
+        + model
+        + b'","choices":['
+        + choice
+        + b"],"
+        + _USAGE
+        + b"}"
     )
 
 
@@ -47,8 +55,13 @@ def _stream_events(model: bytes, chat: bool) -> bytes:
             choice = b'{"index":0,"text":"' + piece + b'","finish_reason":null}'
             kind = b"text_completion"
         events.append(
-            b'data: {"id":"cmpl-stub","object":"' + kind + b'","model":"' + model
-            + b'","choices":[' + choice + b"]}\n\n"
+            b'data: {"id":"cmpl-stub","object":"'
+            + kind
+            + b'","model":"'
+            + model
+            + b'","choices":['
+            + choice
+            + b"]}\n\n"
         )
     events.append(b"data: [DONE]\n\n")
     return b"".join(events)
@@ -113,3 +126,19 @@ async def serve_stub_upstream(host: str, port: int) -> None:
     server = await loop.create_server(StubUpstreamProtocol, host, port, backlog=1024)
     async with server:
         await server.serve_forever()
+
+
+def main() -> None:
+    import argparse
+
+    import uvloop
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvloop.run(serve_stub_upstream(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""`turnout bench overhead`: the gateway's added latency and throughput against the same upstream.
+
+In one run, for concurrency 1 and 16, wrk calls the upstream directly and then through a
+gateway (one worker) in front of it. The upstream is the instant stub (the gateway's own cost)
+or the real vLLM with the demo model. With two or more CPUs the gateway gets CPU 0 and wrk and
+the stub share CPU 1, so the load generator does not steal the gateway's core.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from gateway.bench.wrk import LoadResult, run_wrk
+from gateway.config import load_config
+from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+
+CONCURRENCY_LEVELS = (1, 16)
+ROUTE = "bench"
+STUB_ADAPTER = "bench@v1"
+TARGETS = {"added_p50_ms_at_1": 0.5, "added_p99_ms_at_16": 2.0, "gateway_rps_at_16": 3000.0}
+
+
+def _cpus() -> tuple[int | None, int | None]:
+    """(gateway CPU, load CPU): separate cores when there are two."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return available[0], available[1]
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+@contextmanager
+def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[None]:
+    def pin() -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+
+    process = subprocess.Popen(command, preexec_fn=pin, stdout=subprocess.DEVNULL)
+    try:
+        _wait_http(ready_url, 60)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _gateway_command(
+    folder: Path, upstream_url: str, route_target: str | None, port: int
+) -> list[str]:
+    config = {
+        "server": {"port": port},
+        "backends": [{"url": upstream_url}],
+        "routes": {ROUTE: {"stable": route_target} if route_target else {}},
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+
+
+def _body(model: str, max_tokens: int) -> bytes:
+    return orjson.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Summarise: the order arrived late."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+    )
+
+
+def _level_report(
+    concurrency: int, upstream: str, direct: LoadResult, gateway: LoadResult
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "concurrency": concurrency,
+        "upstream": upstream,
+        "direct": direct.as_dict(),
+        "gateway": gateway.as_dict(),
+        "added_p50_ms": round(gateway.p50_ms - direct.p50_ms, 3),
+        "added_p99_ms": round(gateway.p99_ms - direct.p99_ms, 3),
+        "gateway_rps_ratio": round(gateway.requests_per_s / direct.requests_per_s, 3),
+    }
+    if upstream == "stub" and concurrency == 1:
+        report["target_added_p50_ms"] = TARGETS["added_p50_ms_at_1"]
+        report["meets_target"] = report["added_p50_ms"] <= TARGETS["added_p50_ms_at_1"]
+    if upstream == "stub" and concurrency == 16:
+        report["target_added_p99_ms"] = TARGETS["added_p99_ms_at_16"]
+        report["target_gateway_rps"] = TARGETS["gateway_rps_at_16"]
+        report["meets_target"] = (
+            report["added_p99_ms"] <= TARGETS["added_p99_ms_at_16"]
+            and gateway.requests_per_s >= TARGETS["gateway_rps_at_16"]
+        )
+    return report
+
+
+def _measure(
+    direct_url: str, direct_model: str, gateway_url: str, max_tokens: int,
+    duration_s: float, load_cpu: int | None, upstream: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    direct_body = _body(direct_model, max_tokens)
+    gateway_body = _body(ROUTE, max_tokens)
+    # Warm both paths (connection pools, caches) before anything is recorded.
+    run_wrk(direct_url, direct_body, 16, 2, load_cpu)
+    run_wrk(gateway_url, gateway_body, 16, 2, load_cpu)
+    reports = []
+    for concurrency in CONCURRENCY_LEVELS:
+        direct = run_wrk(direct_url, direct_body, concurrency, duration_s, load_cpu)
+        gateway = run_wrk(gateway_url, gateway_body, concurrency, duration_s, load_cpu)
+        reports.append(_level_report(concurrency, upstream, direct, gateway))
+    return reports
+
+
+def run_overhead_benchmark(
+    upstream: str, duration_s: float, config_path: Path
+) -> list[dict[str, Any]]:
+    """One report per concurrency level; see the module docstring for the set-up."""
+    gateway_cpu, load_cpu = _cpus()
+    gateway_port = free_port()
+    path = "/v1/chat/completions"
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
+        folder = Path(scratch)
+        if upstream == "stub":
+            upstream_port = free_port()
+            upstream_url = f"http://127.0.0.1:{upstream_port}"
+            running.enter_context(
+                _process(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway.bench.stub_upstream",
+                        "--port",
+                        str(upstream_port),
+                    ],
+                    load_cpu,
+                    f"{upstream_url}/health",
+                )
+            )
+            direct_model, route_target, max_tokens = STUB_ADAPTER, STUB_ADAPTER, 16
+        else:
+            config = load_config(config_path)
+            upstream_port = free_port()
+            vllm = EmbeddedVllm(
+                vllm_command(config.embedded, config.base_model, upstream_port, {}),
+                upstream_port,
+                folder / "vllm.log",
+            )
+            vllm.start()
+            running.callback(vllm.stop)
+            vllm.wait_ready(config.embedded.startup_timeout_s)
+            upstream_url = vllm.url
+            direct_model, route_target, max_tokens = config.base_model, None, 16
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        running.enter_context(
+            _process(
+                _gateway_command(folder, upstream_url, route_target, gateway_port),
+                gateway_cpu,
+                f"{gateway_url}/healthz",
+            )
+        )
+        return _measure(
+            upstream_url + path, direct_model, gateway_url + path, max_tokens,
+            duration_s, load_cpu, upstream,
+        )  # fmt: skip
