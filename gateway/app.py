@@ -12,7 +12,7 @@ from gateway.api.asgi import GatewayASGI
 from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.ops import ops_router
-from gateway.backends import AiohttpUpstream, BackendPool, UpstreamClient
+from gateway.backends import BackendPool, Http1Upstream, UpstreamClient
 from gateway.config import TurnoutConfig
 from gateway.proxy import InferenceProxy
 from gateway.routing import PublishedTable, build_routing_table
@@ -22,7 +22,7 @@ def create_app(config: TurnoutConfig, client: UpstreamClient | None = None) -> G
     """The gateway for `config`; its backends must be set (the CLI checks, with a clear error)."""
     pool = BackendPool([backend.url for backend in config.backends])
     table = PublishedTable(build_routing_table(config))
-    upstream: UpstreamClient = client or AiohttpUpstream(config.timeouts)
+    upstream: UpstreamClient = client or Http1Upstream(config.timeouts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,8 +1,9 @@
 """The pooled async HTTP client to vLLM backends: forward a body, stream an answer, probe health.
 
-The client is aiohttp behind the small `UpstreamClient` interface: measured against httpx on
-this machine it was about 15 times faster under concurrency (docs/performance.md). Transport
-failures become `BackendUnavailable` (502) or `BackendTimeout` (504) here and nowhere else.
+The client sits behind the small `UpstreamClient` interface; the one in use is Turnout's own
+HTTP/1.1 pool (`gateway.http1`), chosen over aiohttp and httpx by measurement
+(docs/performance.md). Transport failures become `BackendUnavailable` (502) or
+`BackendTimeout` (504) here and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
+from gateway import http1
 from gateway.config import TimeoutsConfig
 from gateway.errors import BackendTimeout, BackendUnavailable, TurnoutError
 
-_JSON_HEADERS = {"content-type": "application/json"}
+_JSON_HEADERS = b"content-type: application/json\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +49,19 @@ class UpstreamStream(Protocol):
 class UpstreamClient(Protocol):
     """What the data plane needs from an HTTP client."""
 
-    async def post(self, url: str, body: bytes, request_id: str) -> UpstreamReply: ...
+    async def post(self, backend: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
+        """POST `body` to `backend + path` and read the whole answer."""
+        ...
 
     def stream(
-        self, url: str, body: bytes, request_id: str
-    ) -> AbstractAsyncContextManager[UpstreamStream]: ...
+        self, backend: str, path: str, body: bytes, request_id: str
+    ) -> AbstractAsyncContextManager[UpstreamStream]:
+        """POST and hold the answer open while its body arrives."""
+        ...
 
-    async def probe(self, url: str, timeout_s: float) -> bool: ...
+    async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
+        """Whether `GET backend + path` answers 200 within `timeout_s`."""
+        ...
 
     async def start(self) -> None:
         """Open connection pools; called inside the server's event loop."""
@@ -64,102 +70,107 @@ class UpstreamClient(Protocol):
     async def close(self) -> None: ...
 
 
-def _transport_error(error: BaseException, url: str) -> TurnoutError:
+def _transport_error(error: BaseException, backend: str) -> TurnoutError:
     if isinstance(error, TimeoutError):
-        return BackendTimeout(f"The backend {url} did not answer in time.")
-    return BackendUnavailable(f"The backend {url} is unavailable: {type(error).__name__}.")
+        return BackendTimeout(f"The backend {backend} did not answer in time.")
+    return BackendUnavailable(f"The backend {backend} is unavailable: {type(error).__name__}.")
 
 
-class _AiohttpStream:
-    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+class _Http1Stream:
+    def __init__(self, response: http1.Response, backend: str, idle_timeout_s: float) -> None:
         self._response = response
-        self._url = url
+        self._backend = backend
+        self._idle_timeout_s = idle_timeout_s
         self.status = response.status
-        self.content_type = response.headers.get("content-type", "application/json")
+        self.content_type = _content_type(response)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise _transport_error(error, self._url) from error
+        source = self._response.chunks()
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout_s):
+                    chunk = await anext(source, None)
+            except (OSError, TimeoutError) as error:
+                raise _transport_error(error, self._backend) from error
+            if chunk is None:
+                return
+            yield chunk
 
     async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+
+def _content_type(response: http1.Response) -> str:
+    return response.headers.get(b"content-type", b"application/json").decode("latin-1")
+
+
+class Http1Upstream:
+    """`UpstreamClient` over Turnout's own keep-alive HTTP/1.1 pool (`gateway.http1`)."""
+
+    def __init__(self, timeouts: TimeoutsConfig) -> None:
+        self._timeouts = timeouts
+        self._pool = http1.ConnectionPool(connect_timeout_s=timeouts.connect_s)
+        self._origins: dict[str, http1.Origin] = {}
+
+    def _origin(self, backend: str) -> http1.Origin:
+        origin = self._origins.get(backend)
+        if origin is None:
+            origin = self._origins[backend] = http1.Origin.parse(backend)
+        return origin
+
+    async def post(self, backend: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
+        headers = _JSON_HEADERS + b"x-request-id: " + request_id.encode() + b"\r\n"
+        response: http1.Response | None = None
         try:
-            return await self._response.read()
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise _transport_error(error, self._url) from error
-
-
-class AiohttpUpstream:
-    """`UpstreamClient` over one pooled aiohttp session."""
-
-    def __init__(self, timeouts: TimeoutsConfig, max_connections: int = 1024) -> None:
-        self._max_connections = max_connections
-        self._session_or_none: aiohttp.ClientSession | None = None
-        self._whole = aiohttp.ClientTimeout(total=timeouts.response_s, connect=timeouts.connect_s)
-        self._streaming = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect_s, sock_read=timeouts.stream_idle_s
-        )
-
-    async def start(self) -> None:
-        self._session_or_none = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections),
-            auto_decompress=False,
-        )
-
-    @property
-    def _session(self) -> aiohttp.ClientSession:
-        if self._session_or_none is None:
-            raise RuntimeError("AiohttpUpstream.start() was not called")
-        return self._session_or_none
-
-    async def post(self, url: str, body: bytes, request_id: str) -> UpstreamReply:
-        headers = {**_JSON_HEADERS, "x-request-id": request_id}
-        try:
-            async with self._session.post(
-                url, data=body, headers=headers, timeout=self._whole
-            ) as response:
-                payload = await response.read()
-                return UpstreamReply(
-                    status=response.status,
-                    content_type=response.headers.get("content-type", "application/json"),
-                    body=payload,
+            async with asyncio.timeout(self._timeouts.response_s):
+                response = await self._pool.request(
+                    self._origin(backend), b"POST", path, body, headers
                 )
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise _transport_error(error, url) from error
+                payload = await response.read()
+        except (OSError, TimeoutError) as error:
+            raise _transport_error(error, backend) from error
+        finally:
+            if response is not None:
+                response.finish()
+        return UpstreamReply(response.status, _content_type(response), payload)
 
     @asynccontextmanager
-    async def stream(self, url: str, body: bytes, request_id: str) -> AsyncIterator[UpstreamStream]:
-        headers = {**_JSON_HEADERS, "x-request-id": request_id}
+    async def stream(
+        self, backend: str, path: str, body: bytes, request_id: str
+    ) -> AsyncIterator[UpstreamStream]:
+        headers = _JSON_HEADERS + b"x-request-id: " + request_id.encode() + b"\r\n"
         try:
-            response = await self._session.post(
-                url, data=body, headers=headers, timeout=self._streaming
-            )
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise _transport_error(error, url) from error
+            async with asyncio.timeout(self._timeouts.response_s):
+                response = await self._pool.request(
+                    self._origin(backend), b"POST", path, body, headers
+                )
+        except (OSError, TimeoutError) as error:
+            raise _transport_error(error, backend) from error
         try:
-            yield _AiohttpStream(response, url)
+            yield _Http1Stream(response, backend, self._timeouts.stream_idle_s)
         finally:
-            # close(), not release(): an unfinished body means the client went away or failed,
-            # and dropping the connection is what tells vLLM to abort the generation.
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            # An unfinished body means the client went away or the upstream failed: the
+            # connection is dropped, and a dropped connection is what makes vLLM abort.
+            response.finish()
 
-    async def probe(self, url: str, timeout_s: float) -> bool:
+    async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
+        response: http1.Response | None = None
         try:
-            async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                response = await self._pool.request(self._origin(backend), b"GET", path, b"", b"")
+                await response.read()
+        except (OSError, TimeoutError):
             return False
+        finally:
+            if response is not None:
+                response.finish()
+        return response.status == 200
+
+    async def start(self) -> None:
+        """Nothing to open ahead of time: connections are made on first use."""
 
     async def close(self) -> None:
-        if self._session_or_none is not None:
-            await self._session_or_none.close()
+        self._pool.close()
 
 
 class BackendPool:
@@ -177,6 +188,6 @@ class BackendPool:
     async def probe_all(self, client: UpstreamClient, timeout_s: float) -> dict[str, bool]:
         """Each backend's answer to vLLM's /health, probed concurrently."""
         answers = await asyncio.gather(
-            *(client.probe(f"{url}/health", timeout_s) for url in self.urls)
+            *(client.probe(url, "/health", timeout_s) for url in self.urls)
         )
         return dict(zip(self.urls, answers, strict=True))

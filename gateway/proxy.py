@@ -77,7 +77,7 @@ class InferenceProxy:
         backend = self._pool.pick()
         try:
             reply = await self._client.post(
-                backend + path, upstream_body(fields, target), request_id
+                backend, path, upstream_body(fields, target), request_id
             )
         except TurnoutError as error:
             metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
@@ -93,7 +93,7 @@ class InferenceProxy:
         resources = AsyncExitStack()
         try:
             upstream = await resources.enter_async_context(
-                self._client.stream(backend + path, upstream_body(fields, target), request_id)
+                self._client.stream(backend, path, upstream_body(fields, target), request_id)
             )
         except TurnoutError as error:
             metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
