@@ -1,0 +1,168 @@
+"""Shared fixtures: the demo model, one real vLLM server per session, gateways as real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from adapters.demo import DEMO_ADAPTERS, DEMO_VERSION, write_demo_model
+from gateway.config import EmbeddedConfig
+from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+
+BASE_MODEL = "tiny"
+# The test vLLM reserves a tenth of the RAM for its KV cache: two can run side by side.
+TEST_GPU_MEMORY_UTILIZATION = 0.1
+DEMO_ROUTES: dict[str, dict[str, str]] = {
+    **{name: {"stable": f"{name}@{DEMO_VERSION}"} for name in DEMO_ADAPTERS},
+    "chat": {},
+}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "demo"
+    write_demo_model(folder)
+    return folder
+
+
+def embedded_config(demo_model: Path) -> EmbeddedConfig:
+    return EmbeddedConfig(
+        model=str(demo_model / "base"), gpu_memory_utilization=TEST_GPU_MEMORY_UTILIZATION
+    )
+
+
+@pytest.fixture(scope="session")
+def vllm_url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM (CPU build) serving the demo base model and its three adapters."""
+    port = free_port()
+    adapters = {
+        f"{name}@{DEMO_VERSION}": demo_model / "adapters" / name / DEMO_VERSION
+        for name in DEMO_ADAPTERS
+    }
+    server = EmbeddedVllm(
+        vllm_command(embedded_config(demo_model), BASE_MODEL, port, adapters),
+        port,
+        tmp_path_factory.mktemp("logs") / "vllm.log",
+    )
+    server.start()
+    try:
+        server.wait_ready(timeout_s=300)
+        yield server.url
+    finally:
+        server.stop()
+
+
+def gateway_config(backends: list[str], **sections: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "base_model": BASE_MODEL,
+        "backends": [{"url": url} for url in backends],
+        "routes": DEMO_ROUTES,
+    }
+    config.update(sections)
+    return config
+
+
+@contextmanager
+def running_gateway(config: dict[str, Any], folder: Path) -> Iterator[str]:
+    """`turnout serve` as a real process on a free port; yields its origin."""
+    port = free_port()
+    config = {**config, "server": {**config.get("server", {}), "port": port}}
+    path = folder / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (folder / f"gateway-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and answers(f"{origin}/healthz"), 30, "the gateway"
+        )
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_url(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway in front of the session's vLLM, with every demo route."""
+    with running_gateway(gateway_config([vllm_url]), tmp_path_factory.mktemp("gw")) as origin:
+        yield origin
+
+
+@contextmanager
+def silent_backend() -> Iterator[str]:
+    """A real TCP server that accepts connections and never answers: a hung backend."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def closed_port_url() -> str:
+    """An origin where nothing listens: a backend that is down."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loopback only: a proxy variable from the environment must not reroute test traffic.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
