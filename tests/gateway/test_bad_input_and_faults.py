@@ -50,7 +50,8 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
             "model",
         ),
         (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}],'
+            b' "temperature": "hot"}',
             422,
             "invalid_value",
             "temperature",

@@ -35,7 +35,8 @@ def test_every_route_answers_a_chat_completion_with_its_headers(
     answer = raw.parse()
     assert answer.model == route
     assert answer.choices[0].message.content
-    assert answer.usage is not None and answer.usage.completion_tokens == GREEDY["max_tokens"]
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == GREEDY["max_tokens"]
     assert raw.headers["x-turnout-route"] == route
     expected_adapter = DEMO_ROUTES[route].get("stable")
     assert raw.headers.get("x-turnout-adapter") == expected_adapter

