@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overhead", help="gateway cost against the same upstream called directly"
     )
     overhead.add_argument("--upstream", choices=["stub", "vllm"], default="stub")
-    overhead.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    overhead.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     overhead.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="for --upstream vllm: the model"
     )

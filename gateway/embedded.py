@@ -93,10 +93,13 @@ def _die_with_parent() -> None:
 class EmbeddedVllm:
     """One local vLLM process: start, wait until it answers, stop with its whole group."""
 
-    def __init__(self, command: list[str], port: int, log_path: Path) -> None:
+    def __init__(
+        self, command: list[str], port: int, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.command = command
         self.port = port
         self.log_path = log_path
+        self._extra_env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -109,7 +112,7 @@ class EmbeddedVllm:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **self._extra_env}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self.command,

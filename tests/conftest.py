@@ -124,23 +124,32 @@ def gateway_url(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @contextmanager
-def silent_backend() -> Iterator[str]:
-    """A real TCP server that accepts connections and never answers: a hung backend."""
+def scripted_backend(reply: bytes = b"", then_close: bool = False) -> Iterator[str]:
+    """A real TCP server that reads a request, sends `reply`, then hangs (or closes).
+
+    With no reply it is a backend that accepts and never answers; with the head and first
+    event of an SSE stream it is a backend that stalls or dies mid-stream.
+    """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     accepted: list[socket.socket] = []
     stop = threading.Event()
 
-    def accept() -> None:
+    def serve() -> None:
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                accepted.append(listener.accept()[0])
+                connection = listener.accept()[0]
             except TimeoutError:
                 continue
+            accepted.append(connection)
+            connection.recv(65536)
+            connection.sendall(reply)
+            if then_close:
+                connection.close()
 
-    thread = threading.Thread(target=accept, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"

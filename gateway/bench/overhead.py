@@ -2,8 +2,10 @@
 
 In one run, for concurrency 1 and 16, wrk calls the upstream directly and then through a
 gateway (one worker) in front of it. The upstream is the instant stub (the gateway's own cost)
-or the real vLLM with the demo model. With two or more CPUs the gateway gets CPU 0 and wrk and
-the stub share CPU 1, so the load generator does not steal the gateway's core.
+or the real vLLM with the demo model. With two or more CPUs the processes are pinned so that
+neither side steals the other's core: against the stub, the gateway gets CPU 0 and wrk and the
+stub share CPU 1; against vLLM, whose CPU build spins OpenMP threads on every core it is given,
+vLLM gets CPU 1 to itself and the gateway and wrk share CPU 0.
 """
 
 from __future__ import annotations
@@ -28,17 +30,15 @@ from gateway.config import load_config
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
 
 CONCURRENCY_LEVELS = (1, 16)
+ROUNDS = {"stub": 1, "vllm": 3}
 ROUTE = "bench"
 STUB_ADAPTER = "bench@v1"
 TARGETS = {"added_p50_ms_at_1": 0.5, "added_p99_ms_at_16": 2.0, "gateway_rps_at_16": 3000.0}
 
 
-def _cpus() -> tuple[int | None, int | None]:
-    """(gateway CPU, load CPU): separate cores when there are two."""
+def _two_cpus() -> tuple[int, int] | None:
     available = sorted(os.sched_getaffinity(0))
-    if len(available) < 2:
-        return None, None
-    return available[0], available[1]
+    return (available[0], available[1]) if len(available) >= 2 else None
 
 
 def _wait_http(url: str, timeout_s: float) -> None:
@@ -120,15 +120,23 @@ def _measure(
     direct_url: str, direct_model: str, gateway_url: str, max_tokens: int,
     duration_s: float, load_cpu: int | None, upstream: str,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    direct_body = _body(direct_model, max_tokens)
-    gateway_body = _body(ROUTE, max_tokens)
+    """Direct and gateway runs alternate, in `ROUNDS[upstream]` rounds, so drift in the
+    upstream (a CPU model server warms up and wanders) falls on both sides alike."""
+    bodies = {"direct": _body(direct_model, max_tokens), "gateway": _body(ROUTE, max_tokens)}
+    urls = {"direct": direct_url, "gateway": gateway_url}
     # Warm both paths (connection pools, caches) before anything is recorded.
-    run_wrk(direct_url, direct_body, 16, 2, load_cpu)
-    run_wrk(gateway_url, gateway_body, 16, 2, load_cpu)
+    for side in ("direct", "gateway"):
+        run_wrk(urls[side], bodies[side], 16, 2, load_cpu)
     reports = []
     for concurrency in CONCURRENCY_LEVELS:
-        direct = run_wrk(direct_url, direct_body, concurrency, duration_s, load_cpu)
-        gateway = run_wrk(gateway_url, gateway_body, concurrency, duration_s, load_cpu)
+        runs: dict[str, list[LoadResult]] = {"direct": [], "gateway": []}
+        for round_index in range(ROUNDS[upstream]):
+            order = ("direct", "gateway") if round_index % 2 == 0 else ("gateway", "direct")
+            for side in order:
+                runs[side].append(
+                    run_wrk(urls[side], bodies[side], concurrency, duration_s, load_cpu)
+                )
+        direct, gateway = LoadResult.median(runs["direct"]), LoadResult.median(runs["gateway"])
         reports.append(_level_report(concurrency, upstream, direct, gateway))
     return reports
 
@@ -137,7 +145,11 @@ def run_overhead_benchmark(
     upstream: str, duration_s: float, config_path: Path
 ) -> list[dict[str, Any]]:
     """One report per concurrency level; see the module docstring for the set-up."""
-    gateway_cpu, load_cpu = _cpus()
+    cpus = _two_cpus()
+    gateway_cpu = load_cpu = model_cpu = None
+    if cpus is not None:
+        gateway_cpu = cpus[0]
+        load_cpu, model_cpu = (cpus[1], None) if upstream == "stub" else (cpus[0], cpus[1])
     gateway_port = free_port()
     path = "/v1/chat/completions"
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
@@ -166,6 +178,7 @@ def run_overhead_benchmark(
                 vllm_command(config.embedded, config.base_model, upstream_port, {}),
                 upstream_port,
                 folder / "vllm.log",
+                env={"VLLM_CPU_OMP_THREADS_BIND": str(model_cpu)} if model_cpu is not None else {},
             )
             vllm.start()
             running.callback(vllm.stop)

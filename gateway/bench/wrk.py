@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,16 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     errors: int
+
+    @classmethod
+    def median(cls, results: list[LoadResult]) -> LoadResult:
+        """Each figure's median over several runs (errors are added up)."""
+        return cls(
+            requests_per_s=statistics.median(r.requests_per_s for r in results),
+            p50_ms=statistics.median(r.p50_ms for r in results),
+            p99_ms=statistics.median(r.p99_ms for r in results),
+            errors=sum(r.errors for r in results),
+        )
 
     def as_dict(self) -> dict[str, float | int]:
         return {

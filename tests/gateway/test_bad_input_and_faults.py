@@ -13,7 +13,7 @@ from tests.conftest import (
     closed_port_url,
     gateway_config,
     running_gateway,
-    silent_backend,
+    scripted_backend,
     wait_until,
 )
 
@@ -155,7 +155,7 @@ def test_a_backend_that_is_down_gives_502_and_not_ready(tmp_path: Path) -> None:
 
 
 def test_a_backend_that_is_too_slow_gives_504_after_the_timeout(tmp_path: Path) -> None:
-    with silent_backend() as backend:
+    with scripted_backend() as backend:
         config = gateway_config([backend], timeouts={"response_s": 0.5})
         with running_gateway(config, tmp_path) as origin:
             for stream in (False, True):
@@ -166,6 +166,35 @@ def test_a_backend_that_is_too_slow_gives_504_after_the_timeout(tmp_path: Path) 
                 )
                 assert_openai_error(response, 504, "backend_timeout")
                 assert response.elapsed.total_seconds() < 5
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+FIRST_EVENT = (
+    b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"tiny",'
+    b'"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("then_close", "code"), [(False, "backend_timeout"), (True, "backend_unavailable")]
+)
+def test_a_backend_failing_mid_stream_ends_the_stream_with_an_error_event(
+    tmp_path: Path, then_close: bool, code: str
+) -> None:
+    reply = STREAM_HEAD + b"%x\r\n%s\r\n" % (len(FIRST_EVENT), FIRST_EVENT)
+    with scripted_backend(reply, then_close=then_close) as backend:
+        config = gateway_config([backend], timeouts={"stream_idle_s": 0.5})
+        with running_gateway(config, tmp_path) as origin:
+            api = openai.OpenAI(base_url=f"{origin}/v1", api_key="unused", max_retries=0)
+            stream = api.chat.completions.create(model="chat", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+            first = next(stream)
+            assert first.model == "chat"
+            assert first.choices[0].delta.content == "Hel"
+            with pytest.raises(openai.APIError) as raised:
+                next(stream)
+            assert raised.value.code == code
 
 
 def _vllm_gauge(vllm_url: str, name: str) -> float:
