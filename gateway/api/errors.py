@@ -52,9 +52,14 @@ async def _http_error(request: Request, error: Exception) -> Response:
     return error_response(generic)
 
 
-async def _unexpected_error(request: Request, error: Exception) -> Response:
-    log.exception("unhandled error on %s", request.scope["path"])
+def unexpected_error_response(path: str) -> Response:
+    """A 500 in OpenAI's shape for a bug; call it from an `except` block (it logs the trace)."""
+    log.exception("unhandled error on %s", path)
     return error_response(TurnoutError("The gateway failed to handle this request."))
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    return unexpected_error_response(request.scope["path"])
 
 
 def install_error_handlers(app: FastAPI) -> None:

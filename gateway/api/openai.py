@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.errors import error_response
+from gateway.api.errors import error_response, unexpected_error_response
 from gateway.api.protocol import (
     RESERVED_FIELDS,
     ChatCompletionRequest,
@@ -63,8 +63,9 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> dict[str, Any]:
         raise InvalidJSON(f"The request body is not valid JSON: {error}.") from None
     if not isinstance(fields, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    for name in RESERVED_FIELDS.intersection(fields):
-        raise InvalidRequest(f"The parameter `{name}` is not accepted.", param=name)
+    reserved = sorted(RESERVED_FIELDS.intersection(fields))
+    if reserved:
+        raise InvalidRequest(f"The parameter `{reserved[0]}` is not accepted.", param=reserved[0])
     try:
         model.model_validate(fields)
     except ValidationError as error:
@@ -144,6 +145,8 @@ class InferenceEndpoints:
             response = await self._forward(request, scope["path"])
         except TurnoutError as error:
             response = error_response(error)
+        except Exception:
+            response = unexpected_error_response(scope["path"])
         await response(scope, receive, send)
 
     async def _forward(self, request: Request, path: str) -> Response:
