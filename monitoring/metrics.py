@@ -1,8 +1,14 @@
-"""Every Prometheus metric Turnout exports, defined once (the only module-level singletons)."""
+"""Every Prometheus metric Turnout exports, defined once (the only module-level singletons).
+
+Labels come from a small fixed set whose values come from the config, never from client text:
+`route` (a configured route, or "unknown"), `version` (an adapter version such as
+"support-triage@v3", or "base"), `arm` ("stable" or "candidate"), `backend` (a configured
+backend URL), `result`, `kind`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # LLM answers take from milliseconds (cached, short) to minutes (long generations on a CPU).
 LATENCY_BUCKETS_S = (
@@ -23,22 +29,140 @@ LATENCY_BUCKETS_S = (
     160.0,
     320.0,
 )
+# Adapter loads: a local LoRA loads in tens of milliseconds, a remote one in tens of seconds.
+LOAD_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-# `route` is only ever a configured route name (or "unknown"), `version` an adapter version or
-# "base": both come from the config, never from what a client typed.
+ROUTE_LABELS = ("route", "version", "arm")
+
+# --- the data plane -------------------------------------------------------------------------
 REQUESTS = Counter(
     "turnout_requests_total",
-    "Inference requests answered, by route, adapter version and HTTP status.",
-    ["route", "version", "status"],
+    "Inference requests answered, by route, adapter version, arm and HTTP status.",
+    [*ROUTE_LABELS, "status"],
 )
 REQUEST_DURATION = Histogram(
     "turnout_request_duration_seconds",
     "Time from the request's arrival to the last byte of its answer.",
-    ["route", "version"],
+    ROUTE_LABELS,
     buckets=LATENCY_BUCKETS_S,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "turnout_time_to_first_token_seconds",
+    "Streams only: time from the request's arrival to the first content chunk sent.",
+    ROUTE_LABELS,
+    buckets=LATENCY_BUCKETS_S,
+)
+PROMPT_TOKENS = Counter(
+    "turnout_prompt_tokens_total",
+    "Prompt tokens of answered requests, as the backend counted them.",
+    ROUTE_LABELS,
+)
+COMPLETION_TOKENS = Counter(
+    "turnout_completion_tokens_total",
+    "Completion tokens of answered requests, as the backend counted them.",
+    ROUTE_LABELS,
 )
 UPSTREAM_ERRORS = Counter(
     "turnout_upstream_errors_total",
-    "Failures talking to a backend, by kind (unavailable, timeout).",
+    "Failures talking to a backend, by kind (unavailable, timeout, status).",
     ["backend", "kind"],
+)
+BACKEND_UP = Gauge(
+    "turnout_backend_up",
+    "1 when the backend answered its last health probe, else 0.",
+    ["backend"],
+)
+
+# --- output contracts -----------------------------------------------------------------------
+SCHEMA_VALIDATIONS = Counter(
+    "turnout_schema_validations_total",
+    "Answers checked against the route's JSON Schema, by result (valid, invalid, truncated).",
+    [*ROUTE_LABELS, "result"],
+)
+SCHEMA_RETRIES = Counter(
+    "turnout_schema_retries_total",
+    "Re-asks after an answer broke the route's schema.",
+    ROUTE_LABELS,
+)
+SCHEMA_RETRY_DURATION = Histogram(
+    "turnout_schema_retry_duration_seconds",
+    "Extra time a request spent on schema retries.",
+    ROUTE_LABELS,
+    buckets=LATENCY_BUCKETS_S,
+)
+
+# --- answer signals -------------------------------------------------------------------------
+REFUSAL_CHECKS = Counter(
+    "turnout_refusal_checks_total",
+    "Answers checked by the refusal detector, by result (refusal, answer).",
+    [*ROUTE_LABELS, "result"],
+)
+DRIFT_SCORE = Gauge(
+    "turnout_drift_score",
+    "Divergence of live inputs from the reference profile, by feature and statistic (psi, js).",
+    ["route", "version", "feature", "statistic"],
+)
+
+# --- rollouts -------------------------------------------------------------------------------
+ROLLOUT_WEIGHT = Gauge(
+    "turnout_rollout_weight_percent",
+    "Share of traffic each arm of a route receives, in percent.",
+    ["route", "arm"],
+)
+ROLLOUT_DECISIONS = Counter(
+    "turnout_rollout_decisions_total",
+    "Rollout changes, by decision (start, step, promote, rollback, pause, resume) and cause.",
+    ["route", "decision", "cause"],
+)
+CONFIG_RELOADS = Counter(
+    "turnout_config_reloads_total",
+    "Attempts to apply a changed config file, by result (applied, rejected).",
+    ["result"],
+)
+STATE_STORE_UP = Gauge(
+    "turnout_state_store_up",
+    "1 when the shared rollout state store answers, 0 while serving the last known table.",
+)
+
+# --- adapters on the backends ---------------------------------------------------------------
+ADAPTER_LOADS = Counter(
+    "turnout_adapter_loads_total",
+    "Adapter loads onto a backend, by result (loaded, failed).",
+    ["backend", "result"],
+)
+ADAPTER_UNLOADS = Counter(
+    "turnout_adapter_unloads_total",
+    "Adapters unloaded from a backend because no route uses them any more.",
+    ["backend"],
+)
+ADAPTER_LOAD_DURATION = Histogram(
+    "turnout_adapter_load_duration_seconds",
+    "Time vLLM took to load one adapter.",
+    ["backend"],
+    buckets=LOAD_BUCKETS_S,
+)
+ADAPTERS_RESIDENT = Gauge(
+    "turnout_adapters_resident",
+    "Adapter versions Turnout has loaded on a backend.",
+    ["backend"],
+)
+ADAPTERS_ROUTED = Gauge(
+    "turnout_adapters_routed",
+    "Adapter versions some route can send traffic to.",
+)
+ADAPTER_CAPACITY = Gauge(
+    "turnout_adapter_capacity",
+    "Adapters a backend can keep in memory (vLLM's --max-cpu-loras).",
+    ["backend"],
+)
+
+# --- capture --------------------------------------------------------------------------------
+CAPTURE_RECORDS = Counter(
+    "turnout_capture_records_total",
+    "Capture records offered to the sink, by result (written, dropped).",
+    ["result"],
+)
+CAPTURE_QUEUE_DEPTH = Gauge(
+    "turnout_capture_queue_depth",
+    "Capture records waiting in memory to be written.",
 )

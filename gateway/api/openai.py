@@ -92,8 +92,8 @@ def _version_label(target: Target | None) -> str:
 def _record(target: Target | None, status: int, started: float) -> None:
     route = target.route if target is not None else _UNKNOWN_ROUTE
     version = _version_label(target)
-    metrics.REQUESTS.labels(route, version, str(status)).inc()
-    metrics.REQUEST_DURATION.labels(route, version).observe(time.perf_counter() - started)
+    metrics.REQUESTS.labels(route, version, "stable", str(status)).inc()
+    metrics.REQUEST_DURATION.labels(route, version, "stable").observe(time.perf_counter() - started)
 
 
 def _turnout_headers(target: Target, request_id: str) -> dict[str, str]:
