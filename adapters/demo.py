@@ -16,6 +16,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.base_model import profile_base_model
+from adapters.registry import AdapterRegistry
+from adapters.validate import AdapterLimits
+
 BASE_DIR = "base"
 ADAPTERS_DIR = "adapters"
 DEMO_ADAPTERS: tuple[str, ...] = ("support-triage", "summarize", "sql-writer")
@@ -131,6 +135,7 @@ class DemoModelSpec:
     num_layers: int = 2
     num_heads: int = 4
     max_position_embeddings: int = 2048
+    served_name: str = "tiny"  # the config's `base_model`: the name vLLM serves the base under
 
 
 def _corpus(seed: int, sentences: int = 4000) -> list[str]:
@@ -224,7 +229,7 @@ def _write_adapter(base: Path, out: Path, seed: int) -> None:
 
 
 def write_demo_model(target: Path, spec: DemoModelSpec = DemoModelSpec()) -> None:
-    """Write `target/base` and `target/adapters/<name>/v1` for every demo adapter, atomically.
+    """Write `target/base` and a registry `target/adapters` holding `<name>@v1` of each adapter.
 
     The files are built in a sibling temporary folder and renamed into place, so an interrupted
     run leaves either nothing or a complete model.
@@ -239,10 +244,24 @@ def write_demo_model(target: Path, spec: DemoModelSpec = DemoModelSpec()) -> Non
         base.mkdir()
         _write_tokenizer(base, spec)
         _write_base(base, spec)
+        registry = AdapterRegistry(str(staging / ADAPTERS_DIR))
+        profile = profile_base_model(base, spec.served_name)
+        registry.save_base(profile)
         for index, name in enumerate(DEMO_ADAPTERS):
-            adapter = staging / ADAPTERS_DIR / name / DEMO_VERSION
-            adapter.mkdir(parents=True)
-            _write_adapter(base, adapter, seed=spec.seed * 1000 + index + 1)
+            seed = spec.seed * 1000 + index + 1
+            raw = staging / "raw" / name
+            raw.mkdir(parents=True)
+            _write_adapter(base, raw, seed=seed)
+            registry.push(
+                raw,
+                name,
+                profile,
+                AdapterLimits(max_lora_rank=LORA_RANK),
+                version=DEMO_VERSION,
+                provenance={"source": "turnout demo-model", "seed": seed},
+                created_by="turnout demo-model",
+            )
+        shutil.rmtree(staging / "raw")
         if target.exists():
             target.rmdir()
         os.replace(staging, target)

@@ -17,7 +17,8 @@ from typing import Protocol
 
 from gateway import http1
 from gateway.config import TimeoutsConfig
-from gateway.errors import BackendTimeout, BackendUnavailable, TurnoutError
+from gateway.errors import AdapterNotReady, BackendTimeout, BackendUnavailable, TurnoutError
+from gateway.residency import Residency
 
 _JSON_HEADERS = b"content-type: application/json\r\n"
 
@@ -57,6 +58,10 @@ class UpstreamClient(Protocol):
         self, backend: str, path: str, body: bytes, request_id: str
     ) -> AbstractAsyncContextManager[UpstreamStream]:
         """POST and hold the answer open while its body arrives."""
+        ...
+
+    async def get(self, backend: str, path: str, timeout_s: float) -> UpstreamReply:
+        """`GET backend + path`, whole answer within `timeout_s`."""
         ...
 
     async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
@@ -153,18 +158,25 @@ class Http1Upstream:
             # connection is dropped, and a dropped connection is what makes vLLM abort.
             response.finish()
 
-    async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
+    async def get(self, backend: str, path: str, timeout_s: float) -> UpstreamReply:
         response: http1.Response | None = None
         try:
             async with asyncio.timeout(timeout_s):
                 response = await self._pool.request(self._origin(backend), b"GET", path, b"", b"")
-                await response.read()
-        except (OSError, TimeoutError):
-            return False
+                payload = await response.read()
+        except (OSError, TimeoutError) as error:
+            raise _transport_error(error, backend) from error
         finally:
             if response is not None:
                 response.finish()
-        return response.status == 200
+        return UpstreamReply(response.status, _content_type(response), payload)
+
+    async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
+        try:
+            reply = await self.get(backend, path, timeout_s)
+        except TurnoutError:
+            return False
+        return reply.status == 200
 
     async def start(self) -> None:
         """Nothing to open ahead of time: connections are made on first use."""
@@ -174,16 +186,33 @@ class Http1Upstream:
 
 
 class BackendPool:
-    """The vLLM servers of the base model; hands them out in turn."""
+    """The vLLM servers of the base model; hands out, in turn, those that hold an adapter."""
 
-    def __init__(self, urls: Sequence[str]) -> None:
+    def __init__(self, urls: Sequence[str], residency: Residency) -> None:
         if not urls:
             raise ValueError("at least one backend is needed")
         self.urls = tuple(urls)
+        self.residency = residency
         self._turn = itertools.cycle(self.urls)
 
-    def pick(self) -> str:
-        return next(self._turn)
+    def pick(self, served_adapter: str | None) -> str:
+        """The next backend holding `served_adapter` (None: the bare base model).
+
+        Failing that, a backend whose adapters are unknown (unreachable at the last check): the
+        request then fails as that backend does, or is refused below if it lacks the adapter.
+        """
+        fallback = None
+        for _ in range(len(self.urls)):
+            backend = next(self._turn)
+            if served_adapter is None or self.residency.holds(backend, served_adapter):
+                return backend
+            if fallback is None and self.residency.unknown(backend):
+                fallback = backend
+        if fallback is not None:
+            return fallback
+        raise AdapterNotReady(
+            f"The adapter {served_adapter} is being loaded onto the backends; retry shortly."
+        )
 
     async def probe_all(self, client: UpstreamClient, timeout_s: float) -> dict[str, bool]:
         """Each backend's answer to vLLM's /health, probed concurrently."""

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from adapters import cli as adapters_cli
 from gateway.config import BackendConfig, TurnoutConfig, config_json_schema, load_config
 from gateway.errors import TurnoutError
 
@@ -44,8 +45,7 @@ def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gateway.embedded import EmbeddedVllm, adapter_paths, free_port, vllm_command
-    from gateway.routing import build_routing_table
+    from gateway.embedded import EmbeddedVllm, free_port, vllm_command
     from gateway.server import uvicorn_server
 
     config = _with_overrides(load_config(args.config), port=args.port)
@@ -55,14 +55,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"No base model at {model}. Generate the demo model with "
             f"`turnout demo-model {model.parent}` or set embedded.model."
         )
-    table = build_routing_table(config)
-    adapters = adapter_paths(
-        Path(config.adapters.store),
-        sorted((a.served_name, a.ref) for a in table.adapter_versions()),
-    )
     port = free_port()
     vllm = EmbeddedVllm(
-        vllm_command(config.embedded, config.base_model, port, adapters),
+        vllm_command(config.embedded, config.adapters, config.base_model, port),
         port,
         args.log_dir / "vllm.log",
     )
@@ -128,6 +123,14 @@ def cmd_bench_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_lora(args: argparse.Namespace) -> int:
+    from gateway.bench.lora import run_lora_benchmark
+
+    report = run_lora_benchmark(args.config, args.duration)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo_model)
 
+    adapters_cli.add_commands(commands)
+
     bench = commands.add_parser("bench", help="benchmarks that print JSON")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     overhead = bench_commands.add_parser(
@@ -169,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     overhead.add_argument("--json", action="store_true", help="one JSON object per line")
     overhead.set_defaults(run=cmd_bench_overhead)
+    lora = bench_commands.add_parser(
+        "lora", help="tokens/s on the base and over 1, 3 and 8 adapters; adapter cold load"
+    )
+    lora.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the demo model")
+    lora.add_argument("--duration", type=float, default=20.0, help="seconds per spread")
+    lora.add_argument("--json", action="store_true", help="one JSON object")
+    lora.set_defaults(run=cmd_bench_lora)
     return parser
 
 

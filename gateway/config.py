@@ -16,11 +16,8 @@ from pydantic import (
     field_validator,
 )
 
+from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
 from gateway.errors import ConfigError
-
-# Names reach vLLM and HTTP headers: keep them to a charset that needs no escaping anywhere.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-ADAPTER_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}@[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 
 RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
@@ -64,9 +61,30 @@ class TimeoutsConfig(StrictModel):
 
 
 class AdaptersConfig(StrictModel):
-    """Where adapter versions live: `<store>/<name>/<version>/`."""
+    """The adapter registry, and what the backends accept (their vLLM LoRA flags)."""
 
-    store: str = "./.turnout/demo/adapters"
+    store: str = Field(
+        default="./.turnout/demo/adapters",
+        description="a folder or an fsspec URL such as s3://bucket/prefix (credentials from env)",
+    )
+    backend_path: str | None = Field(
+        default=None,
+        description="the store's folder as the vLLM servers see it; None: the store itself "
+        "(which must then be a local folder)",
+    )
+    max_lora_rank: int = Field(default=16, gt=0, description="vLLM --max-lora-rank")
+    max_loras: int = Field(default=4, gt=0, description="vLLM --max-loras: adapters per batch")
+    max_cpu_loras: int | None = Field(
+        default=None, gt=0, description="vLLM --max-cpu-loras: adapters in memory; None: max_loras"
+    )
+    reconcile_interval_s: float = Field(
+        default=2.0, gt=0, description="how often backends are checked for missing adapters"
+    )
+
+    @property
+    def capacity(self) -> int:
+        """How many adapter versions the backends can keep resident."""
+        return self.max_cpu_loras or self.max_loras
 
 
 class RouteConfig(StrictModel):
@@ -85,8 +103,6 @@ class EmbeddedConfig(StrictModel):
         default=None, description="None: float32 on the CPU build of vLLM, auto on CUDA"
     )
     gpu_memory_utilization: float = Field(default=0.25, gt=0, le=1)
-    max_lora_rank: int = Field(default=16, gt=0)
-    max_loras: int = Field(default=4, gt=0)
     max_model_len: int | None = Field(default=None, gt=0)
     startup_timeout_s: float = Field(default=300.0, gt=0)
     extra_args: list[str] = Field(default_factory=list)

@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.config import EmbeddedConfig
-from gateway.errors import ConfigError, TurnoutError
+from gateway.config import AdaptersConfig, EmbeddedConfig
+from gateway.errors import TurnoutError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -49,22 +49,18 @@ def default_dtype() -> str:
     return "float32"
 
 
-def adapter_paths(store: Path, refs: list[tuple[str, str]]) -> dict[str, Path]:
-    """vLLM name -> folder for each `(served_name, name@version)`; a missing folder is an error."""
-    paths = {}
-    for served_name, ref in refs:
-        name, _, version = ref.partition("@")
-        folder = store / name / version
-        if not (folder / "adapter_config.json").is_file():
-            raise ConfigError(f"adapter {ref}: no adapter_config.json in {folder}")
-        paths[served_name] = folder
-    return paths
-
-
 def vllm_command(
-    config: EmbeddedConfig, served_model: str, port: int, adapters: Mapping[str, Path]
+    config: EmbeddedConfig,
+    limits: AdaptersConfig,
+    served_model: str,
+    port: int,
+    preload: Mapping[str, Path] | None = None,
 ) -> list[str]:
-    """The command line of vLLM's OpenAI server for the base model and these adapters."""
+    """The command line of vLLM's OpenAI server for the base model, with LoRA enabled.
+
+    Turnout loads routed adapters itself at start-up (`adapters.loader`); `preload` (vLLM name
+    -> folder) is for servers that must answer adapter requests without a gateway.
+    """
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", config.model,
@@ -74,14 +70,15 @@ def vllm_command(
         "--dtype", config.dtype or default_dtype(),
         "--gpu-memory-utilization", str(config.gpu_memory_utilization),
         "--enable-lora",
-        "--max-lora-rank", str(config.max_lora_rank),
-        "--max-loras", str(config.max_loras),
+        "--max-lora-rank", str(limits.max_lora_rank),
+        "--max-loras", str(limits.max_loras),
+        "--max-cpu-loras", str(limits.capacity),
         "--disable-uvicorn-access-log",
     ]  # fmt: skip
     if config.max_model_len is not None:
         command += ["--max-model-len", str(config.max_model_len)]
-    if adapters:
-        command += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
+    if preload:
+        command += ["--lora-modules", *(f"{name}={path}" for name, path in preload.items())]
     return command + config.extra_args
 
 

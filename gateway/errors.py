@@ -9,6 +9,7 @@ class TurnoutError(Exception):
     status = 500
     error_type = "server_error"
     code = "internal_error"
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -85,3 +86,12 @@ class BackendTimeout(TurnoutError):
     status = 504
     error_type = "upstream_error"
     code = "backend_timeout"
+
+
+class AdapterNotReady(TurnoutError):
+    """The route's adapter version is not loaded on any reachable backend yet (e.g. a restart)."""
+
+    status = 503
+    error_type = "upstream_error"
+    code = "adapter_not_ready"
+    retry_after_s = 2

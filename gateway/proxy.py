@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
-from gateway.errors import TurnoutError
+from gateway.errors import AdapterNotReady, TurnoutError
 from gateway.routing import Target
 from monitoring import metrics
 
@@ -71,10 +71,19 @@ class InferenceProxy:
         self._client = client
         self._pool = pool
 
+    def _check_adapter_known(self, backend: str, target: Target, status: int) -> None:
+        """A 404 for an adapter means the backend lost it (a restart): never answer from another
+        model; stop sending it there until the loader has reloaded it."""
+        if status == 404 and target.adapter is not None:
+            self._pool.residency.forget(backend, target.served_model)
+            raise AdapterNotReady(
+                f"The adapter {target.adapter.ref} is being reloaded onto {backend}; retry shortly."
+            )
+
     async def complete(
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
     ) -> UpstreamReply:
-        backend = self._pool.pick()
+        backend = self._pool.pick(_served_adapter(target))
         try:
             reply = await self._client.post(
                 backend, path, upstream_body(fields, target), request_id
@@ -82,6 +91,7 @@ class InferenceProxy:
         except TurnoutError as error:
             metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
             raise
+        self._check_adapter_known(backend, target, reply.status)
         body = ModelNameRewrite.for_target(target).apply(reply.body)
         return UpstreamReply(status=reply.status, content_type=reply.content_type, body=body)
 
@@ -89,7 +99,7 @@ class InferenceProxy:
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
     ) -> OpenStream | UpstreamReply:
         """The open stream, or the whole answer when vLLM refused to stream (an error status)."""
-        backend = self._pool.pick()
+        backend = self._pool.pick(_served_adapter(target))
         resources = AsyncExitStack()
         try:
             upstream = await resources.enter_async_context(
@@ -103,9 +113,14 @@ class InferenceProxy:
         if upstream.status != 200:
             async with resources:
                 body = await upstream.read()
+            self._check_adapter_known(backend, target, upstream.status)
             return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(body))
         events = _rewritten_events(upstream, rewrite, backend)
         return OpenStream(upstream.content_type, events, resources)
+
+
+def _served_adapter(target: Target) -> str | None:
+    return target.served_model if target.adapter is not None else None
 
 
 async def _rewritten_events(

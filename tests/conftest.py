@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from adapters.demo import DEMO_ADAPTERS, DEMO_VERSION, write_demo_model
-from gateway.config import EmbeddedConfig
+from gateway.config import AdaptersConfig, EmbeddedConfig
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
 
 BASE_MODEL = "tiny"
@@ -69,7 +69,7 @@ def vllm_url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         for name in DEMO_ADAPTERS
     }
     server = EmbeddedVllm(
-        vllm_command(embedded_config(demo_model), BASE_MODEL, port, adapters),
+        vllm_command(embedded_config(demo_model), AdaptersConfig(), BASE_MODEL, port, adapters),
         port,
         tmp_path_factory.mktemp("logs") / "vllm.log",
     )
@@ -81,12 +81,21 @@ def vllm_url(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         server.stop()
 
 
-def gateway_config(backends: list[str], **sections: Any) -> dict[str, Any]:
+BASE_ROUTE_ONLY = {"chat": {}}
+
+
+def gateway_config(
+    backends: list[str], store: Path | None = None, **sections: Any
+) -> dict[str, Any]:
+    """A gateway config for `backends`: the demo routes (whose adapters live in `store`), or
+    with `store=None` only the bare-base route `chat`."""
     config: dict[str, Any] = {
         "base_model": BASE_MODEL,
         "backends": [{"url": url} for url in backends],
-        "routes": DEMO_ROUTES,
+        "routes": DEMO_ROUTES if store is not None else BASE_ROUTE_ONLY,
     }
+    if store is not None:
+        config["adapters"] = {"store": str(store)}
     config.update(sections)
     return config
 
@@ -117,9 +126,12 @@ def running_gateway(config: dict[str, Any], folder: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway_url(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def gateway_url(
+    vllm_url: str, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The gateway in front of the session's vLLM, with every demo route."""
-    with running_gateway(gateway_config([vllm_url]), tmp_path_factory.mktemp("gw")) as origin:
+    config = gateway_config([vllm_url], demo_model / "adapters")
+    with running_gateway(config, tmp_path_factory.mktemp("gw")) as origin:
         yield origin
 
 

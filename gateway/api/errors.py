@@ -28,6 +28,8 @@ def error_body(error: TurnoutError) -> bytes:
 
 
 def error_response(error: TurnoutError, headers: dict[str, str] | None = None) -> Response:
+    if error.retry_after_s is not None:
+        headers = {**(headers or {}), "retry-after": str(error.retry_after_s)}
     return Response(
         error_body(error),
         status_code=error.status,

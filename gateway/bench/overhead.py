@@ -25,8 +25,11 @@ from typing import Any
 import orjson
 import yaml
 
+from adapters.registry import AdapterRegistry
+from adapters.synthetic import synthetic_base_profile, write_zero_adapter
+from adapters.validate import AdapterLimits
 from gateway.bench.wrk import LoadResult, run_wrk
-from gateway.config import load_config
+from gateway.config import TurnoutConfig, load_config
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
 
 CONCURRENCY_LEVELS = (1, 16)
@@ -41,7 +44,7 @@ def _two_cpus() -> tuple[int, int] | None:
     return (available[0], available[1]) if len(available) >= 2 else None
 
 
-def _wait_http(url: str, timeout_s: float) -> None:
+def wait_http(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -60,11 +63,23 @@ def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[No
 
     process = subprocess.Popen(command, preexec_fn=pin, stdout=subprocess.DEVNULL)
     try:
-        _wait_http(ready_url, 60)
+        wait_http(ready_url, 60)
         yield
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _push_stub_adapter(folder: Path) -> None:
+    """A zero-weight adapter in a fresh store, so the gateway routes to it as in production."""
+    registry = AdapterRegistry(str(folder / "adapters"))
+    base = synthetic_base_profile(TurnoutConfig().base_model)
+    registry.save_base(base)
+    write_zero_adapter(folder / "stub-adapter")
+    name, _, version = STUB_ADAPTER.partition("@")
+    registry.push(
+        folder / "stub-adapter", name, base, AdapterLimits(max_lora_rank=16), version=version
+    )
 
 
 def _gateway_command(
@@ -73,6 +88,7 @@ def _gateway_command(
     config = {
         "server": {"port": port},
         "backends": [{"url": upstream_url}],
+        "adapters": {"store": str(folder / "adapters")},
         "routes": {ROUTE: {"stable": route_target} if route_target else {}},
     }
     path = folder / "bench.yaml"
@@ -170,12 +186,13 @@ def run_overhead_benchmark(
                     f"{upstream_url}/health",
                 )
             )
+            _push_stub_adapter(folder)
             direct_model, route_target, max_tokens = STUB_ADAPTER, STUB_ADAPTER, 16
         else:
             config = load_config(config_path)
             upstream_port = free_port()
             vllm = EmbeddedVllm(
-                vllm_command(config.embedded, config.base_model, upstream_port, {}),
+                vllm_command(config.embedded, config.adapters, config.base_model, upstream_port),
                 upstream_port,
                 folder / "vllm.log",
                 env={"VLLM_CPU_OMP_THREADS_BIND": str(model_cpu)} if model_cpu is not None else {},

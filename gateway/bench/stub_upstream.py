@@ -8,6 +8,7 @@ so the gateway's response rewriting runs as it would against vLLM.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import cast
@@ -74,7 +75,8 @@ def _chunked(payload: bytes) -> bytes:
 class StubUpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection of the stub server."""
 
-    def __init__(self) -> None:
+    def __init__(self, loaded_adapters: set[str]) -> None:
+        self.loaded_adapters = loaded_adapters  # shared by every connection
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -104,6 +106,9 @@ class StubUpstreamProtocol(asyncio.Protocol):
         if request_line.startswith(b"GET /health"):
             self._transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             return
+        if request_line.startswith((b"GET /v1/models", b"POST /v1/load_lora_adapter")):
+            self._write_json(self._adapter_endpoint(request_line, body))
+            return
         model_match = _MODEL.search(body)
         model = model_match.group(1) if model_match else b"stub"
         chat = b"/chat/" in request_line
@@ -113,7 +118,21 @@ class StubUpstreamProtocol(asyncio.Protocol):
                 b"transfer-encoding: chunked\r\n\r\n" + _chunked(_stream_events(model, chat))
             )
             return
-        payload = _completion(model, chat)
+        self._write_json(_completion(model, chat))
+
+    def _adapter_endpoint(self, request_line: bytes, body: bytes) -> bytes:
+        """vLLM's adapter loading, as far as the gateway's loader uses it: names only."""
+        if request_line.startswith(b"POST"):
+            self.loaded_adapters.add(json.loads(body)["lora_name"])
+            return b'"loaded"'
+        cards = [{"id": "tiny", "object": "model", "parent": None}] + [
+            {"id": name, "object": "model", "parent": "tiny"}
+            for name in sorted(self.loaded_adapters)
+        ]
+        return json.dumps({"object": "list", "data": cards}).encode()
+
+    def _write_json(self, payload: bytes) -> None:
+        assert self._transport is not None
         self._transport.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
             % (len(payload), payload)
@@ -123,7 +142,10 @@ class StubUpstreamProtocol(asyncio.Protocol):
 async def serve_stub_upstream(host: str, port: int) -> None:
     """Serve the stub until cancelled."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(StubUpstreamProtocol, host, port, backlog=1024)
+    loaded_adapters: set[str] = set()
+    server = await loop.create_server(
+        lambda: StubUpstreamProtocol(loaded_adapters), host, port, backlog=1024
+    )
     async with server:
         await server.serve_forever()
 

@@ -35,7 +35,7 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 def test_requests_reuse_one_keep_alive_connection() -> None:
     async def scenario() -> None:
         CountingStub.connections = 0
-        server, origin = await serve(CountingStub)
+        server, origin = await serve(lambda: CountingStub(set()))
         pool = ConnectionPool(connect_timeout_s=2)
         for _ in range(5):
             response = await pool.request(origin, b"POST", "/v1/chat/completions", BODY, JSON)
@@ -52,7 +52,7 @@ def test_requests_reuse_one_keep_alive_connection() -> None:
 
 def test_a_chunked_stream_arrives_whole_and_in_order() -> None:
     async def scenario() -> None:
-        server, origin = await serve(StubUpstreamProtocol)
+        server, origin = await serve(lambda: StubUpstreamProtocol(set()))
         pool = ConnectionPool(connect_timeout_s=2)
         body = b'{"model":"m@v1","stream":true}'
         response = await pool.request(origin, b"POST", "/v1/completions", body, JSON)
@@ -86,7 +86,7 @@ class KeepAliveExpiry(CountingStub):
 def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     async def scenario() -> None:
         CountingStub.connections = 0
-        server, origin = await serve(KeepAliveExpiry)
+        server, origin = await serve(lambda: KeepAliveExpiry(set()))
         pool = ConnectionPool(connect_timeout_s=2)
         for _ in range(2):
             response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
@@ -103,7 +103,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
 
 def test_nothing_listening_is_a_connection_error() -> None:
     async def scenario() -> None:
-        server, origin = await serve(StubUpstreamProtocol)
+        server, origin = await serve(lambda: StubUpstreamProtocol(set()))
         server.close()
         await server.wait_closed()
         with pytest.raises(ConnectionError):

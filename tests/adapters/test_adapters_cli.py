@@ -1,0 +1,90 @@
+"""`turnout adapters ...` as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from adapters.demo import DEMO_VERSION
+
+
+def turnout(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_push_list_show_verify_and_rm_through_the_cli(demo_model: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    source = str(demo_model / "adapters" / "summarize" / DEMO_VERSION)
+    base = str(demo_model / "base")
+    pushed = turnout(
+        "adapters", "push", source, "--name", "summ", "--store", str(store), "--base-model", base,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.strip() == f"pushed summ@v1 to {store}"
+    again = turnout(
+        "adapters", "push", source, "--name", "summ", "--store", str(store), cwd=tmp_path
+    )
+    assert again.stdout.strip() == f"pushed summ@v2 to {store}"
+
+    listed = turnout("adapters", "list", "--store", str(store), cwd=tmp_path)
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["summ@v1", "summ@v2"]
+    shown = json.loads(
+        turnout("adapters", "show", "summ@v2", "--store", str(store), cwd=tmp_path).stdout
+    )
+    assert shown["name"] == "summ"
+    assert shown["rank"] == 8
+    assert shown["base_model"]["name"] == "tiny"
+    verified = turnout("adapters", "verify", "summ@v2", "--store", str(store), cwd=tmp_path)
+    assert verified.stdout.startswith("summ@v2: OK")
+
+    config = tmp_path / "turnout.yaml"
+    config.write_text(
+        yaml.safe_dump({"adapters": {"store": str(store)}, "routes": {"s": {"stable": "summ@v2"}}})
+    )
+    refused = turnout("adapters", "rm", "summ@v2", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "summ@v2 is routed by s" in refused.stderr
+    removed = turnout("adapters", "rm", "summ@v1", cwd=tmp_path)
+    assert removed.stdout.strip() == "removed summ@v1"
+
+
+def test_a_pickle_adapter_is_refused_with_the_check_named(demo_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+    result = turnout(
+        "adapters", "push", str(folder), "--name", "evil", "--store", str(tmp_path / "store"),
+        "--base-model", str(demo_model / "base"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "refused (pickle): adapter_model.bin" in result.stderr
+
+
+def test_the_store_comes_from_the_environment_without_a_config(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    import os
+
+    env = {**os.environ, "TURNOUT_STORE": str(tmp_path / "env-store")}
+    source = str(demo_model / "adapters" / "sql-writer" / DEMO_VERSION)
+    result = turnout(
+        "adapters", "push", source, "--name", "sql", "--base-model", str(demo_model / "base"),
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "env-store" / "sql" / "v1" / "manifest.json").is_file()
