@@ -23,7 +23,7 @@ HEADER = (
 
 
 def resolve(requirements: list[str]) -> dict[str, str]:
-    """Name -> version of everything pip would install for `requirements` (this project excluded)."""
+    """Name -> version of all that pip would install for `requirements`, this project aside."""
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "report.json"
         subprocess.run(

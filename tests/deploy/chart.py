@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The Helm chart, rendered by Helm's Go engine: lint, Kubernetes schemas, and what each part does."""
+"""The Helm chart, rendered by Helm's Go engine: lint, Kubernetes schemas, what each part does."""
 
 from __future__ import annotations
 
@@ -80,8 +80,7 @@ def test_service_monitors_select_the_gateway_and_vllm_services_by_port_name(
         services = [
             s
             for s in rendered.of_kind("Service")
-            if wanted.items() <= s["metadata"]["labels"].items()
-            and s["spec"]["selector"] == wanted
+            if wanted.items() <= s["metadata"]["labels"].items() and s["spec"]["selector"] == wanted
         ]
         assert [s["metadata"]["name"] for s in services] == [monitor["metadata"]["name"]]
         ports = {p["name"] for p in services[0]["spec"]["ports"]}
@@ -170,9 +169,7 @@ def test_backends_default_to_the_vllm_service(chart: helm.Chart) -> None:
     rendered = render(chart)
     service = rendered.one("Service", full_name("vllm"))
     port = service["spec"]["ports"][0]["port"]
-    assert rendered_config(rendered)["backends"] == [
-        {"url": f"http://{full_name('vllm')}:{port}"}
-    ]
+    assert rendered_config(rendered)["backends"] == [{"url": f"http://{full_name('vllm')}:{port}"}]
 
 
 def test_explicit_backends_are_kept_and_vllm_can_be_left_out(chart: helm.Chart) -> None:
@@ -198,8 +195,8 @@ def test_config_is_mounted_as_a_directory_so_edits_reach_the_running_gateway(
     (mount,) = [m for m in main["volumeMounts"] if m["name"] == "config"]
     assert mount["mountPath"] == "/etc/turnout/config"
     assert "subPath" not in mount  # kubelet never updates subPath mounts
-    volume = next(v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
-    assert volume["configMap"]["name"] == full_name("config")
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == full_name("config")
     # A config checksum on the pod would restart every gateway on each route change.
     annotations = gateway["spec"]["template"]["metadata"].get("annotations", {})
     assert not [key for key in annotations if "checksum" in key]
@@ -313,9 +310,10 @@ def test_several_gateways_without_shared_state_are_refused(chart: helm.Chart) ->
 
 
 @pytest.mark.parametrize("which", VALUE_SETS)
-def test_vllm_serves_the_base_model_with_runtime_lora_loading(chart: helm.Chart, which: str) -> None:
-    values = production_values() if which == "production" else {}
-    rendered = render(chart, values or None)
+def test_vllm_serves_the_base_model_with_runtime_lora_loading(
+    chart: helm.Chart, which: str
+) -> None:
+    rendered = render(chart, values_named(which))
     vllm = rendered.one("Deployment", full_name("vllm"))
     server = container(vllm, "vllm")
     args = server["args"]
@@ -361,7 +359,8 @@ def test_vllm_is_reachable_only_from_the_gateway_and_prometheus(chart: helm.Char
 
 def test_retraining_is_off_by_default(chart: helm.Chart) -> None:
     rendered = render(chart)
-    assert rendered.of_kind("CronJob") == [] and rendered.of_kind("Job") == []
+    assert rendered.of_kind("CronJob") == []
+    assert rendered.of_kind("Job") == []
 
 
 def test_retraining_runs_turnout_train_per_route_on_the_training_image(chart: helm.Chart) -> None:
