@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -407,3 +408,42 @@ def test_notes_tell_the_user_how_to_call_a_route(chart: helm.Chart) -> None:
     assert f"port-forward svc/{full_name('gateway')}" in notes
     assert '"model": "chat"' in notes
     assert f"http://{full_name('gateway')}.{NAMESPACE}.svc:80/v1" in notes
+
+
+# vLLM's own argument parser, in a child process so the test process never imports vLLM.
+PARSE_VLLM_ARGS = """
+import json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = make_arg_parser(FlexibleArgumentParser())
+for args in json.load(sys.stdin):
+    parsed = parser.parse_args(args)
+    print(json.dumps([parsed.model, parsed.served_model_name, parsed.enable_lora]))
+"""
+
+
+def test_vllm_accepts_the_arguments_the_chart_renders(chart: helm.Chart) -> None:
+    """Checked with the vLLM installed here (the CPU build), not the image's own copy."""
+    rendered = [render(chart, values_named(which)) for which in VALUE_SETS]
+    servers = [container(r.one("Deployment", full_name("vllm")), "vllm") for r in rendered]
+    arguments = [server["args"] for server in servers]
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_VLLM_ARGS],
+        input=json.dumps(arguments), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    parsed = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert parsed == [
+        [values_model(which), [rendered_config(r)["base_model"]], True]
+        for which, r in zip(VALUE_SETS, rendered, strict=True)
+    ]
+
+
+def values_model(which: str) -> str:
+    values = (
+        production_values()
+        if which == "production"
+        else yaml.safe_load((CHART / "values.yaml").read_text())
+    )
+    model: str = values["vllm"]["model"]
+    return model
