@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ from gateway.rollouts import RolloutDecision
 
 def audit_record(decision: RolloutDecision) -> dict[str, Any]:
     """The JSON object one decision becomes: who, when, what, why, and the numbers."""
-    fields = asdict(decision)
-    fields["numbers"] = dict(decision.numbers)
-    fields["time"] = datetime.fromtimestamp(decision.at, UTC).isoformat()
-    return fields
+    record = {field.name: getattr(decision, field.name) for field in fields(decision)}
+    record["numbers"] = dict(decision.numbers)
+    record["time"] = datetime.fromtimestamp(decision.at, UTC).isoformat()
+    return record
 
 
 class AuditLog:

@@ -97,7 +97,7 @@ class RolloutController:
             changes: list[Transition] = []
             for route, wanted in declared.items():
                 current = known.get(route)
-                if current is not None and current.rollout_id == wanted.rollout_id:
+                if current is not None and current.declared_id == wanted.declared_id:
                     merged[route] = current
                     continue
                 now = self._clock()

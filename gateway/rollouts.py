@@ -33,14 +33,16 @@ class Rollout:
     """One route's versions and, while a rollout runs, its candidate and where it stands.
 
     A route with no candidate is settled: every request goes to `stable`. `rollout_id` names
-    the rollout for the whole of its life (assignment hashes it) and stays on the record after
-    promotion or rollback, so a config reload can tell an old declaration from a new one.
+    the rollout for the whole of its life (assignment hashes it). `declared_id` is the id of
+    the config declaration this record descends from: while the config file declares the same
+    thing, a restart or reload keeps the runtime state (operator changes included).
     `revision` grows by one per transition; stores use it to refuse lost updates.
     """
 
     route: str
     stable: str | None
     rollout_id: str = ""
+    declared_id: str = ""
     candidate: str | None = None
     mode: Mode = "canary"
     weight_percent: float = 0.0
@@ -254,10 +256,12 @@ def declare(
         if mode == "ab" and len(steps) != 1:
             raise RolloutConflict(f"Route `{route}`: an A/B split needs `weight`, not steps.")
     automatic = mode == "canary"
+    rollout_id = declared_rollout_id(route, stable, candidate, mode, steps)
     return Rollout(
         route=route,
         stable=stable,
-        rollout_id=declared_rollout_id(route, stable, candidate, mode, steps),
+        rollout_id=rollout_id,
+        declared_id=rollout_id,
         candidate=candidate,
         mode=mode,
         weight_percent=steps[0] if candidate is not None else 0.0,
