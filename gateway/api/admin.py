@@ -12,7 +12,7 @@ import hmac
 import re
 from collections.abc import Collection
 from dataclasses import asdict
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -119,8 +119,8 @@ def admin_router(controller: RolloutController, admin_key_hashes: Collection[str
     """Routes under `/admin`, guarded by the admin keys whose SHA-256 digests are given."""
     digests = [bytes.fromhex(digest) for digest in admin_key_hashes]
 
-    def admin(request: Request) -> str:
-        """The caller's identity for the audit log: the first 8 hex digits of its key's hash."""
+    def admin(request: Request) -> None:
+        """Refuse non-admin callers; name the caller for the audit log by its key's hash."""
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AdminKeyMissing("Admin endpoints need `Authorization: Bearer KEY`.")
@@ -130,20 +130,19 @@ def admin_router(controller: RolloutController, admin_key_hashes: Collection[str
             matched |= hmac.compare_digest(given, digest)
         if not matched:
             raise AdminKeyRejected("This key may not use the admin API.")
-        return f"admin:{given.hex()[:8]}"
+        request.state.actor = f"admin:{given.hex()[:8]}"
 
-    Admin = Annotated[str, Depends(admin)]  # noqa: N806 (a type alias, named as one)
-    router = APIRouter(prefix="/admin")
+    router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
 
-    async def list_routes(actor: Admin) -> dict[str, Any]:
+    async def list_routes() -> dict[str, Any]:
         return {
             "routes": [rollout_view(controller, r) for r in controller.rollouts.values()],
         }
 
-    async def show_route(route: str, actor: Admin) -> dict[str, Any]:
+    async def show_route(route: str) -> dict[str, Any]:
         return rollout_view(controller, controller.get(route))
 
-    async def start_rollout(route: str, request: Request, actor: Admin) -> dict[str, Any]:
+    async def start_rollout(route: str, request: Request) -> dict[str, Any]:
         body = await _body(request, StartRollout)
         current = controller.get(route)
         steps = body.steps_tuple()
@@ -152,7 +151,7 @@ def admin_router(controller: RolloutController, admin_key_hashes: Collection[str
             _candidate_ref(current, body.version),
             mode=body.mode,
             steps=steps,
-            actor=actor,
+            actor=request.state.actor,
             reason=body.reason,
             min_requests_per_step=body.min_requests_per_step or current.min_requests_per_step,
             min_seconds_per_step=(
@@ -164,9 +163,10 @@ def admin_router(controller: RolloutController, admin_key_hashes: Collection[str
         return rollout_view(controller, rollout)
 
     def operation(name: Literal["promote", "rollback", "pause", "resume"]) -> Any:
-        async def apply(route: str, request: Request, actor: Admin) -> dict[str, Any]:
+        async def apply(route: str, request: Request) -> dict[str, Any]:
             body = await _body(request, Reason)
-            rollout = await getattr(controller, name)(route, actor=actor, reason=body.reason)
+            change = getattr(controller, name)
+            rollout = await change(route, actor=request.state.actor, reason=body.reason)
             return rollout_view(controller, rollout)
 
         apply.__name__ = name
