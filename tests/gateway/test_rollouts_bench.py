@@ -32,7 +32,8 @@ def test_bench_rollback_prints_the_three_numbers_and_sends_nothing_to_the_candid
 
 
 def test_the_measure_catches_a_table_published_after_the_call_returned(tmp_path: Path) -> None:
-    # A deliberately broken controller (publishes 0.5 s late, longer than any rollback call) must show candidate requests.
+    # A deliberately broken controller, publishing 0.5 s late (longer than any rollback call),
+    # must show candidate requests: the measure can fail.
     async def test() -> dict[str, float]:
         loop = asyncio.get_running_loop()
         table: dict[str, Mapping[str, Rollout]] = {}
