@@ -19,7 +19,7 @@ from types import MappingProxyType
 from gateway import rollouts as transitions
 from gateway.analysis import RolloutRecorder, Verdict, analyse
 from gateway.audit import AuditLog
-from gateway.errors import RolloutConflict, RouteNotFound, TurnoutError
+from gateway.errors import RolloutConflict, RouteNotFound, StateStoreUnavailable, TurnoutError
 from gateway.rollouts import DecisionKind, Mode, Rollout, RolloutDecision, Transition, Why
 from gateway.state import RolloutStateStore
 from monitoring.metrics import ROLLOUT_DECISIONS, ROLLOUT_WEIGHT
@@ -119,6 +119,9 @@ class RolloutController:
                     route = change.rollout.route
                     merged[route] = known.get(route, change.rollout)
                     continue
+                except StateStoreUnavailable:
+                    # Degraded: serve what the config says; the store is updated on a later change.
+                    log.warning("state store unavailable: %s applied locally", change.rollout.route)
                 applied.append(change)
             self._rollouts = MappingProxyType(merged)
             self._publish(self._rollouts)

@@ -12,10 +12,11 @@ from prometheus_client import REGISTRY
 
 from gateway.analysis import Verdict
 from gateway.audit import AuditLog, read_audit_log
-from gateway.errors import RolloutConflict, RouteNotFound
+from gateway.embedded import free_port
+from gateway.errors import RolloutConflict, RouteNotFound, StateStoreUnavailable
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import Rollout, assign_arm, declare
-from gateway.state import FileStateStore
+from gateway.state import FileStateStore, RedisStateStore
 
 DECLARED = {
     "triage": declare("triage", "triage@v1"),
@@ -207,3 +208,28 @@ def test_bad_operations_are_refused_without_any_change(tmp_path: Path) -> None:
         assert len(h.published) == 1  # only the start-up table
 
     run(tmp_path, test)
+
+
+def test_a_replica_without_redis_serves_the_configs_rollouts_and_reports_degraded(
+    tmp_path: Path,
+) -> None:
+    published: list[Mapping[str, Rollout]] = []
+
+    async def test() -> None:
+        nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+        controller = RolloutController(
+            RedisStateStore(nowhere), AuditLog(tmp_path / "audit.jsonl"), published.append
+        )
+        declared = {"triage": declare("triage", "triage@v1", candidate="triage@v2", steps=(20,))}
+        await controller.open(declared)
+        try:
+            assert published[-1]["triage"].candidate == "triage@v2"
+            assert published[-1]["triage"].weight_percent == 20
+            assert sample("turnout_state_store_up") == 0
+            with pytest.raises(StateStoreUnavailable):
+                await controller.rollback("triage", actor="a")
+            assert published[-1]["triage"].candidate == "triage@v2"  # nothing changed
+        finally:
+            await controller.close()
+
+    asyncio.run(asyncio.wait_for(test(), 30))
