@@ -95,3 +95,35 @@ class AdapterNotReady(TurnoutError):
     error_type = "upstream_error"
     code = "adapter_not_ready"
     retry_after_s = 2
+
+
+class AdminKeyMissing(TurnoutError):
+    """An admin endpoint was called without `Authorization: Bearer KEY`."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "missing_api_key"
+
+
+class AdminKeyRejected(TurnoutError):
+    """The key given to an admin endpoint is not an admin key."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    code = "forbidden"
+
+
+class RolloutConflict(TurnoutError):
+    """The operation does not fit the route's rollout state (e.g. promote with no candidate)."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    code = "rollout_conflict"
+
+
+class StateStoreUnavailable(TurnoutError):
+    """The shared rollout state store could not be reached; nothing was changed."""
+
+    status = 503
+    error_type = "server_error"
+    code = "state_store_unavailable"
