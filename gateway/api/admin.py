@@ -18,7 +18,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import ADAPTER_REF_PATTERN, describe_validation_error
+from adapters.names import ADAPTER_REF_PATTERN
+from gateway.config import describe_validation_error
 from gateway.errors import (
     AdminKeyMissing,
     AdminKeyRejected,
