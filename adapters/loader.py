@@ -145,6 +145,11 @@ class AdapterLoader:
         self._routed = versions
         metrics.ADAPTERS_ROUTED.set(len(versions))
 
+    def route(self, versions: frozenset[AdapterVersion]) -> None:
+        """The versions now routed (a published table); missing ones load at the next check."""
+        self._routed = versions
+        metrics.ADAPTERS_ROUTED.set(len(versions))
+
     async def release(self) -> None:
         """Unload what this gateway loaded and no route uses any more."""
         async with self._lock:

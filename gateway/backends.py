@@ -195,6 +195,10 @@ class BackendPool:
         self.residency = residency
         self._turn = itertools.cycle(self.urls)
 
+    def serves(self, served_adapter: str) -> bool:
+        """Whether some backend is known to hold the adapter."""
+        return any(self.residency.holds(backend, served_adapter) for backend in self.urls)
+
     def pick(self, served_adapter: str | None) -> str:
         """The next backend holding `served_adapter` (None: the bare base model).
 

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 from adapters import cli as adapters_cli
-from gateway.config import BackendConfig, TurnoutConfig, config_json_schema, load_config
+from gateway.config import (
+    BackendConfig,
+    TurnoutConfig,
+    config_json_schema,
+    load_config,
+    with_environment,
+)
 from gateway.errors import TurnoutError
 
 DEFAULT_CONFIG = Path("turnout.yaml")
@@ -32,10 +38,11 @@ def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None
     table = build_routing_table(config)
     print(f"Turnout serves on {origin}  (vLLM at {vllm_url}, log: {log_path})")
     print("Routes (send the route as `model`):")
-    for route, target in table.targets.items():
+    for route, entry in table.entries.items():
+        target = entry.stable
         serves = target.adapter.ref if target.adapter else f"the base model `{config.base_model}`"
         print(f"  {route:<24} -> {serves}")
-    example = next(iter(table.targets), "ROUTE")
+    example = next(iter(table.entries), "ROUTE")
     body = json.dumps(
         {"model": example, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
     )
@@ -48,7 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gateway.embedded import EmbeddedVllm, free_port, vllm_command
     from gateway.server import uvicorn_server
 
-    config = _with_overrides(load_config(args.config), port=args.port)
+    config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
     model = Path(config.embedded.model)
     if not model.is_dir():
         raise TurnoutError(
@@ -67,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         vllm.wait_ready(config.embedded.startup_timeout_s)
         serving = config.model_copy(update={"backends": [BackendConfig(url=vllm.url)]})
         _print_welcome(serving, vllm.url, vllm.log_path)
-        uvicorn_server(serving).run()
+        uvicorn_server(serving, args.config).run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -79,10 +86,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import uvicorn_server
 
-    config = _with_overrides(load_config(args.config), host=args.host, port=args.port)
+    config = _with_overrides(
+        with_environment(load_config(args.config)), host=args.host, port=args.port
+    )
     if not config.backends:
         raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
-    uvicorn_server(config).run()
+    uvicorn_server(config, args.config).run()
     return 0
 
 
@@ -127,6 +136,14 @@ def cmd_bench_lora(args: argparse.Namespace) -> int:
     from gateway.bench.lora import run_lora_benchmark
 
     report = run_lora_benchmark(args.config, args.duration)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_bench_contracts(args: argparse.Namespace) -> int:
+    from gateway.bench.contracts import run_contracts_benchmark
+
+    report = run_contracts_benchmark()
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0
 
@@ -181,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--duration", type=float, default=20.0, help="seconds per spread")
     lora.add_argument("--json", action="store_true", help="one JSON object")
     lora.set_defaults(run=cmd_bench_lora)
+    contracts = bench_commands.add_parser(
+        "contracts", help="cost of judging an answer against a ten-field JSON Schema"
+    )
+    contracts.add_argument("--json", action="store_true", help="one JSON object")
+    contracts.set_defaults(run=cmd_bench_contracts)
     return parser
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -14,10 +16,17 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
+from gateway.contracts import OnInvalid, SchemaRejected, StreamValidation, check_schema
 from gateway.errors import ConfigError
+from gateway.rollouts import (
+    DEFAULT_MIN_REQUESTS_PER_STEP,
+    DEFAULT_MIN_SECONDS_PER_STEP,
+    DEFAULT_STEPS,
+)
 
 RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
@@ -88,10 +97,77 @@ class AdaptersConfig(StrictModel):
 
 
 class RouteConfig(StrictModel):
-    """What a client-visible model name serves."""
+    """What a client-visible model name serves: versions, rollout, output contract."""
 
     stable: AdapterRef | None = Field(
         default=None, description="adapter version `name@version`; omit for the bare base model"
+    )
+    # --- a rollout: a candidate version beside stable ------------------------------------------
+    candidate: AdapterRef | None = Field(default=None, description="the version being rolled out")
+    mode: Literal["canary", "ab"] = Field(
+        default="canary", description="canary: stepped and analysed; ab: a fixed split"
+    )
+    weight: float | None = Field(
+        default=None, gt=0, le=100, description="candidate share in percent (ab, or one step)"
+    )
+    steps: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_STEPS), description="canary weights, in percent"
+    )
+    min_requests_per_step: int = Field(default=DEFAULT_MIN_REQUESTS_PER_STEP, gt=0)
+    min_seconds_per_step: float = Field(default=DEFAULT_MIN_SECONDS_PER_STEP, ge=0)
+    # --- an output contract -------------------------------------------------------------------
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="JSON Schema (draft 2020-12) every answer must meet: inline, or a file path "
+        "relative to the config file",
+    )
+    on_invalid: OnInvalid = Field(
+        default="retry", description="retry (then error), error (502), or flag (pass through)"
+    )
+    max_retries: int = Field(default=1, ge=0, le=5)
+    stream_validation: StreamValidation = Field(
+        default="final",
+        description="final: stream as it comes, verdict in the last event; buffer: validate "
+        "(and retry) before the first byte",
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _bounded_valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                check_schema(schema)
+            except SchemaRejected as error:
+                raise ValueError(f"invalid schema: {error}") from None
+        return schema
+
+    @model_validator(mode="after")
+    def _candidate_needs_stable(self) -> RouteConfig:
+        if self.candidate is not None and self.candidate == self.stable:
+            raise ValueError("candidate must differ from stable")
+        return self
+
+
+class StateConfig(StrictModel):
+    """Where runtime state lives: rollout state and the audit log, shared through Redis or not."""
+
+    dir: str = Field(
+        default="./.turnout/state", description="rollout state file and audit log (one process)"
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="share rollout state between gateway replicas (env TURNOUT_REDIS_URL)",
+    )
+    analysis_interval_s: float = Field(default=1.0, gt=0, description="canary analysis period")
+    config_poll_s: float = Field(default=1.0, gt=0, description="how often the file is checked")
+
+
+class AdminConfig(StrictModel):
+    """The admin API (`/admin/...`) and its keys, stored as SHA-256 digests only."""
+
+    key_sha256: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, description="hex SHA-256 of each admin key"
     )
 
 
@@ -117,6 +193,8 @@ class TurnoutConfig(StrictModel):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     adapters: AdaptersConfig = AdaptersConfig()
     routes: dict[RouteName, RouteConfig] = Field(default_factory=dict)
+    state: StateConfig = StateConfig()
+    admin: AdminConfig = AdminConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 
@@ -131,6 +209,8 @@ def describe_validation_error(error: ValidationError) -> str:
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
+        elif problem["type"] == "value_error":
+            message = str(problem.get("ctx", {}).get("error", message))
         elif problem["type"] == "string_pattern_mismatch":
             message = (
                 f"{problem['input']!r} is not a valid name: letters, digits, '.', '_', '-'"
@@ -158,6 +238,31 @@ def _relative_to(folder: Path, location: str) -> str:
     return str((folder / location).resolve())
 
 
+def _with_schema_files(raw: Any, folder: Path, source: Path) -> Any:
+    """Routes whose `schema` names a file get that file's contents (JSON or YAML).
+
+    The file must lie inside the config file's folder: a config cannot read arbitrary files.
+    """
+    routes = raw.get("routes") if isinstance(raw, dict) else None
+    if not isinstance(routes, dict):
+        return raw
+    resolved = {}
+    for name, route in routes.items():
+        if isinstance(route, dict) and isinstance(route.get("schema"), str):
+            file = (folder / route["schema"]).resolve()
+            where = f"{source}: routes.{name}.schema"
+            if not file.is_relative_to(folder):
+                raise ConfigError(f"{where}: {route['schema']} is outside {folder}")
+            try:
+                route = {**route, "schema": yaml.safe_load(file.read_text(encoding="utf-8"))}
+            except OSError as error:
+                raise ConfigError(f"{where}: cannot read {file}: {error.strerror}") from None
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{where}: {file} is not JSON or YAML: {error}") from None
+        resolved[name] = route
+    return {**raw, "routes": resolved}
+
+
 def load_config(path: Path) -> TurnoutConfig:
     """Read and validate a YAML config file; relative paths in it are relative to the file."""
     try:
@@ -168,8 +273,8 @@ def load_config(path: Path) -> TurnoutConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
-    config = parse_config(raw, source=str(path))
     folder = path.resolve().parent
+    config = parse_config(_with_schema_files(raw, folder, path), source=str(path))
     return config.model_copy(
         update={
             "adapters": config.adapters.model_copy(
@@ -178,8 +283,21 @@ def load_config(path: Path) -> TurnoutConfig:
             "embedded": config.embedded.model_copy(
                 update={"model": _relative_to(folder, config.embedded.model)}
             ),
+            "state": config.state.model_copy(
+                update={"dir": _relative_to(folder, config.state.dir)}
+            ),
         }
     )
+
+
+def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ) -> TurnoutConfig:
+    """Secrets and deployment wiring that arrive as environment variables (see docs/deploy.md):
+    `TURNOUT_REDIS_URL` sets `state.redis_url`."""
+    redis_url = env.get("TURNOUT_REDIS_URL")
+    if redis_url:
+        state = config.state.model_copy(update={"redis_url": redis_url})
+        config = config.model_copy(update={"state": state})
+    return config
 
 
 def config_json_schema() -> dict[str, Any]:

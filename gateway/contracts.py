@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -163,9 +164,18 @@ def make_contract(
 
 
 @lru_cache(maxsize=1024)
-def _validator(schema_json: bytes) -> Draft202012Validator:
-    """One compiled validator per distinct schema (requests may bring their own)."""
-    return Draft202012Validator(orjson.loads(schema_json))
+def _validator(schema_json: bytes) -> jsonschema_rs.Draft202012Validator:
+    """One compiled validator per distinct schema (requests may bring their own).
+
+    jsonschema-rs validates a ten-field answer in about 1 µs where the pure-Python
+    `jsonschema` takes about 80 µs (`turnout bench contracts`); `jsonschema` still checks the
+    schemas themselves, once, at config load or on the request that brings one.
+    """
+    return jsonschema_rs.Draft202012Validator(orjson.loads(schema_json))
+
+
+def _json_path(location: list[str | int]) -> str:
+    return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
 
 
 def judge_answer(schema_json: bytes, text: str, finish_reason: str | None) -> Verdict:
@@ -176,11 +186,14 @@ def judge_answer(schema_json: bytes, text: str, finish_reason: str | None) -> Ve
         )
     try:
         document = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
-        return Verdict("invalid", (SchemaIssue("$", f"not JSON: {error}"),), text)
+    except orjson.JSONDecodeError as not_json:
+        return Verdict("invalid", (SchemaIssue("$", f"not JSON: {not_json}"),), text)
+    validator = _validator(schema_json)
+    if validator.is_valid(document):
+        return Verdict("valid", (), text)
     issues = []
-    for error in _validator(schema_json).iter_errors(document):
-        issues.append(SchemaIssue(error.json_path, error.message))
+    for problem in validator.iter_errors(document):
+        issues.append(SchemaIssue(_json_path(problem.instance_path), problem.message))
         if len(issues) == MAX_REPORTED_ERRORS:
             break
     return Verdict("invalid" if issues else "valid", tuple(issues), text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TurnoutError(Exception):
     """Base of every error a client can see; mapped to HTTP in `gateway.api.errors` only."""
@@ -11,10 +13,13 @@ class TurnoutError(Exception):
     code = "internal_error"
     retry_after_s: int | None = None  # sent as Retry-After when set
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.details = details or {}  # extra members of the error object
 
 
 class ConfigError(TurnoutError):
@@ -127,3 +132,19 @@ class StateStoreUnavailable(TurnoutError):
     status = 503
     error_type = "server_error"
     code = "state_store_unavailable"
+
+
+class SchemaViolation(TurnoutError):
+    """The answer broke the route's JSON Schema (after any retries); details carry the errors."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "schema_violation"
+
+
+class ArmOverrideForbidden(TurnoutError):
+    """`x-turnout-arm` was sent without an admin key."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    code = "forbidden"

@@ -1,13 +1,20 @@
-"""Route resolution: an immutable table from client-visible model names to what serves them."""
+"""Route resolution: an immutable table from client-visible model names to what serves them.
+
+A route has a stable version and, during a rollout, a candidate with a weight; which arm a
+request gets is decided here (sticky per caller). The control plane builds a new table for
+every config or rollout change and swaps it in one step; requests only ever read it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from gateway.config import TurnoutConfig
+from gateway.config import RouteConfig, TurnoutConfig
+from gateway.contracts import Contract, make_contract
 from gateway.errors import RouteNotFound
+from gateway.rollouts import Arm, Rollout, assign_arm, declare
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,40 +41,130 @@ class AdapterVersion:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one request goes: the route it named, the adapter (None: bare base), vLLM's name."""
+    """Where one request goes: route, arm, adapter version (None: bare base), vLLM's name."""
 
     route: str
     adapter: AdapterVersion | None
     served_model: str
+    arm: Arm = "stable"
+    contract: Contract | None = None
+    rollout: Rollout | None = None  # the route's rollout while a candidate is out
+
+    @property
+    def version_label(self) -> str:
+        """The `version` metric label: the adapter version, or "base"."""
+        return self.adapter.ref if self.adapter is not None else "base"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One route in a table: its stable target and, during a rollout, a weighted candidate."""
+
+    stable: Target
+    candidate: Target | None = None
+    rollout: Rollout | None = None
+
+    def pick(
+        self,
+        sticky_key: str | None,
+        draw: Callable[[], float],
+        forced: Arm | None = None,
+    ) -> Target:
+        """The target for one request: `forced` if given, else by sticky assignment."""
+        if self.candidate is None or self.rollout is None:
+            return self.stable
+        arm = forced or assign_arm(
+            sticky_key, self.rollout.rollout_id, self.rollout.weight_percent, draw
+        )
+        return self.candidate if arm == "candidate" else self.stable
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """Route name -> Target. Never mutated: a change publishes a new table."""
+    """Route name -> RouteEntry. Never mutated: a change publishes a new table."""
 
-    targets: Mapping[str, Target]
+    entries: Mapping[str, RouteEntry]
 
-    def resolve(self, route: str) -> Target:
-        target = self.targets.get(route)
-        if target is None:
+    def entry(self, route: str) -> RouteEntry:
+        found = self.entries.get(route)
+        if found is None:
             raise RouteNotFound(f"The model `{route}` does not exist.", param="model")
-        return target
+        return found
 
     def adapter_versions(self) -> frozenset[AdapterVersion]:
-        """Every adapter version some route can send traffic to."""
-        return frozenset(t.adapter for t in self.targets.values() if t.adapter is not None)
+        """Every adapter version some route can send traffic to (stable and candidates)."""
+        versions = set()
+        for entry in self.entries.values():
+            for target in (entry.stable, entry.candidate):
+                if target is not None and target.adapter is not None:
+                    versions.add(target.adapter)
+        return frozenset(versions)
 
 
-def build_routing_table(config: TurnoutConfig) -> RoutingTable:
-    """The table a validated config describes."""
-    targets: dict[str, Target] = {}
+def _target(
+    route: str,
+    ref: str | None,
+    arm: Arm,
+    base_model: str,
+    contract: Contract | None,
+    rollout: Rollout | None = None,
+) -> Target:
+    if ref is None:
+        return Target(route, None, base_model, arm, contract, rollout)
+    adapter = AdapterVersion.parse(ref)
+    return Target(route, adapter, adapter.served_name, arm, contract, rollout)
+
+
+def route_contract(route: str, config: RouteConfig) -> Contract | None:
+    if config.json_schema is None:
+        return None
+    return make_contract(
+        config.json_schema,
+        on_invalid=config.on_invalid,
+        max_retries=config.max_retries,
+        stream_validation=config.stream_validation,
+        source="route",
+        name=route,
+    )
+
+
+def declared_rollouts(config: TurnoutConfig) -> dict[str, Rollout]:
+    """Every route's `Rollout` as the config file declares it (settled routes included)."""
+    return {
+        route: declare(
+            route,
+            rc.stable,
+            candidate=rc.candidate,
+            mode=rc.mode,
+            weight_percent=rc.weight,
+            steps=tuple(rc.steps),
+            min_requests_per_step=rc.min_requests_per_step,
+            min_seconds_per_step=rc.min_seconds_per_step,
+        )
+        for route, rc in config.routes.items()
+    }
+
+
+def build_routing_table(
+    config: TurnoutConfig, rollouts: Mapping[str, Rollout] | None = None
+) -> RoutingTable:
+    """The table a validated config describes, with runtime rollout state where there is some
+    (a promotion or rollback done through the admin API outlives the config's declaration)."""
+    entries: dict[str, RouteEntry] = {}
     for route, route_config in config.routes.items():
-        if route_config.stable is None:
-            targets[route] = Target(route=route, adapter=None, served_model=config.base_model)
-        else:
-            adapter = AdapterVersion.parse(route_config.stable)
-            targets[route] = Target(route=route, adapter=adapter, served_model=adapter.served_name)
-    return RoutingTable(targets=MappingProxyType(targets))
+        contract = route_contract(route, route_config)
+        rollout = (rollouts or {}).get(route)
+        stable_ref = rollout.stable if rollout is not None else route_config.stable
+        if rollout is None or rollout.candidate is None:
+            stable = _target(route, stable_ref, "stable", config.base_model, contract)
+            entries[route] = RouteEntry(stable=stable)
+            continue
+        stable = _target(route, stable_ref, "stable", config.base_model, contract, rollout)
+        candidate = _target(
+            route, rollout.candidate, "candidate", config.base_model, contract, rollout
+        )
+        entries[route] = RouteEntry(stable=stable, candidate=candidate, rollout=rollout)
+    return RoutingTable(entries=MappingProxyType(entries))
 
 
 class PublishedTable:

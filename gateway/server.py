@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import uvicorn
 
@@ -10,9 +11,9 @@ from gateway.app import create_app
 from gateway.config import TurnoutConfig
 
 
-def uvicorn_server(config: TurnoutConfig) -> uvicorn.Server:
-    """A uvicorn server for the gateway, not yet started (`await server.serve()`)."""
-    app = create_app(config)
+def uvicorn_server(config: TurnoutConfig, config_path: Path | None = None) -> uvicorn.Server:
+    """A uvicorn server for the gateway, not yet started; it watches `config_path` if given."""
+    app = create_app(config, config_path)
     return uvicorn.Server(
         uvicorn.Config(
             app,

@@ -7,10 +7,8 @@ SHA-256 hex digests and compared in constant time. Errors are OpenAI-style (rais
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Literal, TypeVar
 
@@ -19,6 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.names import ADAPTER_REF_PATTERN
+from gateway.admin_keys import AdminKeys
 from gateway.config import describe_validation_error
 from gateway.errors import (
     AdminKeyMissing,
@@ -29,11 +28,6 @@ from gateway.errors import (
 )
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import DEFAULT_STEPS, Rollout, validate_steps
-
-
-def key_digest(key: str) -> str:
-    """The SHA-256 hex digest an admin key is configured as."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class StartRollout(BaseModel):
@@ -116,22 +110,27 @@ def _candidate_ref(rollout: Rollout, version: str) -> str:
     return ref
 
 
-def admin_router(controller: RolloutController, admin_key_hashes: Collection[str]) -> APIRouter:
-    """Routes under `/admin`, guarded by the admin keys whose SHA-256 digests are given."""
-    digests = [bytes.fromhex(digest) for digest in admin_key_hashes]
+def admin_router(
+    controller: RolloutController,
+    admin_keys: AdminKeys,
+    before_start: Callable[[str, str], Awaitable[None]],
+) -> APIRouter:
+    """Routes under `/admin`, guarded by the admin keys.
+
+    `before_start(route, candidate)` runs before a rollout starts (the gateway loads the
+    candidate's adapter onto the backends there) and may refuse it by raising.
+    """
 
     def admin(request: Request) -> None:
         """Refuse non-admin callers; name the caller for the audit log by its key's hash."""
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        authorization = request.headers.get("authorization", "")
+        scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AdminKeyMissing("Admin endpoints need `Authorization: Bearer KEY`.")
-        given = hashlib.sha256(key.strip().encode()).digest()
-        matched = False
-        for digest in digests:  # every digest, no early exit: time does not tell which matched
-            matched |= hmac.compare_digest(given, digest)
-        if not matched:
+        actor = admin_keys.actor(authorization)
+        if actor is None:
             raise AdminKeyRejected("This key may not use the admin API.")
-        request.state.actor = f"admin:{given.hex()[:8]}"
+        request.state.actor = actor
 
     router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
 
@@ -147,9 +146,11 @@ def admin_router(controller: RolloutController, admin_key_hashes: Collection[str
         body = await _body(request, StartRollout)
         current = controller.get(route)
         steps = body.steps_tuple()
+        candidate = _candidate_ref(current, body.version)
+        await before_start(route, candidate)
         rollout = await controller.start_rollout(
             route,
-            _candidate_ref(current, body.version),
+            candidate,
             mode=body.mode,
             steps=steps,
             actor=request.state.actor,

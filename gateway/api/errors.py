@@ -22,6 +22,7 @@ def error_body(error: TurnoutError) -> bytes:
                 "type": error.error_type,
                 "code": error.code,
                 "param": error.param,
+                **error.details,
             }
         }
     )

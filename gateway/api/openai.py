@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.admin_keys import AdminKeys
 from gateway.api.errors import error_response, unexpected_error_response
 from gateway.api.protocol import (
     RESERVED_FIELDS,
@@ -23,8 +25,11 @@ from gateway.api.protocol import (
     ModelCard,
     ModelList,
 )
-from gateway.backends import UpstreamReply
+from gateway.backends import BackendPool, UpstreamReply
+from gateway.contracts import Contract, SchemaRejected, Verdict, request_contract
+from gateway.enforcement import ContractEnforcer, buffered_stream
 from gateway.errors import (
+    ArmOverrideForbidden,
     BodyTooLarge,
     InvalidJSON,
     InvalidRequest,
@@ -32,12 +37,13 @@ from gateway.errors import (
     RequestValidationFailed,
     TurnoutError,
 )
+from gateway.outcomes import Outcome, OutcomeRecorder
 from gateway.proxy import InferenceProxy, OpenStream
-from gateway.routing import PublishedTable, Target
+from gateway.rollouts import Arm
+from gateway.routing import PublishedTable, RouteEntry, Target
 from monitoring import metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
-_UNKNOWN_ROUTE = "unknown"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -83,33 +89,63 @@ def request_id_of(request: Request) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def _version_label(target: Target | None) -> str:
-    if target is None:
-        return "none"
-    return target.adapter.ref if target.adapter is not None else "base"
-
-
-def _record(target: Target | None, status: int, started: float) -> None:
-    route = target.route if target is not None else _UNKNOWN_ROUTE
-    version = _version_label(target)
-    metrics.REQUESTS.labels(route, version, "stable", str(status)).inc()
-    metrics.REQUEST_DURATION.labels(route, version, "stable").observe(time.perf_counter() - started)
+def sticky_key_of(request: Request, fields: dict[str, Any]) -> str | None:
+    """Who the caller is for rollout assignment: x-turnout-key, else `user`, else the API key."""
+    given = request.headers.get("x-turnout-key")
+    if given:
+        return given
+    user = fields.get("user")
+    if isinstance(user, str) and user:
+        return user
+    authorization = request.headers.get("authorization", "")
+    if authorization:
+        # Never the key itself: only a digest leaves this function.
+        return hashlib.sha256(authorization.encode()).hexdigest()[:16]
+    return None
 
 
 def _turnout_headers(target: Target, request_id: str) -> dict[str, str]:
-    headers = {"x-turnout-route": target.route, "x-request-id": request_id}
+    headers = {
+        "x-turnout-route": target.route,
+        "x-turnout-arm": target.arm,
+        "x-request-id": request_id,
+    }
     if target.adapter is not None:
         headers["x-turnout-adapter"] = target.adapter.ref
     return headers
+
+
+def _schema_headers(verdict: Verdict, source: str, retries: int) -> dict[str, str]:
+    return {
+        "x-turnout-schema": verdict.result,
+        "x-turnout-schema-source": source,
+        "x-turnout-schema-retries": str(retries),
+    }
+
+
+def _usage(body: bytes) -> tuple[int, int]:
+    try:
+        usage = orjson.loads(body).get("usage") or {}
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 0, 0
 
 
 class ProxiedStreamResponse(StreamingResponse):
     """An SSE answer relayed from upstream; the upstream request is closed however it ends."""
 
     def __init__(
-        self, stream: OpenStream, headers: dict[str, str], on_close: Callable[[], None]
+        self,
+        stream: OpenStream,
+        headers: dict[str, str],
+        on_first_chunk: Callable[[], None],
+        on_close: Callable[[], None],
     ) -> None:
-        super().__init__(stream.events, media_type=stream.content_type, headers=headers)
+        super().__init__(
+            _noting_first(stream.events, on_first_chunk),
+            media_type=stream.content_type,
+            headers=headers,
+        )
         self._resources: AsyncExitStack = stream.resources
         self._on_close = on_close
 
@@ -121,6 +157,17 @@ class ProxiedStreamResponse(StreamingResponse):
             self._on_close()
 
 
+async def _noting_first(
+    events: AsyncIterator[bytes], on_first_chunk: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    first = True
+    async for chunk in events:
+        if first:
+            on_first_chunk()
+            first = False
+        yield chunk
+
+
 class InferenceEndpoints:
     """ASGI app for `POST /v1/chat/completions` and `POST /v1/completions`.
 
@@ -128,9 +175,21 @@ class InferenceEndpoints:
     middleware layers cost a third of the gateway's CPU per request (docs/performance.md).
     """
 
-    def __init__(self, table: PublishedTable, proxy: InferenceProxy, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        table: PublishedTable,
+        proxy: InferenceProxy,
+        pool: BackendPool,
+        outcomes: OutcomeRecorder,
+        admin_keys: AdminKeys,
+        max_body_bytes: int,
+    ) -> None:
         self._table = table
         self._proxy = proxy
+        self._enforcer = ContractEnforcer(proxy)
+        self._pool = pool
+        self._outcomes = outcomes
+        self._admin_keys = admin_keys
         self._max_body_bytes = max_body_bytes
         self.models: dict[str, type[BaseModel]] = {
             "/v1/chat/completions": ChatCompletionRequest,
@@ -149,25 +208,57 @@ class InferenceEndpoints:
             response = unexpected_error_response(scope["path"])
         await response(scope, receive, send)
 
+    def _choose(self, entry: RouteEntry, request: Request, fields: dict[str, Any]) -> Target:
+        """The arm for this request; a candidate no backend holds yet gets nothing."""
+        forced = request.headers.get("x-turnout-arm")
+        arm: Arm | None = None
+        if forced in ("stable", "candidate"):
+            if self._admin_keys.actor(request.headers.get("authorization", "")) is None:
+                raise ArmOverrideForbidden(
+                    "Only an admin key may choose the arm with x-turnout-arm.",
+                    param="x-turnout-arm",
+                )
+            arm = "stable" if forced == "stable" else "candidate"
+        target = entry.pick(sticky_key_of(request, fields), random.random, arm)
+        not_loaded = target.adapter is not None and not self._pool.serves(target.served_model)
+        if target.arm == "candidate" and arm is None and not_loaded:
+            return entry.stable
+        return target
+
     async def _forward(self, request: Request, path: str) -> Response:
         started = time.perf_counter()
         target: Target | None = None
+        verdicts: list[Verdict] = []
         try:
             fields = parse_request(
                 await read_body(request, self._max_body_bytes), self.models[path]
             )
-            target = self._table.current.resolve(fields["model"])
+            target = self._choose(self._table.current.entry(fields["model"]), request, fields)
+            contract = target.contract or _request_contract(fields, target.route)
             request_id = request_id_of(request)
             headers = _turnout_headers(target, request_id)
-            if fields.get("stream") is True:
+            streamed = fields.get("stream") is True
+            if contract is None:
+                if streamed:
+                    opened = await self._proxy.open_stream(target, path, fields, request_id)
+                else:
+                    opened = await self._proxy.complete(target, path, fields, request_id)
+            elif streamed and contract.stream_validation == "final":
+                fields["response_format"] = contract.response_format()
                 opened = await self._proxy.open_stream(target, path, fields, request_id)
+                if isinstance(opened, OpenStream):
+                    opened = self._enforcer.judge_stream(
+                        target, contract, opened, lambda v, f: verdicts.append(v), fields
+                    )
             else:
-                opened = await self._proxy.complete(target, path, fields, request_id)
+                return await self._judged(
+                    target, contract, path, fields, request_id, headers, verdicts, started
+                )
         except TurnoutError as error:
-            _record(target, error.status, started)
+            self._finish(target, error.status, started, verdicts)
             raise
         if isinstance(opened, UpstreamReply):
-            _record(target, opened.status, started)
+            self._finish(target, opened.status, started, verdicts, opened.body)
             return Response(
                 opened.body,
                 status_code=opened.status,
@@ -176,10 +267,78 @@ class InferenceEndpoints:
             )
         resolved = target
 
-        def on_close() -> None:
-            _record(resolved, 200, started)
+        def on_first_chunk() -> None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(
+                resolved.route, resolved.version_label, resolved.arm
+            ).observe(time.perf_counter() - started)
 
-        return ProxiedStreamResponse(opened, headers, on_close)
+        def on_close() -> None:
+            self._finish(resolved, 200, started, verdicts)
+
+        return ProxiedStreamResponse(opened, headers, on_first_chunk, on_close)
+
+    async def _judged(
+        self,
+        target: Target,
+        contract: Contract,
+        path: str,
+        fields: dict[str, Any],
+        request_id: str,
+        headers: dict[str, str],
+        verdicts: list[Verdict],
+        started: float,
+    ) -> Response:
+        """A whole answer judged (and retried) before anything is sent, streamed or not."""
+        streamed = fields.pop("stream", None) is True
+        stream_options = fields.pop("stream_options", None) or {}
+        judged = await self._enforcer.complete(
+            target, contract, path, fields, request_id, lambda v, f: verdicts.append(v)
+        )
+        self._finish(target, judged.reply.status, started, verdicts, judged.reply.body)
+        if judged.verdict is not None:
+            headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
+        if not streamed or judged.reply.status != 200 or judged.verdict is None:
+            return Response(
+                judged.reply.body,
+                status_code=judged.reply.status,
+                media_type=judged.reply.content_type,
+                headers=headers,
+            )
+        document = orjson.loads(judged.reply.body)
+        document["turnout"] = {"schema": judged.verdict.as_dict(contract.source)}
+        events = buffered_stream(
+            document,
+            path.endswith("/chat/completions"),
+            stream_options.get("include_usage") is True,
+        )
+        return Response(events, media_type="text/event-stream", headers=headers)
+
+    def _finish(
+        self,
+        target: Target | None,
+        status: int,
+        started: float,
+        verdicts: list[Verdict],
+        body: bytes | None = None,
+    ) -> None:
+        prompt_tokens, completion_tokens = _usage(body) if body and status == 200 else (0, 0)
+        self._outcomes.record(
+            Outcome(
+                target,
+                status,
+                time.perf_counter() - started,
+                verdicts[-1] if verdicts else None,
+                prompt_tokens,
+                completion_tokens,
+            )
+        )
+
+
+def _request_contract(fields: dict[str, Any], route: str) -> Contract | None:
+    try:
+        return request_contract(fields.get("response_format"), route)
+    except SchemaRejected as error:
+        raise InvalidRequest(f"response_format: {error}", param="response_format") from None
 
 
 def models_router(table: PublishedTable) -> APIRouter:
@@ -189,7 +348,7 @@ def models_router(table: PublishedTable) -> APIRouter:
 
     async def list_models() -> ModelList:
         return ModelList(
-            data=[ModelCard(id=route, created=created) for route in table.current.targets]
+            data=[ModelCard(id=route, created=created) for route in table.current.entries]
         )
 
     router.add_api_route("/v1/models", list_models, methods=["GET"], summary="List the routes")

@@ -16,7 +16,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from gateway.api.admin import admin_router, key_digest
+from gateway.admin_keys import AdminKeys, key_digest
+from gateway.api.admin import admin_router
 from gateway.api.errors import install_error_handlers
 from gateway.audit import AuditLog, read_audit_log
 from gateway.embedded import free_port
@@ -63,7 +64,12 @@ def admin_server(tmp_path: Path) -> Iterator[AdminServer]:
 
     app = FastAPI(lifespan=lifespan)
     install_error_handlers(app)
-    app.include_router(admin_router(controller, {key_digest(ADMIN_KEY)}))
+    prepared: list[tuple[str, str]] = []
+
+    async def before_start(route: str, candidate: str) -> None:
+        prepared.append((route, candidate))
+
+    app.include_router(admin_router(controller, AdminKeys({key_digest(ADMIN_KEY)}), before_start))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

@@ -1,0 +1,121 @@
+"""The control plane: applies config files and rollout changes by publishing new routing tables.
+
+Every change takes the same path: the adapter versions the new table needs are verified and
+loaded onto the backends first, then the table is swapped in one step, then versions no route
+uses are unloaded. A config file that fails anywhere on that path is refused, logged and
+metered, and the table in force keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from adapters.loader import AdapterLoader
+from gateway.config import TurnoutConfig, load_config
+from gateway.errors import ConfigError, RolloutConflict, TurnoutError
+from gateway.rollout_controller import RolloutController
+from gateway.rollouts import Rollout
+from gateway.routing import (
+    AdapterVersion,
+    PublishedTable,
+    build_routing_table,
+    declared_rollouts,
+)
+from monitoring import metrics
+
+log = logging.getLogger("turnout.control")
+
+# Sections a running gateway cannot change: they shape sockets, pools and stores.
+_RESTART_ONLY = ("server", "backends", "timeouts", "state", "embedded", "base_model")
+
+
+class CandidateRejected(RolloutConflict):
+    """A rollout's candidate cannot be served (missing, invalid, or a backend refused it)."""
+
+    status = 422
+    code = "candidate_rejected"
+
+
+class ControlPlane:
+    """Owns the config in force and publishes the routing table for it and the rollouts."""
+
+    def __init__(
+        self,
+        config: TurnoutConfig,
+        config_path: Path | None,
+        table: PublishedTable,
+        loader: AdapterLoader,
+    ) -> None:
+        self.config = config
+        self._path = config_path
+        self._table = table
+        self._loader = loader
+        self._applied_digest = _digest(config_path) if config_path else None
+
+    def publish(self, rollouts: Mapping[str, Rollout]) -> None:
+        """The rollout controller's callback: in force for the very next request."""
+        table = build_routing_table(self.config, rollouts)
+        self._loader.route(table.adapter_versions())
+        self._table.publish(table)
+
+    async def start(self, controller: RolloutController) -> None:
+        """Restore rollout state, then load what the resulting table routes to (or refuse)."""
+        await controller.open(declared_rollouts(self.config))
+        await self._loader.prepare(self._table.current.adapter_versions())
+        await self._loader.release()
+
+    async def prepare_candidate(self, route: str, candidate: str) -> None:
+        """Load a rollout's candidate everywhere before the rollout may start."""
+        versions = self._table.current.adapter_versions() | {AdapterVersion.parse(candidate)}
+        try:
+            await self._loader.prepare(versions)
+        except ConfigError as error:
+            raise CandidateRejected(f"Route `{route}`: {error.message}") from None
+
+    async def reload(self, controller: RolloutController) -> None:
+        """Apply the config file as it is now, or raise and leave everything as it was."""
+        assert self._path is not None
+        new = await asyncio.to_thread(load_config, self._path)
+        for section in _RESTART_ONLY:
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("config: %s changed; it takes effect at the next restart", section)
+                new = new.model_copy(update={section: getattr(self.config, section)})
+        declared = declared_rollouts(new)
+        needed = build_routing_table(new, declared).adapter_versions()
+        await self._loader.prepare(needed | self._table.current.adapter_versions())
+        self.config = new
+        await controller.apply_config(declared)
+        await self._loader.release()
+
+    async def watch(self, controller: RolloutController, interval_s: float) -> None:
+        """Reload whenever the file's contents change (ConfigMaps swap files under us)."""
+        assert self._path is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            digest = await asyncio.to_thread(_digest, self._path)
+            if digest is None or digest == self._applied_digest:
+                continue
+            self._applied_digest = digest  # a refused file is not retried until it changes
+            try:
+                await self.reload(controller)
+            except TurnoutError as error:
+                metrics.CONFIG_RELOADS.labels("rejected").inc()
+                log.error(
+                    "config %s refused, the previous one keeps serving: %s",
+                    self._path,
+                    error.message,
+                )
+                continue
+            metrics.CONFIG_RELOADS.labels("applied").inc()
+            log.info("config %s applied", self._path)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
