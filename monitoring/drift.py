@@ -11,7 +11,8 @@ Each (route, version) keeps two sets of feature counts over its prompts:
 Features: the prompt's length in tokens (log-spaced bins; the caller passes the backend's
 count, the gateway has no tokenizer), the mix of character classes (per-mille shares of ASCII
 letters, digits, whitespace, other ASCII, non-ASCII; each prompt weighs the same) and a hashed
-term distribution (`term_buckets` buckets, CRC-32 of each lower-cased word). `scores()`
+term distribution (`term_buckets` buckets, CRC-32 of each lower-cased word; words are split
+at whitespace and ASCII punctuation). `scores()`
 compares the two with the population stability index and the Jensen-Shannon divergence;
 `refresh_gauges()` publishes them as `turnout_drift_score`, off the request path.
 """
@@ -22,7 +23,6 @@ import asyncio
 import bisect
 import logging
 import math
-import re
 import threading
 import zlib
 from array import array
@@ -42,7 +42,12 @@ FEATURES = ("prompt_tokens", "char_class", "terms")
 # Stands in for an empty bin in PSI, whose log ratio is otherwise infinite.
 _PSI_FLOOR = 1e-4
 
-_TERM = re.compile(r"\w+")
+# Words for the term histogram: ASCII lower-cased, ASCII punctuation as a separator; bytes,
+# because translating and splitting bytes costs a fraction of a regex over the text.
+_TERM_BYTES = bytes(
+    code + 32 if 65 <= code <= 90 else 32 if code < 128 and not chr(code).isalnum() else code
+    for code in range(256)
+)
 _CLASS_OF_ASCII = {
     code: "L" if chr(code).isalpha() else "D" if chr(code).isdigit() else "W"
     if chr(code).isspace() else "P"
@@ -58,7 +63,7 @@ class DriftConfig:
     reference_size: int = 1000
     min_window: int = 200
     term_buckets: int = 256
-    max_chars: int = 2048
+    max_chars: int = 1024
 
     def __post_init__(self) -> None:
         if min(self.window_size, self.reference_size, self.min_window, self.max_chars) < 1:
@@ -101,9 +106,8 @@ def prompt_features(
     total = len(text) or 1
     non_ascii = len(text) - letters - digits - spaces - others
     mix = tuple(count * 1000 // total for count in (letters, digits, spaces, others, non_ascii))
-    terms = array(
-        "H", [zlib.crc32(word.encode()) % term_buckets for word in _TERM.findall(text.lower())]
-    )
+    words = text.encode("utf-8", "replace").translate(_TERM_BYTES).split()
+    terms = array("H", [zlib.crc32(word) % term_buckets for word in words])
     length = None if prompt_tokens is None else length_bin(prompt_tokens)
     return PromptFeatures(length, mix, terms)
 
