@@ -22,9 +22,9 @@ def data_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def panel_expressions() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, PromQL) for every target of every panel."""
+    """(dashboard file, "panel title/refId", PromQL) for every target of every panel."""
     return [
-        (path.name, panel["title"], target["expr"])
+        (path.name, f"{panel['title']}/{target['refId']}", target["expr"])
         for path, dashboard in dashboards()
         for panel in data_panels(dashboard)
         for target in panel["targets"]
