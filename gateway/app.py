@@ -29,6 +29,11 @@ from gateway.residency import Residency
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import FileStateStore, RedisStateStore, RolloutStateStore
+from monitoring.drift import DriftMonitor
+from monitoring.refusals import PhraseRefusalDetector
+
+DRIFT_REFRESH_S = 15.0
+HEALTH_PROBE_S = 5.0
 
 
 def _state_store(config: TurnoutConfig) -> RolloutStateStore:
@@ -62,6 +67,7 @@ def create_app(
         _state_store(config), AuditLog(Path(config.state.dir) / "audit.jsonl"), control.publish
     )
     recorder = RolloutRecorder()
+    drift = DriftMonitor()
     admin_keys = AdminKeys(config.admin.key_sha256)
 
     @asynccontextmanager
@@ -74,6 +80,8 @@ def create_app(
                 controller.run_analysis(recorder, config.state.analysis_interval_s),
                 name="rollout-analysis",
             ),
+            asyncio.create_task(drift.refresh_forever(DRIFT_REFRESH_S), name="drift-scores"),
+            asyncio.create_task(pool.watch_health(upstream, HEALTH_PROBE_S), name="health"),
         ]
         if config_path is not None:
             tasks.append(
@@ -104,7 +112,7 @@ def create_app(
         table,
         InferenceProxy(upstream, pool),
         pool,
-        OutcomeRecorder(recorder),
+        OutcomeRecorder(recorder, PhraseRefusalDetector(), drift),
         admin_keys,
         config.server.max_body_bytes,
     )

@@ -19,6 +19,7 @@ from gateway import http1
 from gateway.config import TimeoutsConfig
 from gateway.errors import AdapterNotReady, BackendTimeout, BackendUnavailable, TurnoutError
 from gateway.residency import Residency
+from monitoring import metrics
 
 _JSON_HEADERS = b"content-type: application/json\r\n"
 
@@ -223,4 +224,13 @@ class BackendPool:
         answers = await asyncio.gather(
             *(client.probe(url, "/health", timeout_s) for url in self.urls)
         )
-        return dict(zip(self.urls, answers, strict=True))
+        health = dict(zip(self.urls, answers, strict=True))
+        for url, up in health.items():
+            metrics.BACKEND_UP.labels(url).set(1 if up else 0)
+        return health
+
+    async def watch_health(self, client: UpstreamClient, interval_s: float) -> None:
+        """Probe every backend every `interval_s` (for `turnout_backend_up`) until cancelled."""
+        while True:
+            await self.probe_all(client, interval_s)
+            await asyncio.sleep(interval_s)

@@ -37,7 +37,13 @@ from gateway.errors import (
     RequestValidationFailed,
     TurnoutError,
 )
-from gateway.outcomes import Outcome, OutcomeRecorder
+from gateway.outcomes import (
+    Outcome,
+    OutcomeRecorder,
+    StreamTranscript,
+    answer_of,
+    prompt_text,
+)
 from gateway.proxy import InferenceProxy, OpenStream
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
@@ -123,14 +129,6 @@ def _schema_headers(verdict: Verdict, source: str, retries: int) -> dict[str, st
     }
 
 
-def _usage(body: bytes) -> tuple[int, int]:
-    try:
-        usage = orjson.loads(body).get("usage") or {}
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 0, 0
-
-
 class ProxiedStreamResponse(StreamingResponse):
     """An SSE answer relayed from upstream; the upstream request is closed however it ends."""
 
@@ -138,11 +136,12 @@ class ProxiedStreamResponse(StreamingResponse):
         self,
         stream: OpenStream,
         headers: dict[str, str],
+        transcript: StreamTranscript,
         on_first_chunk: Callable[[], None],
         on_close: Callable[[], None],
     ) -> None:
         super().__init__(
-            _noting_first(stream.events, on_first_chunk),
+            _followed(stream.events, transcript, on_first_chunk),
             media_type=stream.content_type,
             headers=headers,
         )
@@ -157,8 +156,8 @@ class ProxiedStreamResponse(StreamingResponse):
             self._on_close()
 
 
-async def _noting_first(
-    events: AsyncIterator[bytes], on_first_chunk: Callable[[], None]
+async def _followed(
+    events: AsyncIterator[bytes], transcript: StreamTranscript, on_first_chunk: Callable[[], None]
 ) -> AsyncIterator[bytes]:
     first = True
     async for chunk in events:
@@ -166,6 +165,7 @@ async def _noting_first(
             on_first_chunk()
             first = False
         yield chunk
+        transcript.feed(chunk)
 
 
 class InferenceEndpoints:
@@ -258,7 +258,7 @@ class InferenceEndpoints:
             self._finish(target, error.status, started, verdicts)
             raise
         if isinstance(opened, UpstreamReply):
-            self._finish(target, opened.status, started, verdicts, opened.body)
+            self._finish(target, opened.status, started, verdicts, fields, opened.body)
             return Response(
                 opened.body,
                 status_code=opened.status,
@@ -272,10 +272,12 @@ class InferenceEndpoints:
                 resolved.route, resolved.version_label, resolved.arm
             ).observe(time.perf_counter() - started)
 
-        def on_close() -> None:
-            self._finish(resolved, 200, started, verdicts)
+        transcript = StreamTranscript()
 
-        return ProxiedStreamResponse(opened, headers, on_first_chunk, on_close)
+        def on_close() -> None:
+            self._finish(resolved, 200, started, verdicts, fields, transcript=transcript)
+
+        return ProxiedStreamResponse(opened, headers, transcript, on_first_chunk, on_close)
 
     async def _judged(
         self,
@@ -294,7 +296,7 @@ class InferenceEndpoints:
         judged = await self._enforcer.complete(
             target, contract, path, fields, request_id, lambda v, f: verdicts.append(v)
         )
-        self._finish(target, judged.reply.status, started, verdicts, judged.reply.body)
+        self._finish(target, judged.reply.status, started, verdicts, fields, judged.reply.body)
         if judged.verdict is not None:
             headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
         if not streamed or judged.reply.status != 200 or judged.verdict is None:
@@ -319,9 +321,19 @@ class InferenceEndpoints:
         status: int,
         started: float,
         verdicts: list[Verdict],
+        fields: dict[str, Any] | None = None,
         body: bytes | None = None,
+        transcript: StreamTranscript | None = None,
     ) -> None:
-        prompt_tokens, completion_tokens = _usage(body) if body and status == 200 else (0, 0)
+        answer, prompt_tokens, completion_tokens = None, 0, 0
+        if body is not None and status == 200:
+            answer, prompt_tokens, completion_tokens = answer_of(body)
+        elif transcript is not None:
+            answer = transcript.text
+            prompt_tokens, completion_tokens = (
+                transcript.prompt_tokens,
+                transcript.completion_tokens,
+            )
         self._outcomes.record(
             Outcome(
                 target,
@@ -330,6 +342,8 @@ class InferenceEndpoints:
                 verdicts[-1] if verdicts else None,
                 prompt_tokens,
                 completion_tokens,
+                prompt_text(fields) if fields is not None else "",
+                answer,
             )
         )
 
