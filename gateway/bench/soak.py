@@ -1,0 +1,293 @@
+"""`turnout bench soak`: a fixed request rate through a gateway; errors, latency and memory.
+
+It starts the instant stub upstream and a real gateway process (`turnout serve`) in front of
+it, then sends requests on a fixed schedule: request i leaves at start + i / rate whether or not
+earlier ones have answered (an open loop, so a slow gateway cannot slow the load down and hide
+its own latency). Latency is measured from the scheduled time, not the actual send. It reports
+errors (anything but a 200; the target is none), latency percentiles per interval, and the
+gateway's resident memory over time with its growth after a warm-up (target under 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import yaml
+
+if TYPE_CHECKING:
+    import httpx
+
+ROUTE = "soak"
+STUB_ADAPTER = "bench@v1"
+TARGET_GROWTH_PERCENT = 5.0
+_STARTUP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request: when it was due (seconds into the run), how long it took, what went wrong."""
+
+    due_s: float
+    latency_s: float
+    error: str | None
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    at_s: float
+    rss_bytes: int
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values (q in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def _latency_ms(samples: Sequence[Sample]) -> dict[str, float | None]:
+    """Percentiles of the successful requests' latency; None where there were none."""
+    values = sorted(s.latency_s * 1000 for s in samples if s.error is None)
+    if not values:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "p99.9_ms": None, "max_ms": None}
+    report: dict[str, float | None] = {
+        f"p{q}_ms": round(percentile(values, q), 3) for q in (50, 90, 99, 99.9)
+    }
+    report["max_ms"] = round(values[-1], 3)
+    return report
+
+
+def memory_report(memory: Sequence[MemorySample], warmup_s: float) -> dict[str, Any]:
+    """RSS over time and its growth from the end of the warm-up to the end of the run."""
+    after = [m for m in memory if m.at_s >= warmup_s] or list(memory[-1:])
+    baseline, end = after[0].rss_bytes, after[-1].rss_bytes
+    growth = (end - baseline) / baseline * 100
+    return {
+        "samples": [{"at_s": round(m.at_s, 2), "rss_bytes": m.rss_bytes} for m in memory],
+        "warmup_s": warmup_s,
+        "rss_after_warmup_bytes": baseline,
+        "rss_end_bytes": end,
+        "rss_max_bytes": max(m.rss_bytes for m in memory),
+        "growth_percent": round(growth, 2),
+        "target_growth_percent": TARGET_GROWTH_PERCENT,
+        "meets_target": growth < TARGET_GROWTH_PERCENT,
+    }
+
+
+def soak_report(
+    samples: Sequence[Sample],
+    memory: Sequence[MemorySample],
+    rate: float,
+    duration_s: float,
+    interval_s: float,
+    warmup_s: float,
+    max_send_lag_ms: float,
+) -> dict[str, Any]:
+    """The JSON report: totals, latency after warm-up, one entry per interval, memory."""
+    errors = Counter(s.error for s in samples if s.error is not None)
+    intervals = []
+    for index in range(math.ceil(duration_s / interval_s)):
+        start = index * interval_s
+        window = [s for s in samples if start <= s.due_s < start + interval_s]
+        intervals.append(
+            {
+                "start_s": round(start, 2),
+                "requests": len(window),
+                "errors": sum(s.error is not None for s in window),
+                **_latency_ms(window),
+            }
+        )
+    return {
+        "upstream": "stub",
+        "rate_per_s": rate,
+        "duration_s": duration_s,
+        "requests": len(samples),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "max_send_lag_ms": round(max_send_lag_ms, 3),
+        "latency_after_warmup": _latency_ms([s for s in samples if s.due_s >= warmup_s]),
+        "intervals": intervals,
+        "memory": memory_report(memory, warmup_s),
+    }
+
+
+async def _send(
+    client: httpx.AsyncClient, url: str, body: bytes, due: float, samples: list[Sample]
+) -> None:
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    error: str | None = None
+    try:
+        response = await client.post(url, content=body)
+        if response.status_code != 200:
+            error = f"status {response.status_code}"
+    except httpx.HTTPError as failure:
+        error = type(failure).__name__
+    samples.append(Sample(due, loop.time() - due, error))
+
+
+async def drive_load(
+    url: str, body: bytes, rate: float, duration_s: float, pid: int, memory_every_s: float
+) -> tuple[list[Sample], list[MemorySample], float]:
+    """Send `rate` requests a second for `duration_s`; sample the process's RSS meanwhile.
+
+    Returns the samples (with `due_s` relative to the start), the memory samples, and the
+    largest delay between a request's due time and its actual send, in milliseconds (a large
+    value means this generator, not the gateway, could not keep the rate).
+    """
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    samples: list[Sample] = []
+    memory: list[MemorySample] = []
+    pending: set[asyncio.Task[None]] = set()
+    max_lag_s = 0.0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(limits=limits, timeout=30.0, trust_env=False) as client:
+        start = loop.time()
+        next_memory_s = 0.0
+        for index in range(round(rate * duration_s)):
+            due = start + index / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing the schedule, not waiting on a condition
+            else:
+                max_lag_s = max(max_lag_s, -delay)
+            task = asyncio.create_task(_send(client, url, body, due, samples))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            if due - start >= next_memory_s:
+                memory.append(MemorySample(due - start, rss_bytes(pid)))
+                next_memory_s += memory_every_s
+        await asyncio.gather(*pending)
+        memory.append(MemorySample(loop.time() - start, rss_bytes(pid)))
+    relative = [Sample(s.due_s - start, s.latency_s, s.error) for s in samples]
+    return relative, memory, max_lag_s * 1000
+
+
+def _wait_until_answers(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url} within {_STARTUP_TIMEOUT_S:.0f} s")
+
+
+@contextmanager
+def _running(command: list[str], ready_url: str, what: str) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_until_answers(ready_url, process, what)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def run_soak(
+    minutes: float, rate: float, interval_s: float = 60.0, warmup_s: float | None = None
+) -> dict[str, Any]:
+    """Run the soak (stub upstream, gateway process, load) and return the report."""
+    from gateway.embedded import free_port
+
+    duration_s = minutes * 60
+    if warmup_s is None:
+        warmup_s = min(60.0, duration_s / 5)
+    upstream_port, gateway_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
+        running.enter_context(
+            _running(
+                [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(upstream_port)],
+                f"{upstream}/health",
+                "the stub upstream",
+            )
+        )
+        config = Path(scratch) / "soak.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "server": {"port": gateway_port},
+                    "backends": [{"url": upstream}],
+                    "routes": {ROUTE: {"stable": STUB_ADAPTER}},
+                }
+            )
+        )
+        process = running.enter_context(
+            _running(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                f"{gateway}/healthz",
+                "the gateway",
+            )
+        )
+        body = orjson.dumps(
+            {
+                "model": ROUTE,
+                "messages": [{"role": "user", "content": "Summarise: the order arrived late."}],
+                "max_tokens": 16,
+            }
+        )
+        memory_every_s = max(0.5, min(5.0, duration_s / 60))
+        samples, memory, lag_ms = asyncio.run(
+            drive_load(
+                f"{gateway}/v1/chat/completions", body, rate, duration_s, process.pid,
+                memory_every_s,
+            )
+        )  # fmt: skip
+    return soak_report(samples, memory, rate, duration_s, interval_s, warmup_s, lag_ms)
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    report = run_soak(args.minutes, args.rate, args.interval, args.warmup)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0 if report["errors"] == 0 else 1
+
+
+def add_commands(bench_subparsers: Any) -> None:
+    """Register `soak` on the `turnout bench` subcommands."""
+    soak = bench_subparsers.add_parser(
+        "soak", help="a fixed request rate through a gateway for minutes: errors, latency, memory"
+    )
+    soak.add_argument("--minutes", type=float, required=True, help="how long (fractions allowed)")
+    soak.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    soak.add_argument("--interval", type=float, default=60.0, help="seconds per latency interval")
+    soak.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds before memory growth is measured (default: a fifth of the run, at most 60)",
+    )
+    soak.add_argument("--json", action="store_true", help="the report on one line")
+    soak.set_defaults(run=cmd_bench_soak)
