@@ -14,27 +14,34 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
+import uvloop
 import yaml
 
-if TYPE_CHECKING:
-    import httpx
+from gateway.http1 import ConnectionPool, Origin
 
 ROUTE = "soak"
 STUB_ADAPTER = "bench@v1"
 TARGET_GROWTH_PERCENT = 5.0
 _STARTUP_TIMEOUT_S = 60.0
+_REQUEST_TIMEOUT_S = 30.0
+_HEADERS = b"content-type: application/json\r\n"
+# Loopback only: proxy variables from the environment must not reroute the probes.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -135,17 +142,22 @@ def soak_report(
 
 
 async def _send(
-    client: httpx.AsyncClient, url: str, body: bytes, due: float, samples: list[Sample]
+    pool: ConnectionPool, origin: Origin, path: str, body: bytes, due: float, samples: list[Sample]
 ) -> None:
-    import httpx
-
     loop = asyncio.get_running_loop()
     error: str | None = None
     try:
-        response = await client.post(url, content=body)
-        if response.status_code != 200:
-            error = f"status {response.status_code}"
-    except httpx.HTTPError as failure:
+        async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+            response = await pool.request(origin, b"POST", path, body, _HEADERS)
+            try:
+                await response.read()
+            finally:
+                response.finish()
+        if response.status != 200:
+            error = f"status {response.status}"
+    except TimeoutError:
+        error = "timeout"
+    except OSError as failure:  # refused, reset, closed mid-answer
         error = type(failure).__name__
     samples.append(Sample(due, loop.time() - due, error))
 
@@ -153,23 +165,24 @@ async def _send(
 async def drive_load(
     url: str, body: bytes, rate: float, duration_s: float, pid: int, memory_every_s: float
 ) -> tuple[list[Sample], list[MemorySample], float]:
-    """Send `rate` requests a second for `duration_s`; sample the process's RSS meanwhile.
+    """POST `body` to `url` `rate` times a second for `duration_s`; sample a process's RSS.
 
     Returns the samples (with `due_s` relative to the start), the memory samples, and the
     largest delay between a request's due time and its actual send, in milliseconds (a large
     value means this generator, not the gateway, could not keep the rate).
     """
-    import httpx
-
     loop = asyncio.get_running_loop()
+    origin, path = Origin.parse(url), urlsplit(url).path
+    # The gateway's own lean HTTP/1.1 client: httpx's pool costs ~1 ms of CPU a request and
+    # falls behind the schedule on a small machine (docs/performance.md).
+    pool = ConnectionPool(connect_timeout_s=_REQUEST_TIMEOUT_S)
     samples: list[Sample] = []
     memory: list[MemorySample] = []
     pending: set[asyncio.Task[None]] = set()
     max_lag_s = 0.0
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(limits=limits, timeout=30.0, trust_env=False) as client:
-        start = loop.time()
-        next_memory_s = 0.0
+    start = loop.time()
+    next_memory_s = 0.0
+    try:
         for index in range(round(rate * duration_s)):
             due = start + index / rate
             delay = due - loop.time()
@@ -177,7 +190,7 @@ async def drive_load(
                 await asyncio.sleep(delay)  # pacing the schedule, not waiting on a condition
             else:
                 max_lag_s = max(max_lag_s, -delay)
-            task = asyncio.create_task(_send(client, url, body, due, samples))
+            task = asyncio.create_task(_send(pool, origin, path, body, due, samples))
             pending.add(task)
             task.add_done_callback(pending.discard)
             if due - start >= next_memory_s:
@@ -185,21 +198,22 @@ async def drive_load(
                 next_memory_s += memory_every_s
         await asyncio.gather(*pending)
         memory.append(MemorySample(loop.time() - start, rss_bytes(pid)))
+    finally:
+        pool.close()
     relative = [Sample(s.due_s - start, s.latency_s, s.error) for s in samples]
     return relative, memory, max_lag_s * 1000
 
 
 def _wait_until_answers(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    import httpx
-
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with status {process.returncode}")
         try:
-            if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with _DIRECT.open(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # refused while starting; URLError and HTTPError are OSErrors
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{what} did not answer at {url} within {_STARTUP_TIMEOUT_S:.0f} s")
@@ -261,7 +275,7 @@ def run_soak(
             }
         )
         memory_every_s = max(0.5, min(5.0, duration_s / 60))
-        samples, memory, lag_ms = asyncio.run(
+        samples, memory, lag_ms = uvloop.run(
             drive_load(
                 f"{gateway}/v1/chat/completions", body, rate, duration_s, process.pid,
                 memory_every_s,
@@ -270,7 +284,12 @@ def run_soak(
     return soak_report(samples, memory, rate, duration_s, interval_s, warmup_s, lag_ms)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` that stops the processes
+
+
 def cmd_bench_soak(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = run_soak(args.minutes, args.rate, args.interval, args.warmup)
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0 if report["errors"] == 0 else 1
