@@ -46,11 +46,13 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @dataclass(frozen=True)
 class Sample:
-    """One request: when it was due (seconds into the run), how long it took, what went wrong."""
+    """One request: when it was due (seconds into the run), how long it took from then, what
+    went wrong, and how late the generator sent it."""
 
     due_s: float
     latency_s: float
     error: str | None
+    send_lag_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def soak_report(
                 "start_s": round(start, 2),
                 "requests": len(window),
                 "errors": sum(s.error is not None for s in window),
+                "max_send_lag_ms": round(max((s.send_lag_s for s in window), default=0) * 1000, 3),
                 **_latency_ms(window),
             }
         )
@@ -144,7 +147,8 @@ def soak_report(
 async def _send(
     pool: ConnectionPool, origin: Origin, path: str, body: bytes, due: float, samples: list[Sample]
 ) -> None:
-    loop = asyncio.get_running_loop()
+    # time.monotonic, not loop.time(): uvloop's clock ticks in whole milliseconds.
+    sent = time.monotonic()
     error: str | None = None
     try:
         async with asyncio.timeout(_REQUEST_TIMEOUT_S):
@@ -159,7 +163,7 @@ async def _send(
         error = "timeout"
     except OSError as failure:  # refused, reset, closed mid-answer
         error = type(failure).__name__
-    samples.append(Sample(due, loop.time() - due, error))
+    samples.append(Sample(due, time.monotonic() - due, error, sent - due))
 
 
 async def drive_load(
@@ -171,7 +175,6 @@ async def drive_load(
     largest delay between a request's due time and its actual send, in milliseconds (a large
     value means this generator, not the gateway, could not keep the rate).
     """
-    loop = asyncio.get_running_loop()
     origin, path = Origin.parse(url), urlsplit(url).path
     # The gateway's own lean HTTP/1.1 client: httpx's pool costs ~1 ms of CPU a request and
     # falls behind the schedule on a small machine (docs/performance.md).
@@ -180,12 +183,12 @@ async def drive_load(
     memory: list[MemorySample] = []
     pending: set[asyncio.Task[None]] = set()
     max_lag_s = 0.0
-    start = loop.time()
+    start = time.monotonic()
     next_memory_s = 0.0
     try:
         for index in range(round(rate * duration_s)):
             due = start + index / rate
-            delay = due - loop.time()
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing the schedule, not waiting on a condition
             else:
@@ -197,10 +200,10 @@ async def drive_load(
                 memory.append(MemorySample(due - start, rss_bytes(pid)))
                 next_memory_s += memory_every_s
         await asyncio.gather(*pending)
-        memory.append(MemorySample(loop.time() - start, rss_bytes(pid)))
+        memory.append(MemorySample(time.monotonic() - start, rss_bytes(pid)))
     finally:
         pool.close()
-    relative = [Sample(s.due_s - start, s.latency_s, s.error) for s in samples]
+    relative = [Sample(s.due_s - start, s.latency_s, s.error, s.send_lag_s) for s in samples]
     return relative, memory, max_lag_s * 1000
 
 

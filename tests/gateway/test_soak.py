@@ -34,6 +34,9 @@ def test_a_short_soak_at_a_fixed_rate_reports_no_errors_per_interval_and_memory(
     assert [i["requests"] for i in report["intervals"]] == [40, 40, 40]
     for interval in report["intervals"]:
         assert 0 < interval["p50_ms"] <= interval["p99_ms"] <= interval["max_ms"]
+        assert interval["max_send_lag_ms"] >= 0
+    # Latency is timed finer than whole milliseconds (uvloop's own clock is not).
+    assert any(i["p50_ms"] != round(i["p50_ms"]) for i in report["intervals"])
     memory = report["memory"]
     assert len(memory["samples"]) >= 5
     assert all(s["rss_bytes"] > 10 * 2**20 for s in memory["samples"])  # a Python process
