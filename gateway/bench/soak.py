@@ -183,6 +183,11 @@ async def drive_load(
     memory: list[MemorySample] = []
     pending: set[asyncio.Task[None]] = set()
     max_lag_s = 0.0
+    # While the loop runs, a Python-level signal handler may not get to run: cancel instead,
+    # which unwinds through the caller's `finally` that stops the gateway and the stub.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     start = time.monotonic()
     next_memory_s = 0.0
     try:
@@ -293,7 +298,10 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    report = run_soak(args.minutes, args.rate, args.interval, args.warmup)
+    try:
+        report = run_soak(args.minutes, args.rate, args.interval, args.warmup)
+    except asyncio.CancelledError:  # SIGTERM while the load ran
+        return 128 + signal.SIGTERM
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0 if report["errors"] == 0 else 1
 
