@@ -11,7 +11,8 @@ class TurnoutError(Exception):
     status = 500
     error_type = "server_error"
     code = "internal_error"
-    retry_after_s: int | None = None  # sent as Retry-After when set
+    # Set on errors the client may retry later; `gateway.api.errors` sends it as Retry-After.
+    retry_after_s: float | None = None
 
     def __init__(
         self, message: str, *, param: str | None = None, details: dict[str, Any] | None = None
@@ -99,7 +100,7 @@ class AdapterNotReady(TurnoutError):
     status = 503
     error_type = "upstream_error"
     code = "adapter_not_ready"
-    retry_after_s = 2
+    retry_after_s = 2.0
 
 
 class AdminKeyMissing(TurnoutError):
@@ -148,3 +149,55 @@ class ArmOverrideForbidden(TurnoutError):
     status = 403
     error_type = "invalid_request_error"
     code = "forbidden"
+
+
+class Unauthorized(TurnoutError):
+    """No API key, or one that matches no tenant (the message never repeats the key)."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(TurnoutError):
+    """The caller's tenant is not granted this route (or this is not an admin key)."""
+
+    status = 403
+    error_type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RateLimited(TurnoutError):
+    """The tenant spent its requests or tokens per minute; retry after `retry_after_s`."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(TurnoutError):
+    """A backend's concurrency and wait queue are full; shed now rather than queue forever."""
+
+    status = 503
+    error_type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
+class NoHealthyBackend(TurnoutError):
+    """Every backend's circuit breaker is open; retry after the nearest cool-down ends."""
+
+    status = 503
+    error_type = "upstream_error"
+    code = "no_healthy_backend"
+
+    def __init__(self, message: str, *, retry_after_s: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s

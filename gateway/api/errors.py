@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -28,9 +29,14 @@ def error_body(error: TurnoutError) -> bytes:
     )
 
 
+def retry_after_header(retry_after_s: float) -> str:
+    """Retry-After in whole seconds (HTTP allows no fractions), at least 1."""
+    return str(max(1, math.ceil(retry_after_s)))
+
+
 def error_response(error: TurnoutError, headers: dict[str, str] | None = None) -> Response:
     if error.retry_after_s is not None:
-        headers = {**(headers or {}), "retry-after": str(error.retry_after_s)}
+        headers = {**(headers or {}), "retry-after": retry_after_header(error.retry_after_s)}
     return Response(
         error_body(error),
         status_code=error.status,

@@ -1,0 +1,124 @@
+"""Admission control: bounded concurrency per backend, a bounded wait queue, and early shedding.
+
+A request takes a slot of its backend for as long as it runs upstream. When every slot is
+busy it waits in a first-come queue, at most `queue_timeout_s`; when the queue is full too it
+is shed at once with 503 and a Retry-After, so latency stays bounded instead of growing with
+the backlog. Retry-After estimates when the backlog will have drained: the queue ahead,
+divided among the slots, times the recent time a slot is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from gateway.errors import Overloaded
+
+# Weight of the newest hold time in the running average that Retry-After is estimated from.
+_HOLD_SMOOTHING = 0.2
+_MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """Per backend: requests in flight, requests waiting, and the longest wait."""
+
+    max_concurrent: int = 64
+    max_queued: int = 256
+    queue_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1 or self.max_queued < 0 or self.queue_timeout_s <= 0:
+            raise ValueError("max_concurrent >= 1, max_queued >= 0, queue_timeout_s > 0")
+
+
+class AdmissionGate:
+    """The slots and the queue of one backend; use `async with gate.slot(): ...`."""
+
+    def __init__(
+        self, limits: AdmissionLimits, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._mean_hold_s = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def retry_after_s(self) -> float:
+        """When a request shed now could expect a free slot."""
+        backlog = (len(self._waiters) + 1) / self.limits.max_concurrent
+        return min(_MAX_RETRY_AFTER_S, max(1.0, backlog * self._mean_hold_s))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a slot for the body of the `async with`; Overloaded (503) if none comes."""
+        await self._acquire()
+        started = self._clock()
+        try:
+            yield
+        finally:
+            held = self._clock() - started
+            self._mean_hold_s += _HOLD_SMOOTHING * (held - self._mean_hold_s)
+            self._release()
+
+    async def _acquire(self) -> None:
+        if self._in_flight < self.limits.max_concurrent and not self._waiters:
+            self._in_flight += 1
+            return
+        if len(self._waiters) >= self.limits.max_queued:
+            raise Overloaded(
+                "The backend is at capacity and its queue is full; retry later.",
+                retry_after_s=self.retry_after_s(),
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.limits.queue_timeout_s):
+                await waiter
+        except TimeoutError:
+            self._leave_queue(waiter)
+            raise Overloaded(
+                f"No capacity freed up within {self.limits.queue_timeout_s:g} s; retry later.",
+                retry_after_s=self.retry_after_s(),
+            ) from None
+        except asyncio.CancelledError:
+            self._leave_queue(waiter)
+            raise
+
+    def _leave_queue(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled():
+            # The slot was handed over just as the wait ended: pass it on, or it leaks.
+            self._release()
+        elif waiter in self._waiters:  # `_release` may already have skipped it
+            self._waiters.remove(waiter)
+
+    def _release(self) -> None:
+        # A freed slot goes straight to the longest waiter, so a newcomer cannot jump the queue.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._in_flight -= 1
+
+
+class BackendGates:
+    """One `AdmissionGate` per backend, all with the same limits."""
+
+    def __init__(self, backends: Iterable[str], limits: AdmissionLimits) -> None:
+        self._gates = {backend: AdmissionGate(limits) for backend in backends}
+
+    def __getitem__(self, backend: str) -> AdmissionGate:
+        return self._gates[backend]
