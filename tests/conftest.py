@@ -148,6 +148,17 @@ def scripted_backend(reply: bytes = b"", then_close: bool = False) -> Iterator[s
     accepted: list[socket.socket] = []
     stop = threading.Event()
 
+    def answer(connection: socket.socket) -> None:
+        # Every request on the connection gets `reply` (health probes reuse connections).
+        try:
+            while connection.recv(65536):
+                connection.sendall(reply)
+                if then_close:
+                    connection.close()
+                    return
+        except OSError:
+            return
+
     def serve() -> None:
         listener.settimeout(0.2)
         while not stop.is_set():
@@ -156,10 +167,7 @@ def scripted_backend(reply: bytes = b"", then_close: bool = False) -> Iterator[s
             except TimeoutError:
                 continue
             accepted.append(connection)
-            connection.recv(65536)
-            connection.sendall(reply)
-            if then_close:
-                connection.close()
+            threading.Thread(target=answer, args=(connection,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
