@@ -29,10 +29,9 @@ from gateway.residency import Residency
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import FileStateStore, RedisStateStore, RolloutStateStore
-from monitoring.drift import DriftMonitor
+from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
 
-DRIFT_REFRESH_S = 15.0
 HEALTH_PROBE_S = 5.0
 
 
@@ -67,7 +66,14 @@ def create_app(
         _state_store(config), AuditLog(Path(config.state.dir) / "audit.jsonl"), control.publish
     )
     recorder = RolloutRecorder()
-    drift = DriftMonitor()
+    drift_settings = config.monitoring.drift
+    drift = DriftMonitor(
+        DriftConfig(
+            window_size=drift_settings.window_size,
+            reference_size=drift_settings.reference_size,
+            min_window=drift_settings.min_window,
+        )
+    )
     admin_keys = AdminKeys(config.admin.key_sha256)
 
     @asynccontextmanager
@@ -80,7 +86,7 @@ def create_app(
                 controller.run_analysis(recorder, config.state.analysis_interval_s),
                 name="rollout-analysis",
             ),
-            asyncio.create_task(drift.refresh_forever(DRIFT_REFRESH_S), name="drift-scores"),
+            asyncio.create_task(drift.refresh_forever(drift_settings.refresh_s), name="drift"),
             asyncio.create_task(pool.watch_health(upstream, HEALTH_PROBE_S), name="health"),
         ]
         if config_path is not None:

@@ -171,6 +171,21 @@ class AdminConfig(StrictModel):
     )
 
 
+class DriftSettings(StrictModel):
+    """Input drift per route and version (monitoring/drift.py)."""
+
+    reference_size: int = Field(default=1000, gt=0, description="first prompts kept as reference")
+    window_size: int = Field(default=1000, gt=0, description="live prompts compared with it")
+    min_window: int = Field(default=200, gt=0, description="prompts before a score is published")
+    refresh_s: float = Field(default=15.0, gt=0, description="how often scores are recomputed")
+
+
+class MonitoringConfig(StrictModel):
+    """Signals computed from answers and inputs."""
+
+    drift: DriftSettings = DriftSettings()
+
+
 class EmbeddedConfig(StrictModel):
     """The local vLLM that `turnout up` starts (ignored by `turnout serve`)."""
 
@@ -195,6 +210,7 @@ class TurnoutConfig(StrictModel):
     routes: dict[RouteName, RouteConfig] = Field(default_factory=dict)
     state: StateConfig = StateConfig()
     admin: AdminConfig = AdminConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 

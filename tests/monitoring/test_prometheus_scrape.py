@@ -12,9 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from adapters.base_model import profile_base_model
+from adapters.demo import DEMO_VERSION
+from adapters.registry import AdapterRegistry
+from adapters.validate import AdapterLimits
 from tests.conftest import (
-    DEMO_ROUTES,
+    BASE_MODEL,
     closed_port_url,
     gateway_config,
     running_gateway,
@@ -28,17 +33,48 @@ pytestmark = pytest.mark.slow
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus" / "turnout-alerts.yml"
 # What Grafana would put in place of the dashboards' variables for this test's data.
 VARIABLES = {"$__rate_interval": "1m", "$route": "support-triage"}
+# support-triage: an A/B split between two adapters (loaded by the gateway: vLLM has not seen
+# these names), under a schema whose short answers get truncated, retried and refused.
+ROUTES = {
+    "support-triage": {
+        "stable": "mon-triage@v1",
+        "candidate": "mon-summarize@v1",
+        "mode": "ab",
+        "weight": 50,
+        "schema": {"enum": ["billing", "bug", "account"]},
+        "on_invalid": "retry",
+        "max_retries": 1,
+    },
+    "chat": {},
+}
+SMALL_DRIFT_WINDOWS = {
+    "drift": {"reference_size": 10, "window_size": 10, "min_window": 5, "refresh_s": 1}
+}
+
+
+def monitored_store(demo_model: Path, folder: Path) -> Path:
+    registry = AdapterRegistry(str(folder))
+    base = profile_base_model(demo_model / "base", BASE_MODEL)
+    registry.save_base(base)
+    for name, source in (
+        ("mon-triage", "support-triage"),
+        ("mon-summarize", "summarize"),
+        ("mon-sql", "sql-writer"),
+    ):
+        adapter = demo_model / "adapters" / source / DEMO_VERSION
+        registry.push(adapter, name, base, AdapterLimits(max_lora_rank=16))
+    return folder
 
 
 def drive_traffic(origin: str) -> None:
     """Answers, streams and completions on every route, and a request for an unknown route."""
     with httpx.Client(base_url=origin, timeout=120) as client:
-        for route in DEMO_ROUTES:
-            for stream in (False, False, False, True, True, True):
+        for route in ROUTES:
+            for stream, max_tokens in ((False, 4), (False, 1), (False, 8), (True, 4), (True, 8)):
                 body = {
                     "model": route,
                     "messages": [{"role": "user", "content": "Where is my order?"}],
-                    "max_tokens": 4,
+                    "max_tokens": max_tokens,
                     "stream": stream,
                 }
                 client.post("/v1/chat/completions", json=body)
@@ -47,9 +83,17 @@ def drive_traffic(origin: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def prometheus(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(
+    vllm_url: str, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     folder = tmp_path_factory.mktemp("prometheus")
-    config = gateway_config([vllm_url, closed_port_url()])
+    config = gateway_config(
+        [vllm_url, closed_port_url()],
+        monitored_store(demo_model, folder / "store"),
+        routes=ROUTES,
+        monitoring=SMALL_DRIFT_WINDOWS,
+        state={"dir": str(folder / "state"), "config_poll_s": 0.5},
+    )
     with (
         running_gateway(config, folder) as gateway,
         running_prometheus(
@@ -61,12 +105,23 @@ def prometheus(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         ready = (
             "sum(rate(turnout_requests_total[1m])) > 0",
             "sum(rate(vllm:generation_tokens_total[1m])) > 0",
+            # Drift scores need a reference and a window of prompts per version first.
+            'count(turnout_drift_score{route="support-triage"}) > 0',
         )
 
         def traffic_seen() -> bool:
             drive_traffic(gateway)
             return all(map(server.has_finite_value, ready))
 
+        # A config change applied while serving, after Prometheus saw the start-up loads: the
+        # candidate changes, so one adapter is loaded and one unloaded (reload and load panels).
+        wait_until(
+            lambda: server.has_finite_value("sum(turnout_adapter_loads_total)"), 60, "a scrape"
+        )
+        path = folder / f"gateway-{gateway.rsplit(':', 1)[1]}.yaml"
+        changed = yaml.safe_load(path.read_text())
+        changed["routes"]["support-triage"]["candidate"] = "mon-sql@v1"
+        path.write_text(yaml.safe_dump(changed))
         try:
             wait_until(traffic_seen, 120, "Prometheus to see rates of the traffic")
         except AssertionError as error:
