@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from adapters.loader import AdapterLoader, VllmAdapterAdmin
 from adapters.registry import AdapterRegistry
-from gateway.admin_keys import AdminKeys
+from gateway.admission import AdmissionLimits, BackendGates
 from gateway.analysis import RolloutRecorder
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
@@ -20,11 +20,15 @@ from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.ops import ops_router
 from gateway.audit import AuditLog
+from gateway.auth import load_admin_keyring, load_tenant_keyring
 from gateway.backends import BackendPool, Http1Upstream, UpstreamClient
+from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
 from gateway.config import TurnoutConfig
 from gateway.control import ControlPlane
+from gateway.guard import RequestGuard
 from gateway.outcomes import OutcomeRecorder
 from gateway.proxy import InferenceProxy
+from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, connect_redis
 from gateway.residency import Residency
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
@@ -33,6 +37,13 @@ from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
 
 HEALTH_PROBE_S = 5.0
+
+
+def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
+    """Shared through Redis when replicas share rollout state, else in this process."""
+    if config.state.redis_url:
+        return RedisRateLimiter(connect_redis(config.state.redis_url))
+    return LocalRateLimiter()
 
 
 def _state_store(config: TurnoutConfig) -> RolloutStateStore:
@@ -49,7 +60,18 @@ def create_app(
     """The gateway for `config` (watched at `config_path` when given); backends must be set."""
     urls = [backend.url for backend in config.backends]
     residency = Residency(urls)
-    pool = BackendPool(urls, residency)
+    breaker = config.breaker
+    pool = BackendPool(
+        urls,
+        residency,
+        BreakerPolicy(
+            window_s=breaker.window_s,
+            failure_rate=breaker.failure_rate,
+            min_calls=breaker.min_calls,
+            consecutive_failures=breaker.consecutive_failures,
+            cool_down_s=breaker.cool_down_s,
+        ),
+    )
     table = PublishedTable(build_routing_table(config))
     upstream: UpstreamClient = client or Http1Upstream(config.timeouts)
     loader = AdapterLoader(
@@ -74,7 +96,14 @@ def create_app(
             min_window=drift_settings.min_window,
         )
     )
-    admin_keys = AdminKeys(config.admin.key_sha256)
+    auth = config.auth
+    admins = load_admin_keyring(Path(auth.admin_keys_file)) if auth.admin_keys_file else None
+    guard = RequestGuard(
+        load_tenant_keyring(Path(auth.keys_file)) if auth.keys_file else None,
+        admins,
+        _rate_limiter(config),
+        config.limits,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,15 +140,31 @@ def create_app(
         title="Turnout", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     install_error_handlers(api)
-    api.include_router(models_router(table))
+    api.include_router(models_router(table, guard))
     api.include_router(ops_router(pool, upstream))
-    api.include_router(admin_router(controller, admin_keys, control.prepare_candidate))
+    api.include_router(admin_router(controller, admins, control.prepare_candidate))
+    admission = config.admission
+    proxy = InferenceProxy(
+        upstream,
+        pool,
+        BackendGates(
+            urls,
+            AdmissionLimits(
+                max_concurrent=admission.max_concurrent,
+                max_queued=admission.max_queued,
+                queue_timeout_s=admission.queue_timeout_s,
+            ),
+        ),
+        RetryBudget(
+            RetryBudgetPolicy(ratio=breaker.retry_budget_ratio, min_per_s=breaker.retry_min_per_s)
+        ),
+    )
     inference = InferenceEndpoints(
         table,
-        InferenceProxy(upstream, pool),
+        proxy,
         pool,
         OutcomeRecorder(recorder, PhraseRefusalDetector(), drift),
-        admin_keys,
+        guard,
         config.server.max_body_bytes,
     )
     return GatewayASGI(inference, api)

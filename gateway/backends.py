@@ -9,15 +9,21 @@ HTTP/1.1 pool (`gateway.http1`), chosen over aiohttp and httpx by measurement
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import http1
+from gateway.breaker import BackendPicker, BreakerPolicy
 from gateway.config import TimeoutsConfig
-from gateway.errors import AdapterNotReady, BackendTimeout, BackendUnavailable, TurnoutError
+from gateway.errors import (
+    AdapterNotReady,
+    BackendTimeout,
+    BackendUnavailable,
+    NoHealthyBackend,
+    TurnoutError,
+)
 from gateway.residency import Residency
 from monitoring import metrics
 
@@ -187,37 +193,49 @@ class Http1Upstream:
 
 
 class BackendPool:
-    """The vLLM servers of the base model; hands out, in turn, those that hold an adapter."""
+    """The vLLM servers of the base model: which may take a request for which adapter.
 
-    def __init__(self, urls: Sequence[str], residency: Residency) -> None:
+    A backend is eligible when its circuit breaker admits calls and it holds the adapter; one
+    whose adapters are unknown (unreachable at the last check) is tried only when no holder
+    is left. Attempts rotate over the backends; a retry passes the ones tried to fail over.
+    """
+
+    def __init__(self, urls: Sequence[str], residency: Residency, breakers: BreakerPolicy) -> None:
         if not urls:
             raise ValueError("at least one backend is needed")
         self.urls = tuple(urls)
         self.residency = residency
-        self._turn = itertools.cycle(self.urls)
+        self.picker = BackendPicker(self.urls, breakers)
 
     def serves(self, served_adapter: str) -> bool:
         """Whether some backend is known to hold the adapter."""
         return any(self.residency.holds(backend, served_adapter) for backend in self.urls)
 
-    def pick(self, served_adapter: str | None) -> str:
-        """The next backend holding `served_adapter` (None: the bare base model).
+    def pick(self, served_adapter: str | None, tried: Collection[str] = ()) -> str:
+        """The backend for the next attempt at a request for `served_adapter` (None: base)."""
 
-        Failing that, a backend whose adapters are unknown (unreachable at the last check): the
-        request then fails as that backend does, or is refused below if it lacks the adapter.
-        """
-        fallback = None
-        for _ in range(len(self.urls)):
-            backend = next(self._turn)
-            if served_adapter is None or self.residency.holds(backend, served_adapter):
-                return backend
-            if fallback is None and self.residency.unknown(backend):
-                fallback = backend
-        if fallback is not None:
-            return fallback
+        def holds(backend: str) -> bool:
+            return served_adapter is None or self.residency.holds(backend, served_adapter)
+
+        try:
+            return self.picker.pick(tried, holds)
+        except NoHealthyBackend as unhealthy:
+            try:
+                return self.picker.pick(tried, self.residency.unknown)
+            except NoHealthyBackend:
+                if served_adapter is None or self.serves(served_adapter) or tried:
+                    raise unhealthy from None
         raise AdapterNotReady(
             f"The adapter {served_adapter} is being loaded onto the backends; retry shortly."
         )
+
+    def record(self, backend: str, ok: bool) -> None:
+        """One call's outcome for the backend's breaker (5xx and transport failures are not ok)."""
+        breaker = self.picker.breakers[backend]
+        if ok:
+            breaker.record_success()
+        else:
+            breaker.record_failure()
 
     async def probe_all(self, client: UpstreamClient, timeout_s: float) -> dict[str, bool]:
         """Each backend's answer to vLLM's /health, probed concurrently."""

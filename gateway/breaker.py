@@ -230,14 +230,17 @@ class BackendPicker:
         }
         self._turn = itertools.count()
 
-    def pick(self, tried: Collection[str] = ()) -> str:
-        """A backend not in `tried` whose breaker admits a call; NoHealthyBackend (503) if none.
+    def pick(
+        self, tried: Collection[str] = (), eligible: Callable[[str], bool] = lambda _: True
+    ) -> str:
+        """An `eligible` backend not in `tried` whose breaker admits a call; NoHealthyBackend
+        (503) if none.
 
         Each call starts one further along the rotation, so first attempts spread over the
         backends; a retry passes the backends it tried and so fails over to another.
         """
         for backend in failover_order(self.backends, next(self._turn)):
-            if backend not in tried and self.breakers[backend].allow():
+            if backend not in tried and eligible(backend) and self.breakers[backend].allow():
                 return backend
         waits = [self.breakers[b].retry_after_s() for b in self.backends if b not in tried]
         raise NoHealthyBackend(

@@ -126,6 +126,9 @@ class RouteConfig(StrictModel):
         default="retry", description="retry (then error), error (502), or flag (pass through)"
     )
     max_retries: int = Field(default=1, ge=0, le=5)
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="ceiling on a request's max_tokens (else limits.max_tokens)"
+    )
     stream_validation: StreamValidation = Field(
         default="final",
         description="final: stream as it comes, verdict in the last event; buffer: validate "
@@ -163,12 +166,53 @@ class StateConfig(StrictModel):
     config_poll_s: float = Field(default=1.0, gt=0, description="how often the file is checked")
 
 
-class AdminConfig(StrictModel):
-    """The admin API (`/admin/...`) and its keys, stored as SHA-256 digests only."""
+class AuthConfig(StrictModel):
+    """API keys: tenants and the routes granted to them, operators apart (docs/security.md)."""
 
-    key_sha256: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
-        default_factory=list, description="hex SHA-256 of each admin key"
+    keys_file: str | None = Field(
+        default=None,
+        description="tenants' key hashes and routes (env TURNOUT_API_KEYS_FILE); "
+        "None: no authentication (the local embedded default)",
     )
+    admin_keys_file: str | None = Field(
+        default=None,
+        description="operators' key hashes for /admin (env TURNOUT_ADMIN_KEYS_FILE); "
+        "None: the admin API refuses every call",
+    )
+
+
+class LimitsConfig(StrictModel):
+    """What one request and one tenant may ask for."""
+
+    requests_per_minute: int | None = Field(default=None, gt=0, description="per tenant")
+    tokens_per_minute: int | None = Field(default=None, gt=0, description="per tenant")
+    default_max_tokens: int = Field(
+        default=1024, gt=0, description="charged up front when a request sets no max_tokens"
+    )
+    max_messages: int = Field(default=256, gt=0, description="messages in one chat request")
+    max_tokens: int | None = Field(
+        default=None, gt=0, description="ceiling on max_tokens (a route may set its own)"
+    )
+
+
+class AdmissionConfig(StrictModel):
+    """Per backend: requests in flight and waiting; past the queue, 503 at once."""
+
+    max_concurrent: int = Field(default=64, gt=0)
+    max_queued: int = Field(default=256, ge=0)
+    queue_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class BreakerConfig(StrictModel):
+    """Per-backend circuit breakers and the retry budget for failover."""
+
+    window_s: int = Field(default=10, ge=1)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(default=10, ge=1)
+    consecutive_failures: int = Field(default=5, ge=1)
+    cool_down_s: float = Field(default=5.0, gt=0)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    retry_min_per_s: float = Field(default=1.0, ge=0)
 
 
 class DriftSettings(StrictModel):
@@ -209,8 +253,11 @@ class TurnoutConfig(StrictModel):
     adapters: AdaptersConfig = AdaptersConfig()
     routes: dict[RouteName, RouteConfig] = Field(default_factory=dict)
     state: StateConfig = StateConfig()
-    admin: AdminConfig = AdminConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    breaker: BreakerConfig = BreakerConfig()
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 
@@ -302,17 +349,32 @@ def load_config(path: Path) -> TurnoutConfig:
             "state": config.state.model_copy(
                 update={"dir": _relative_to(folder, config.state.dir)}
             ),
+            "auth": config.auth.model_copy(
+                update={
+                    key: _relative_to(folder, value)
+                    for key, value in config.auth.model_dump().items()
+                    if value is not None
+                }
+            ),
         }
     )
 
 
 def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ) -> TurnoutConfig:
     """Secrets and deployment wiring that arrive as environment variables (see docs/deploy.md):
-    `TURNOUT_REDIS_URL` sets `state.redis_url`."""
+    `TURNOUT_REDIS_URL` sets `state.redis_url`, `TURNOUT_API_KEYS_FILE` and
+    `TURNOUT_ADMIN_KEYS_FILE` set `auth.keys_file` and `auth.admin_keys_file`."""
     redis_url = env.get("TURNOUT_REDIS_URL")
     if redis_url:
         state = config.state.model_copy(update={"redis_url": redis_url})
         config = config.model_copy(update={"state": state})
+    files = {
+        "keys_file": env.get("TURNOUT_API_KEYS_FILE"),
+        "admin_keys_file": env.get("TURNOUT_ADMIN_KEYS_FILE"),
+    }
+    files = {key: value for key, value in files.items() if value}
+    if files:
+        config = config.model_copy(update={"auth": config.auth.model_copy(update=files)})
     return config
 
 

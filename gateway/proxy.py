@@ -14,8 +14,10 @@ from typing import Any
 
 import orjson
 
+from gateway.admission import BackendGates
 from gateway.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
-from gateway.errors import AdapterNotReady, TurnoutError
+from gateway.breaker import RetryBudget
+from gateway.errors import AdapterNotReady, BackendTimeout, BackendUnavailable, TurnoutError
 from gateway.routing import Target
 from monitoring import metrics
 
@@ -65,11 +67,21 @@ class OpenStream:
 
 
 class InferenceProxy:
-    """Sends requests for resolved targets to the backend pool."""
+    """Sends requests for resolved targets to the backends, with admission and failover.
 
-    def __init__(self, client: UpstreamClient, pool: BackendPool) -> None:
+    Each backend admits a bounded number of requests (and a bounded queue: past it, 503 at
+    once); a backend that cannot be reached is recorded against its circuit breaker, and the
+    request is tried on another backend while the retry budget allows. Nothing is retried
+    once an answer has started, or after a timeout (the backend may still be generating).
+    """
+
+    def __init__(
+        self, client: UpstreamClient, pool: BackendPool, gates: BackendGates, budget: RetryBudget
+    ) -> None:
         self._client = client
         self._pool = pool
+        self._gates = gates
+        self._budget = budget
 
     def _check_adapter_known(self, backend: str, target: Target, status: int) -> None:
         """A 404 for an adapter means the backend lost it (a restart): never answer from another
@@ -80,41 +92,69 @@ class InferenceProxy:
                 f"The adapter {target.adapter.ref} is being reloaded onto {backend}; retry shortly."
             )
 
+    def _may_retry(self, error: TurnoutError, backend: str, tried: set[str]) -> bool:
+        metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
+        self._pool.record(backend, ok=False)
+        tried.add(backend)
+        return (
+            isinstance(error, BackendUnavailable)
+            and len(tried) < len(self._pool.urls)
+            and self._budget.try_spend()
+        )
+
     async def complete(
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
     ) -> UpstreamReply:
-        backend = self._pool.pick(_served_adapter(target))
-        try:
-            reply = await self._client.post(
-                backend, path, upstream_body(fields, target), request_id
-            )
-        except TurnoutError as error:
-            metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
-            raise
+        body = upstream_body(fields, target)
+        self._budget.record_request()
+        tried: set[str] = set()
+        while True:
+            backend = self._pool.pick(_served_adapter(target), tried)
+            try:
+                async with self._gates[backend].slot():
+                    reply = await self._client.post(backend, path, body, request_id)
+            except (BackendUnavailable, BackendTimeout) as error:
+                if self._may_retry(error, backend, tried):
+                    continue
+                raise
+            break
+        self._pool.record(backend, ok=reply.status < 500)
         self._check_adapter_known(backend, target, reply.status)
-        body = ModelNameRewrite.for_target(target).apply(reply.body)
-        return UpstreamReply(status=reply.status, content_type=reply.content_type, body=body)
+        rewritten = ModelNameRewrite.for_target(target).apply(reply.body)
+        return UpstreamReply(status=reply.status, content_type=reply.content_type, body=rewritten)
 
     async def open_stream(
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
     ) -> OpenStream | UpstreamReply:
         """The open stream, or the whole answer when vLLM refused to stream (an error status)."""
-        backend = self._pool.pick(_served_adapter(target))
-        resources = AsyncExitStack()
-        try:
-            upstream = await resources.enter_async_context(
-                self._client.stream(backend, path, upstream_body(fields, target), request_id)
-            )
-        except TurnoutError as error:
-            metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
-            await resources.aclose()
-            raise
+        body = upstream_body(fields, target)
+        self._budget.record_request()
+        tried: set[str] = set()
+        while True:
+            backend = self._pool.pick(_served_adapter(target), tried)
+            resources = AsyncExitStack()
+            try:
+                # The slot is held until the stream is closed, not just until it opened.
+                await resources.enter_async_context(self._gates[backend].slot())
+                upstream = await resources.enter_async_context(
+                    self._client.stream(backend, path, body, request_id)
+                )
+            except (BackendUnavailable, BackendTimeout) as error:
+                await resources.aclose()
+                if self._may_retry(error, backend, tried):
+                    continue
+                raise
+            except BaseException:
+                await resources.aclose()
+                raise
+            break
+        self._pool.record(backend, ok=upstream.status < 500)
         rewrite = ModelNameRewrite.for_target(target)
         if upstream.status != 200:
             async with resources:
-                body = await upstream.read()
+                answer = await upstream.read()
             self._check_adapter_known(backend, target, upstream.status)
-            return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(body))
+            return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(answer))
         events = _rewritten_events(upstream, rewrite, backend)
         return OpenStream(upstream.content_type, events, resources)
 

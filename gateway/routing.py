@@ -49,6 +49,7 @@ class Target:
     arm: Arm = "stable"
     contract: Contract | None = None
     rollout: Rollout | None = None  # the route's rollout while a candidate is out
+    max_tokens: int | None = None  # the route's ceiling on a request's max_tokens
 
     @property
     def version_label(self) -> str:
@@ -107,12 +108,13 @@ def _target(
     arm: Arm,
     base_model: str,
     contract: Contract | None,
+    max_tokens: int | None,
     rollout: Rollout | None = None,
 ) -> Target:
     if ref is None:
-        return Target(route, None, base_model, arm, contract, rollout)
+        return Target(route, None, base_model, arm, contract, rollout, max_tokens)
     adapter = AdapterVersion.parse(ref)
-    return Target(route, adapter, adapter.served_name, arm, contract, rollout)
+    return Target(route, adapter, adapter.served_name, arm, contract, rollout, max_tokens)
 
 
 def route_contract(route: str, config: RouteConfig) -> Contract | None:
@@ -155,13 +157,14 @@ def build_routing_table(
         contract = route_contract(route, route_config)
         rollout = (rollouts or {}).get(route)
         stable_ref = rollout.stable if rollout is not None else route_config.stable
+        ceiling = route_config.max_tokens
         if rollout is None or rollout.candidate is None:
-            stable = _target(route, stable_ref, "stable", config.base_model, contract)
+            stable = _target(route, stable_ref, "stable", config.base_model, contract, ceiling)
             entries[route] = RouteEntry(stable=stable)
             continue
-        stable = _target(route, stable_ref, "stable", config.base_model, contract, rollout)
+        stable = _target(route, stable_ref, "stable", config.base_model, contract, ceiling, rollout)
         candidate = _target(
-            route, rollout.candidate, "candidate", config.base_model, contract, rollout
+            route, rollout.candidate, "candidate", config.base_model, contract, ceiling, rollout
         )
         entries[route] = RouteEntry(stable=stable, candidate=candidate, rollout=rollout)
     return RoutingTable(entries=MappingProxyType(entries))

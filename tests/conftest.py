@@ -195,3 +195,19 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextmanager
+def stub_upstream() -> Iterator[str]:
+    """The benchmark's instant OpenAI-compatible upstream, as a real process on a free port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(port)]
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{origin}/health"), 30, "the stub upstream")
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.names import ADAPTER_REF_PATTERN
-from gateway.admin_keys import AdminKeys
+from gateway.auth import AdminKeyring
 from gateway.config import describe_validation_error
 from gateway.errors import (
     AdminKeyMissing,
@@ -25,6 +25,7 @@ from gateway.errors import (
     InvalidJSON,
     RequestValidationFailed,
     RolloutConflict,
+    TurnoutError,
 )
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import DEFAULT_STEPS, Rollout, validate_steps
@@ -112,25 +113,28 @@ def _candidate_ref(rollout: Rollout, version: str) -> str:
 
 def admin_router(
     controller: RolloutController,
-    admin_keys: AdminKeys,
+    admins: AdminKeyring | None,
     before_start: Callable[[str, str], Awaitable[None]],
 ) -> APIRouter:
-    """Routes under `/admin`, guarded by the admin keys.
+    """Routes under `/admin`, guarded by the operators' keys (none: every call is refused).
 
     `before_start(route, candidate)` runs before a rollout starts (the gateway loads the
     candidate's adapter onto the backends there) and may refuse it by raising.
     """
 
     def admin(request: Request) -> None:
-        """Refuse non-admin callers; name the caller for the audit log by its key's hash."""
+        """Refuse non-admin callers; name the caller for the audit log."""
         authorization = request.headers.get("authorization", "")
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise AdminKeyMissing("Admin endpoints need `Authorization: Bearer KEY`.")
-        actor = admin_keys.actor(authorization)
-        if actor is None:
-            raise AdminKeyRejected("This key may not use the admin API.")
-        request.state.actor = actor
+        if admins is None:
+            raise AdminKeyRejected("No admin keys are configured (auth.admin_keys_file).")
+        try:
+            operator = admins.authenticate(authorization)
+        except TurnoutError:
+            raise AdminKeyRejected("This key may not use the admin API.") from None
+        request.state.actor = f"admin:{operator.name}"
 
     router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
 

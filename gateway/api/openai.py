@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -16,7 +17,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.admin_keys import AdminKeys
 from gateway.api.errors import error_response, unexpected_error_response
 from gateway.api.protocol import (
     RESERVED_FIELDS,
@@ -25,6 +25,7 @@ from gateway.api.protocol import (
     ModelCard,
     ModelList,
 )
+from gateway.auth import Caller
 from gateway.backends import BackendPool, UpstreamReply
 from gateway.contracts import Contract, SchemaRejected, Verdict, request_contract
 from gateway.enforcement import ContractEnforcer, buffered_stream
@@ -37,6 +38,7 @@ from gateway.errors import (
     RequestValidationFailed,
     TurnoutError,
 )
+from gateway.guard import Admitted, RequestGuard
 from gateway.outcomes import (
     Outcome,
     OutcomeRecorder,
@@ -95,7 +97,7 @@ def request_id_of(request: Request) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def sticky_key_of(request: Request, fields: dict[str, Any]) -> str | None:
+def sticky_key_of(request: Request, fields: dict[str, Any], caller: Caller | None) -> str | None:
     """Who the caller is for rollout assignment: x-turnout-key, else `user`, else the API key."""
     given = request.headers.get("x-turnout-key")
     if given:
@@ -103,6 +105,8 @@ def sticky_key_of(request: Request, fields: dict[str, Any]) -> str | None:
     user = fields.get("user")
     if isinstance(user, str) and user:
         return user
+    if caller is not None:
+        return caller.key_id
     authorization = request.headers.get("authorization", "")
     if authorization:
         # Never the key itself: only a digest leaves this function.
@@ -181,7 +185,7 @@ class InferenceEndpoints:
         proxy: InferenceProxy,
         pool: BackendPool,
         outcomes: OutcomeRecorder,
-        admin_keys: AdminKeys,
+        guard: RequestGuard,
         max_body_bytes: int,
     ) -> None:
         self._table = table
@@ -189,7 +193,8 @@ class InferenceEndpoints:
         self._enforcer = ContractEnforcer(proxy)
         self._pool = pool
         self._outcomes = outcomes
-        self._admin_keys = admin_keys
+        self._guard = guard
+        self._settling: set[asyncio.Task[None]] = set()
         self._max_body_bytes = max_body_bytes
         self.models: dict[str, type[BaseModel]] = {
             "/v1/chat/completions": ChatCompletionRequest,
@@ -208,18 +213,20 @@ class InferenceEndpoints:
             response = unexpected_error_response(scope["path"])
         await response(scope, receive, send)
 
-    def _choose(self, entry: RouteEntry, request: Request, fields: dict[str, Any]) -> Target:
+    def _choose(
+        self, entry: RouteEntry, request: Request, fields: dict[str, Any], caller: Caller | None
+    ) -> Target:
         """The arm for this request; a candidate no backend holds yet gets nothing."""
         forced = request.headers.get("x-turnout-arm")
         arm: Arm | None = None
         if forced in ("stable", "candidate"):
-            if self._admin_keys.actor(request.headers.get("authorization", "")) is None:
+            if not self._guard.is_admin(request.headers.get("authorization")):
                 raise ArmOverrideForbidden(
                     "Only an admin key may choose the arm with x-turnout-arm.",
                     param="x-turnout-arm",
                 )
             arm = "stable" if forced == "stable" else "candidate"
-        target = entry.pick(sticky_key_of(request, fields), random.random, arm)
+        target = entry.pick(sticky_key_of(request, fields, caller), random.random, arm)
         not_loaded = target.adapter is not None and not self._pool.serves(target.served_model)
         if target.arm == "candidate" and arm is None and not_loaded:
             return entry.stable
@@ -229,11 +236,16 @@ class InferenceEndpoints:
         started = time.perf_counter()
         target: Target | None = None
         verdicts: list[Verdict] = []
+        admitted: Admitted | None = None
         try:
+            caller = self._guard.caller(request.headers.get("authorization"))
             fields = parse_request(
                 await read_body(request, self._max_body_bytes), self.models[path]
             )
-            target = self._choose(self._table.current.entry(fields["model"]), request, fields)
+            self._guard.authorize(caller, fields["model"])
+            entry = self._table.current.entry(fields["model"])
+            admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
+            target = self._choose(entry, request, fields, caller)
             contract = target.contract or _request_contract(fields, target.route)
             request_id = request_id_of(request)
             headers = _turnout_headers(target, request_id)
@@ -252,13 +264,16 @@ class InferenceEndpoints:
                     )
             else:
                 return await self._judged(
-                    target, contract, path, fields, request_id, headers, verdicts, started
-                )
+                    target, contract, path, fields, request_id, headers, verdicts, started,
+                    admitted,
+                )  # fmt: skip
         except TurnoutError as error:
-            self._finish(target, error.status, started, verdicts)
+            self._finish(target, error.status, started, verdicts, admitted=admitted)
             raise
         if isinstance(opened, UpstreamReply):
-            self._finish(target, opened.status, started, verdicts, fields, opened.body)
+            self._finish(
+                target, opened.status, started, verdicts, fields, opened.body, admitted=admitted
+            )
             return Response(
                 opened.body,
                 status_code=opened.status,
@@ -275,7 +290,9 @@ class InferenceEndpoints:
         transcript = StreamTranscript()
 
         def on_close() -> None:
-            self._finish(resolved, 200, started, verdicts, fields, transcript=transcript)
+            self._finish(
+                resolved, 200, started, verdicts, fields, transcript=transcript, admitted=admitted
+            )
 
         return ProxiedStreamResponse(opened, headers, transcript, on_first_chunk, on_close)
 
@@ -289,6 +306,7 @@ class InferenceEndpoints:
         headers: dict[str, str],
         verdicts: list[Verdict],
         started: float,
+        admitted: Admitted,
     ) -> Response:
         """A whole answer judged (and retried) before anything is sent, streamed or not."""
         streamed = fields.pop("stream", None) is True
@@ -296,7 +314,10 @@ class InferenceEndpoints:
         judged = await self._enforcer.complete(
             target, contract, path, fields, request_id, lambda v, f: verdicts.append(v)
         )
-        self._finish(target, judged.reply.status, started, verdicts, fields, judged.reply.body)
+        self._finish(
+            target, judged.reply.status, started, verdicts, fields, judged.reply.body,
+            admitted=admitted,
+        )  # fmt: skip
         if judged.verdict is not None:
             headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
         if not streamed or judged.reply.status != 200 or judged.verdict is None:
@@ -324,6 +345,8 @@ class InferenceEndpoints:
         fields: dict[str, Any] | None = None,
         body: bytes | None = None,
         transcript: StreamTranscript | None = None,
+        *,
+        admitted: Admitted | None,
     ) -> None:
         answer, prompt_tokens, completion_tokens = None, 0, 0
         if body is not None and status == 200:
@@ -346,6 +369,13 @@ class InferenceEndpoints:
                 answer,
             )
         )
+        if admitted is not None and admitted.charge is not None:
+            # Settle the up-front token charge with what was used (nothing, on an error).
+            settling = asyncio.create_task(
+                self._guard.settle(admitted, prompt_tokens + completion_tokens)
+            )
+            self._settling.add(settling)
+            settling.add_done_callback(self._settling.discard)
 
 
 def _request_contract(fields: dict[str, Any], route: str) -> Contract | None:
@@ -355,14 +385,19 @@ def _request_contract(fields: dict[str, Any], route: str) -> Contract | None:
         raise InvalidRequest(f"response_format: {error}", param="response_format") from None
 
 
-def models_router(table: PublishedTable) -> APIRouter:
-    """`GET /v1/models`: the routes, as OpenAI model cards."""
+def models_router(table: PublishedTable, guard: RequestGuard) -> APIRouter:
+    """`GET /v1/models`: the routes the caller may call, as OpenAI model cards."""
     router = APIRouter()
     created = int(time.time())
 
-    async def list_models() -> ModelList:
+    async def list_models(request: Request) -> ModelList:
+        caller = guard.caller(request.headers.get("authorization"))
         return ModelList(
-            data=[ModelCard(id=route, created=created) for route in table.current.entries]
+            data=[
+                ModelCard(id=route, created=created)
+                for route in table.current.entries
+                if guard.may_list(caller, route)
+            ]
         )
 
     router.add_api_route("/v1/models", list_models, methods=["GET"], summary="List the routes")

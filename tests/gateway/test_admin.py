@@ -14,12 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+import yaml
 from fastapi import FastAPI
 
-from gateway.admin_keys import AdminKeys, key_digest
 from gateway.api.admin import admin_router
 from gateway.api.errors import install_error_handlers
 from gateway.audit import AuditLog, read_audit_log
+from gateway.auth import hash_api_key, load_admin_keyring
 from gateway.embedded import free_port
 from gateway.rollout_cli import add_commands
 from gateway.rollout_controller import RolloutController
@@ -69,7 +70,11 @@ def admin_server(tmp_path: Path) -> Iterator[AdminServer]:
     async def before_start(route: str, candidate: str) -> None:
         prepared.append((route, candidate))
 
-    app.include_router(admin_router(controller, AdminKeys({key_digest(ADMIN_KEY)}), before_start))
+    admins_file = tmp_path / "admins.yaml"
+    admins_file.write_text(
+        yaml.safe_dump({"admins": {"ops": [{"sha256": hash_api_key(ADMIN_KEY)}]}})
+    )
+    app.include_router(admin_router(controller, load_admin_keyring(admins_file), before_start))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)

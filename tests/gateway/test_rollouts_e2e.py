@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.admin_keys import key_digest
+from gateway.auth import hash_api_key
 from tests.conftest import gateway_config, running_gateway, wait_until
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,14 @@ ROUTES = {name: SPLIT for name in ("sticky", "rollback", "forced", "restart")}
 
 
 def config_for(vllm_url: str, demo_model: Path, state: Path, **routes: Any) -> dict[str, Any]:
+    state.mkdir(parents=True, exist_ok=True)
+    admins = state.parent / "admin-keys.yaml"
+    admins.write_text(yaml.safe_dump({"admins": {"ops": [{"sha256": hash_api_key(ADMIN_KEY)}]}}))
     return gateway_config(
         [vllm_url],
         demo_model / "adapters",
         routes=routes or ROUTES,
-        admin={"key_sha256": [key_digest(ADMIN_KEY)]},
+        auth={"admin_keys_file": str(admins)},
         state={"dir": str(state), "config_poll_s": 0.2},
     )
 
