@@ -18,6 +18,7 @@ from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
 from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints, models_router
+from gateway.api.openapi import install_openapi
 from gateway.api.ops import ops_router
 from gateway.audit import AuditLog
 from gateway.auth import load_admin_keyring, load_tenant_keyring
@@ -167,4 +168,5 @@ def create_app(
         guard,
         config.server.max_body_bytes,
     )
+    install_openapi(api, inference.models)
     return GatewayASGI(inference, api)
