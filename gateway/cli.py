@@ -52,7 +52,7 @@ def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+    from gateway.embedded import EmbeddedVllm, VllmSupervisor, free_port, vllm_command
     from gateway.server import uvicorn_server
 
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
@@ -69,9 +69,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.log_dir / "vllm.log",
     )
     print(f"Starting vLLM on port {port} (log: {vllm.log_path}) ...", flush=True)
+    supervisor = VllmSupervisor(vllm, config.embedded.startup_timeout_s)
     try:
         vllm.start()
         vllm.wait_ready(config.embedded.startup_timeout_s)
+        supervisor.start()
         serving = config.model_copy(update={"backends": [BackendConfig(url=vllm.url)]})
         _print_welcome(serving, vllm.url, vllm.log_path)
         uvicorn_server(serving, args.config).run()
@@ -79,6 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         print("Stopping vLLM ...", flush=True)
+        supervisor.stop()
         vllm.stop()
     return 0
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,9 @@ class EmbeddedBackendFailed(TurnoutError):
     """The local vLLM did not come up."""
 
     code = "embedded_backend_failed"
+
+
+log = logging.getLogger("turnout.embedded")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,6 +146,18 @@ class EmbeddedVllm:
             f"vLLM did not answer within {timeout_s:.0f} s:\n{self._log_tail()}"
         )
 
+    def exited(self) -> int | None:
+        """The exit status if the process has ended (None while it runs or was never started)."""
+        return self._process.poll() if self._process is not None else None
+
+    def restart(self, timeout_s: float) -> None:
+        """Start again after the process died: whatever is left of its group is killed first."""
+        if self._process is not None:
+            _signal_group(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+        self.start()
+        self.wait_ready(timeout_s)
+
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
         process = self._process
@@ -172,3 +189,41 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class VllmSupervisor:
+    """Restarts the embedded vLLM whenever it dies, until stopped (`turnout up`).
+
+    The gateway keeps answering meanwhile (502/503 with Retry-After), and reloads the routed
+    adapters onto the new process by itself once it answers.
+    """
+
+    def __init__(self, vllm: EmbeddedVllm, startup_timeout_s: float, poll_s: float = 1.0) -> None:
+        self._vllm = vllm
+        self._startup_timeout_s = startup_timeout_s
+        self._poll_s = poll_s
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="vllm-supervisor", daemon=True)
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._poll_s):
+            status = self._vllm.exited()
+            if status is None:
+                continue
+            log.error("vLLM exited with status %s; restarting it", status)
+            try:
+                self._vllm.restart(self._startup_timeout_s)
+            except EmbeddedBackendFailed as error:
+                log.error("vLLM did not come back: %s", error)
+                continue
+            self.restarts += 1
+            log.warning("vLLM restarted (%d restarts so far)", self.restarts)

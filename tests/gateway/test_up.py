@@ -19,7 +19,16 @@ from tests.conftest import DEMO_ROUTES, TEST_GPU_MEMORY_UTILIZATION, answers, wa
 pytestmark = pytest.mark.slow
 
 
-def test_up_serves_then_ctrl_c_stops_gateway_and_vllm_with_no_orphans(
+def ask_summarize(origin: str) -> httpx.Response:
+    return httpx.post(
+        f"{origin}/v1/chat/completions",
+        json={"model": "summarize", "messages": [{"role": "user", "content": "hi"}],
+              "max_tokens": 4},
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_up_serves_restarts_a_dead_vllm_and_ctrl_c_stops_all_with_no_orphans(
     demo_model: Path, tmp_path: Path
 ) -> None:
     config = tmp_path / "turnout.yaml"
@@ -46,17 +55,24 @@ def test_up_serves_then_ctrl_c_stops_gateway_and_vllm_with_no_orphans(
     origin = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: up.poll() is None and answers(f"{origin}/readyz"), 300, "turnout up")
-        answer = httpx.post(
-            f"{origin}/v1/chat/completions",
-            json={"model": "summarize", "messages": [{"role": "user", "content": "hi"}],
-                  "max_tokens": 4},
-        )  # fmt: skip
+        answer = ask_summarize(origin)
         assert answer.status_code == 200
         assert answer.headers["x-turnout-adapter"] == "summarize@v1"
         printed = output.read_text()
         assert f"Turnout serves on {origin}" in printed
         assert "support-triage" in printed
         assert "curl -s" in printed
+
+        # vLLM dies: the gateway keeps answering (clean errors), and `turnout up` brings vLLM
+        # back; the gateway reloads the adapter onto it without a restart of its own.
+        (vllm,) = [c for c in psutil.Process(up.pid).children() if "vllm" in " ".join(c.cmdline())]
+        vllm.kill()
+        vllm.wait(timeout=30)
+        during = ask_summarize(origin)
+        assert during.status_code in (502, 503)
+        assert during.json()["error"]["code"]
+        wait_until(lambda: ask_summarize(origin).status_code == 200, 300, "vLLM to come back")
+        assert "restarting it" in output.read_text()
 
         family = psutil.Process(up.pid).children(recursive=True)
         assert family, "vLLM should run as a child of turnout up"
