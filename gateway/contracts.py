@@ -227,3 +227,17 @@ def request_contract(response_format: Any, default_name: str) -> Contract | None
         schema, on_invalid="flag", max_retries=0, stream_validation="final",
         source="request", name=name,
     )  # fmt: skip
+
+
+def check_tool_schemas(tools: Any) -> None:
+    """Tools' parameter schemas reach vLLM's grammar compilers too: the same bounds apply."""
+    if not isinstance(tools, list):
+        return
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        parameters = function.get("parameters") if isinstance(function, dict) else None
+        if parameters is not None:
+            try:
+                check_schema(parameters)
+            except SchemaRejected as error:
+                raise SchemaRejected(f"tools[{index}].function.parameters: {error}") from None

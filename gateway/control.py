@@ -92,12 +92,19 @@ class ControlPlane:
         await self._loader.release()
 
     async def watch(self, controller: RolloutController, interval_s: float) -> None:
-        """Reload whenever the file's contents change (ConfigMaps swap files under us)."""
+        """Reload whenever the file's contents change (ConfigMaps swap files under us).
+
+        A change is applied once two polls in a row read the same contents, so a file caught
+        half-written by an editor is never taken for the new config.
+        """
         assert self._path is not None
+        seen: str | None = self._applied_digest
         while True:
             await asyncio.sleep(interval_s)
             digest = await asyncio.to_thread(_digest, self._path)
-            if digest is None or digest == self._applied_digest:
+            settled = digest == seen
+            seen = digest
+            if digest is None or digest == self._applied_digest or not settled:
                 continue
             self._applied_digest = digest  # a refused file is not retried until it changes
             try:

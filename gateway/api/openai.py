@@ -27,7 +27,13 @@ from gateway.api.protocol import (
 )
 from gateway.auth import Caller
 from gateway.backends import BackendPool, UpstreamReply
-from gateway.contracts import Contract, SchemaRejected, Verdict, request_contract
+from gateway.contracts import (
+    Contract,
+    SchemaRejected,
+    Verdict,
+    check_tool_schemas,
+    request_contract,
+)
 from gateway.enforcement import ContractEnforcer, buffered_stream
 from gateway.errors import (
     ArmOverrideForbidden,
@@ -379,6 +385,11 @@ class InferenceEndpoints:
 
 
 def _request_contract(fields: dict[str, Any], route: str) -> Contract | None:
+    """The request's own contract; its schemas (and tools' schemas) checked before vLLM."""
+    try:
+        check_tool_schemas(fields.get("tools"))
+    except SchemaRejected as error:
+        raise InvalidRequest(str(error), param="tools") from None
     try:
         return request_contract(fields.get("response_format"), route)
     except SchemaRejected as error:

@@ -121,3 +121,13 @@ def test_the_guided_decoding_request_carries_the_schema() -> None:
     assert orjson.dumps(sent["json_schema"]["schema"], option=orjson.OPT_SORT_KEYS) == (
         contract.schema_json
     )
+
+
+def test_a_hostile_tool_schema_is_refused_like_a_response_format() -> None:
+    from gateway.contracts import check_tool_schemas
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "string",
+              "pattern": "x" * 2000}}}]  # fmt: skip
+    with pytest.raises(SchemaRejected) as refused:
+        check_tool_schemas(tools)
+    assert "tools[0].function.parameters" in str(refused.value)
