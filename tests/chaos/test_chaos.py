@@ -129,9 +129,10 @@ def test_a_config_corrupted_under_load_leaves_the_old_one_serving(chaos: Chaos) 
 
 
 def test_vllm_killed_mid_stream_and_restarted_under_load(chaos: Chaos) -> None:
-    body = {**SHORT, "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    body = {**SHORT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
     lines: list[str] = []
     with httpx.stream("POST", chaos.origin + CHAT, json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
         for line in response.iter_lines():
             lines.append(line)
             if len(lines) == 5:
