@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -53,11 +54,19 @@ def _state_store(config: TurnoutConfig) -> RolloutStateStore:
     return FileStateStore(Path(config.state.dir) / "rollouts.json")
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayApps:
+    """The gateway, and the admin API when it has a listener of its own (`server.admin_port`)."""
+
+    gateway: GatewayASGI
+    admin: FastAPI | None
+
+
 def create_app(
     config: TurnoutConfig,
     config_path: Path | None = None,
     client: UpstreamClient | None = None,
-) -> GatewayASGI:
+) -> GatewayApps:
     """The gateway for `config` (watched at `config_path` when given); backends must be set."""
     urls = [backend.url for backend in config.backends]
     residency = Residency(urls)
@@ -143,7 +152,14 @@ def create_app(
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
     api.include_router(ops_router(pool, upstream))
-    api.include_router(admin_router(controller, admins, control.prepare_candidate))
+    operators = admin_router(controller, admins, control.prepare_candidate)
+    admin_api = None
+    if config.server.admin_port is None:
+        api.include_router(operators)
+    else:
+        admin_api = FastAPI(title="Turnout admin", docs_url=None, redoc_url=None)
+        install_error_handlers(admin_api)
+        admin_api.include_router(operators)
     admission = config.admission
     proxy = InferenceProxy(
         upstream,
@@ -169,4 +185,4 @@ def create_app(
         config.server.max_body_bytes,
     )
     install_openapi(api, inference.models)
-    return GatewayASGI(inference, api)
+    return GatewayApps(GatewayASGI(inference, api), admin_api)

@@ -53,7 +53,7 @@ def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None
 
 def cmd_up(args: argparse.Namespace) -> int:
     from gateway.embedded import EmbeddedVllm, VllmSupervisor, free_port, vllm_command
-    from gateway.server import uvicorn_server
+    from gateway.server import serve
 
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
     model = Path(config.embedded.model)
@@ -76,7 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.start()
         serving = config.model_copy(update={"backends": [BackendConfig(url=vllm.url)]})
         _print_welcome(serving, vllm.url, vllm.log_path)
-        uvicorn_server(serving, args.config).run()
+        serve(serving, args.config)
     except KeyboardInterrupt:
         pass
     finally:
@@ -87,14 +87,14 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import uvicorn_server
+    from gateway.server import serve
 
     config = _with_overrides(
         with_environment(load_config(args.config)), host=args.host, port=args.port
     )
     if not config.backends:
         raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
-    uvicorn_server(config, args.config).run()
+    serve(config, args.config)
     return 0
 
 

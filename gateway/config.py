@@ -44,6 +44,12 @@ class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="413 above this")
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /admin on this port only (env TURNOUT_ADMIN_PORT); None: on `port`",
+    )
 
 
 class BackendConfig(StrictModel):
@@ -363,7 +369,8 @@ def load_config(path: Path) -> TurnoutConfig:
 def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ) -> TurnoutConfig:
     """Secrets and deployment wiring that arrive as environment variables (see docs/deploy.md):
     `TURNOUT_REDIS_URL` sets `state.redis_url`, `TURNOUT_API_KEYS_FILE` and
-    `TURNOUT_ADMIN_KEYS_FILE` set `auth.keys_file` and `auth.admin_keys_file`."""
+    `TURNOUT_ADMIN_KEYS_FILE` set `auth.keys_file` and `auth.admin_keys_file`,
+    `TURNOUT_ADMIN_PORT` sets `server.admin_port`."""
     redis_url = env.get("TURNOUT_REDIS_URL")
     if redis_url:
         state = config.state.model_copy(update={"redis_url": redis_url})
@@ -373,6 +380,10 @@ def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ)
         "admin_keys_file": env.get("TURNOUT_ADMIN_KEYS_FILE"),
     }
     files = {key: value for key, value in files.items() if value}
+    admin_port = env.get("TURNOUT_ADMIN_PORT")
+    if admin_port:
+        server = config.server.model_copy(update={"admin_port": int(admin_port)})
+        config = config.model_copy(update={"server": server})
     if files:
         config = config.model_copy(update={"auth": config.auth.model_copy(update=files)})
     return config

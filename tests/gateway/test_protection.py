@@ -146,3 +146,26 @@ def test_past_the_queue_requests_are_shed_at_once_with_503(tmp_path: Path) -> No
             assert answer.headers["retry-after"]
             assert answer.elapsed.total_seconds() < 2
     assert any(a.status_code == 503 for a in shed_answers)
+
+
+def test_the_admin_api_can_have_a_listener_of_its_own(tmp_path: Path) -> None:
+    from gateway.embedded import free_port
+
+    admin_port = free_port()
+    admin = issue_key()
+    admins = tmp_path / "admins.yaml"
+    admins.write_text(yaml.safe_dump({"admins": {"ops": [{"sha256": admin.sha256}]}}))
+    with stub_upstream() as upstream:
+        config = gateway_config(
+            [upstream],
+            server={"admin_port": admin_port},
+            auth={"admin_keys_file": str(admins)},
+            state={"dir": str(tmp_path / "state")},
+        )
+        with running_gateway(config, tmp_path) as origin:
+            headers = {"authorization": f"Bearer {admin.key}"}
+            assert httpx.get(f"{origin}/admin/routes", headers=headers).status_code == 404
+            listed = httpx.get(f"http://127.0.0.1:{admin_port}/admin/routes", headers=headers)
+            assert listed.status_code == 200
+            assert [r["route"] for r in listed.json()["routes"]] == ["chat"]
+            assert ask(origin).status_code == 200
