@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from adapters import cli as adapters_cli
+from gateway import auth, rollout_cli
+from gateway.bench import rollback as rollback_bench
+from gateway.bench import soak as soak_bench
 from gateway.config import (
     BackendConfig,
     TurnoutConfig,
@@ -17,6 +20,7 @@ from gateway.config import (
     with_environment,
 )
 from gateway.errors import TurnoutError
+from monitoring import bench as signals_bench
 
 DEFAULT_CONFIG = Path("turnout.yaml")
 DEFAULT_LOG_DIR = Path(".turnout/logs")
@@ -181,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo_model)
 
     adapters_cli.add_commands(commands)
+    rollout_cli.add_commands(commands)
+    auth.add_commands(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print JSON")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
@@ -206,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     contracts.add_argument("--json", action="store_true", help="one JSON object")
     contracts.set_defaults(run=cmd_bench_contracts)
+    rollback_bench.add_commands(bench_commands)
+    soak_bench.add_commands(bench_commands)
+    signals_bench.add_commands(bench_commands)
     return parser
 
 
