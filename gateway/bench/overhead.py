@@ -70,7 +70,7 @@ def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[No
         process.wait(timeout=30)
 
 
-def _push_stub_adapter(folder: Path) -> None:
+def push_stub_adapter(folder: Path) -> Path:
     """A zero-weight adapter in a fresh store, so the gateway routes to it as in production."""
     registry = AdapterRegistry(str(folder / "adapters"))
     base = synthetic_base_profile(TurnoutConfig().base_model)
@@ -80,6 +80,7 @@ def _push_stub_adapter(folder: Path) -> None:
     registry.push(
         folder / "stub-adapter", name, base, AdapterLimits(max_lora_rank=16), version=version
     )
+    return folder / "adapters"
 
 
 def _gateway_command(
@@ -186,7 +187,7 @@ def run_overhead_benchmark(
                     f"{upstream_url}/health",
                 )
             )
-            _push_stub_adapter(folder)
+            push_stub_adapter(folder)
             direct_model, route_target, max_tokens = STUB_ADAPTER, STUB_ADAPTER, 16
         else:
             config = load_config(config_path)

@@ -32,10 +32,10 @@ import orjson
 import uvloop
 import yaml
 
+from gateway.bench.overhead import STUB_ADAPTER, push_stub_adapter
 from gateway.http1 import ConnectionPool, Origin
 
 ROUTE = "soak"
-STUB_ADAPTER = "bench@v1"
 TARGET_GROWTH_PERCENT = 5.0
 _STARTUP_TIMEOUT_S = 60.0
 _REQUEST_TIMEOUT_S = 30.0
@@ -264,6 +264,8 @@ def run_soak(
                 {
                     "server": {"port": gateway_port},
                     "backends": [{"url": upstream}],
+                    "adapters": {"store": str(push_stub_adapter(Path(scratch)))},
+                    "state": {"dir": str(Path(scratch) / "state")},
                     "routes": {ROUTE: {"stable": STUB_ADAPTER}},
                 }
             )
