@@ -334,6 +334,8 @@ def train(
         raise TrainingError(f"{dataset}: no training or validation examples within max_seq_len")
 
     device, dtype = _device_and_dtype(config)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = _load_model(base_model, config, device, dtype)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -433,7 +435,7 @@ def train(
 
     card_path = dataset / CARD_FILE
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    quantized = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
     metrics: dict[str, Any] = {
         "finished": not interrupted,
         "steps": position.step,
