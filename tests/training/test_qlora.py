@@ -68,8 +68,10 @@ def test_an_interrupted_run_resumes_to_the_adapter_an_uninterrupted_run_makes(
     assert second.metrics["steps"] == 8
     expected, resumed = _weights(whole.adapter_dir), _weights(second.adapter_dir)
     assert expected.keys() == resumed.keys()
+    # Float sums on several CPU threads differ in the last bits from run to run; a resume that
+    # lost the optimiser state or replayed batches would be off by about the learning rate (2e-3).
     for name, values in expected.items():
-        assert resumed[name] == pytest.approx(values, abs=1e-5), name
+        assert resumed[name] == pytest.approx(values, abs=2e-4), name
 
 
 def test_resuming_with_another_config_is_refused(
