@@ -215,6 +215,8 @@ def run_flywheel_demo(
         "train_steps": trained.metrics["steps"],
         "train_seconds": round(trained.metrics["train_seconds"], 1),
         "adapter": str(trained.adapter_dir),
+        "dataset": str(dataset),
+        "run": str(work / "run"),
         "report": str(json_path),
     }
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from training.provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,3 +47,10 @@ def test_a_trained_adapter_raises_schema_validity_and_accuracy_on_the_held_out_s
     card = json.loads((tmp_path / "dataset" / "dataset_card.json").read_text())
     assert card["sources"]["captures"]["used"]["correction"] > 200
     assert card["splits"]["train"]["sources"]["correction"] > 0
+    # What the registry push would record: the card, the run and the gate, consistent.
+    record = provenance(Path(result["dataset"]), Path(result["run"]), report)
+    assert (
+        record["dataset_card"]["sha256"] == record["training"]["dataset_sha256"] == card["sha256"]
+    )
+    assert record["gate"]["passed"]
+    assert record["training"]["quantized_linear_modules"] == 14
