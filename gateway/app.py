@@ -18,6 +18,7 @@ from gateway.analysis import RolloutRecorder
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
 from gateway.api.errors import install_error_handlers
+from gateway.api.feedback import feedback_router
 from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.openapi import install_openapi
 from gateway.api.ops import ops_router
@@ -37,6 +38,7 @@ from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import FileStateStore, RedisStateStore, RolloutStateStore
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
+from training.capture import SqliteCaptureSink
 
 HEALTH_PROBE_S = 5.0
 
@@ -98,6 +100,8 @@ def create_app(
         _state_store(config), AuditLog(Path(config.state.dir) / "audit.jsonl"), control.publish
     )
     recorder = RolloutRecorder()
+    Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
+    capture = SqliteCaptureSink(config.capture)
     drift_settings = config.monitoring.drift
     drift = DriftMonitor(
         DriftConfig(
@@ -144,6 +148,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await controller.close()
+            await asyncio.to_thread(capture.close)  # every queued record is written
             await upstream.close()
 
     api = FastAPI(
@@ -151,6 +156,7 @@ def create_app(
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
+    api.include_router(feedback_router(capture, guard))
     api.include_router(ops_router(pool, upstream))
     operators = admin_router(controller, admins, control.prepare_candidate)
     admin_api = None
@@ -180,7 +186,7 @@ def create_app(
         table,
         proxy,
         pool,
-        OutcomeRecorder(recorder, PhraseRefusalDetector(), drift),
+        OutcomeRecorder(recorder, PhraseRefusalDetector(), drift, capture),
         guard,
         config.server.max_body_bytes,
     )

@@ -21,6 +21,7 @@ from gateway.config import (
 )
 from gateway.errors import TurnoutError
 from monitoring import bench as signals_bench
+from training import cli as training_cli
 
 DEFAULT_CONFIG = Path("turnout.yaml")
 DEFAULT_LOG_DIR = Path(".turnout/logs")
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_cli.add_commands(commands)
     rollout_cli.add_commands(commands)
     auth.add_commands(commands)
+    training_cli.add_commands(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print JSON")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)

@@ -27,6 +27,7 @@ from gateway.rollouts import (
     DEFAULT_MIN_SECONDS_PER_STEP,
     DEFAULT_STEPS,
 )
+from training.capture import CaptureSettings
 
 RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
@@ -264,6 +265,10 @@ class TurnoutConfig(StrictModel):
     limits: LimitsConfig = LimitsConfig()
     admission: AdmissionConfig = AdmissionConfig()
     breaker: BreakerConfig = BreakerConfig()
+    capture: CaptureSettings = Field(
+        default_factory=lambda: CaptureSettings(path="./.turnout/state/captures.db"),
+        description="what the flywheel captures (training/capture.py)",
+    )
     embedded: EmbeddedConfig = EmbeddedConfig()
 
 
@@ -354,6 +359,9 @@ def load_config(path: Path) -> TurnoutConfig:
             ),
             "state": config.state.model_copy(
                 update={"dir": _relative_to(folder, config.state.dir)}
+            ),
+            "capture": config.capture.model_copy(
+                update={"path": _relative_to(folder, config.capture.path)}
             ),
             "auth": config.auth.model_copy(
                 update={

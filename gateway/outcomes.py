@@ -1,17 +1,18 @@
-"""After an answer: request metrics, refusal and drift signals, and the rollout tallies.
+"""After an answer: request metrics, refusal and drift signals, rollout tallies and capture.
 
-Counters are updated inline (they cost well under a microsecond); the refusal detector and the
-drift window run in a callback scheduled on the event loop, so they never delay the bytes of
-the answer they judge.
+Counters are updated inline (they cost well under a microsecond); the refusal detector, the
+drift window and the capture record are handled in a callback scheduled on the event loop, so
+they never delay the bytes of the answer they judge. Capture only queues (it never blocks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 
@@ -20,11 +21,26 @@ from gateway.contracts import Verdict
 from gateway.routing import Target
 from monitoring import metrics
 from monitoring.drift import DriftMonitor
-from monitoring.refusals import REFUSAL_WINDOW_CHARS, RefusalDetector
+from monitoring.refusals import RefusalDetector
+from training.capture import CaptureRecord, CaptureSink
 
 log = logging.getLogger("turnout.outcomes")
 
 UNKNOWN_ROUTE = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What came back: the first choice's text (None: unknown) and the backend's token counts."""
+
+    text: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +51,10 @@ class Outcome:
     status: int
     latency_s: float
     verdict: Verdict | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_text: str = ""
-    answer_text: str | None = None  # None: not known (an error, or a stream not followed)
+    answer: Answer = Answer()
+    request_id: str = ""
+    endpoint: Literal["chat", "completions"] = "chat"
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 def prompt_text(fields: Mapping[str, Any]) -> str:
@@ -58,66 +74,76 @@ def prompt_text(fields: Mapping[str, Any]) -> str:
     return ""
 
 
-def answer_of(body: bytes) -> tuple[str | None, int, int]:
-    """(first choice's text, prompt tokens, completion tokens) of a whole answer."""
+def answer_of(body: bytes) -> Answer:
+    """The first choice and the usage of a whole answer."""
     try:
         document = orjson.loads(body)
         usage = document.get("usage") or {}
-        choices = document.get("choices") or [{}]
-        message = choices[0].get("message")
-        text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
-        return (
+        choice = (document.get("choices") or [{}])[0]
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        return Answer(
             text if isinstance(text, str) else None,
+            choice.get("finish_reason"),
             int(usage.get("prompt_tokens") or 0),
             int(usage.get("completion_tokens") or 0),
         )
     except (orjson.JSONDecodeError, AttributeError, IndexError, TypeError, ValueError):
-        return None, 0, 0
+        return Answer()
 
 
 class StreamTranscript:
-    """Follows a stream's events for the start of the answer and the usage, cheaply."""
+    """Follows a stream's events: the first choice's text, how it ended, and the usage."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
-        self._length = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
+        self._finish_reason: str | None = None
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
 
     def feed(self, chunk: bytes) -> None:
         for event in chunk.split(b"\n\n"):
             if not event.startswith(b"data: {"):
-                continue
-            if self._length >= REFUSAL_WINDOW_CHARS and b'"usage"' not in event:
                 continue
             try:
                 data = orjson.loads(event[6:])
             except orjson.JSONDecodeError:
                 continue
             usage = data.get("usage") or {}
-            self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
-            self.completion_tokens = int(usage.get("completion_tokens") or self.completion_tokens)
-            for choice in (data.get("choices") or [])[:1]:
+            self._prompt_tokens = int(usage.get("prompt_tokens") or self._prompt_tokens)
+            self._completion_tokens = int(usage.get("completion_tokens") or self._completion_tokens)
+            for choice in data.get("choices") or []:
+                if choice.get("index", 0) != 0:
+                    continue
                 delta = choice.get("delta")
                 text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str) and self._length < REFUSAL_WINDOW_CHARS:
+                if isinstance(text, str):
                     self._parts.append(text)
-                    self._length += len(text)
+                self._finish_reason = choice.get("finish_reason") or self._finish_reason
 
-    @property
-    def text(self) -> str:
-        return "".join(self._parts)
+    def answer(self) -> Answer:
+        return Answer(
+            "".join(self._parts),
+            self._finish_reason,
+            self._prompt_tokens,
+            self._completion_tokens,
+        )
 
 
 class OutcomeRecorder:
-    """Turns outcomes into metrics, signals and rollout tallies."""
+    """Turns outcomes into metrics, signals, rollout tallies and capture records."""
 
     def __init__(
-        self, rollouts: RolloutRecorder, refusals: RefusalDetector, drift: DriftMonitor
+        self,
+        rollouts: RolloutRecorder,
+        refusals: RefusalDetector,
+        drift: DriftMonitor,
+        capture: CaptureSink,
     ) -> None:
         self._rollouts = rollouts
         self._refusals = refusals
         self._drift = drift
+        self._capture = capture
 
     def record(self, outcome: Outcome) -> None:
         target = outcome.target
@@ -127,30 +153,32 @@ class OutcomeRecorder:
         labels = (target.route, target.version_label, target.arm)
         metrics.REQUESTS.labels(*labels, str(outcome.status)).inc()
         metrics.REQUEST_DURATION.labels(*labels).observe(outcome.latency_s)
-        if outcome.prompt_tokens:
-            metrics.PROMPT_TOKENS.labels(*labels).inc(outcome.prompt_tokens)
-        if outcome.completion_tokens:
-            metrics.COMPLETION_TOKENS.labels(*labels).inc(outcome.completion_tokens)
+        if outcome.answer.prompt_tokens:
+            metrics.PROMPT_TOKENS.labels(*labels).inc(outcome.answer.prompt_tokens)
+        if outcome.answer.completion_tokens:
+            metrics.COMPLETION_TOKENS.labels(*labels).inc(outcome.answer.completion_tokens)
         try:
             asyncio.get_running_loop().call_soon(self._signals, outcome, target)
-        except RuntimeError:  # no loop (called from a test or a thread): judge right here
+        except RuntimeError:  # no loop (called from a thread): judge right here
             self._signals(outcome, target)
 
     def _signals(self, outcome: Outcome, target: Target) -> None:
         labels = (target.route, target.version_label, target.arm)
+        answered = outcome.status == 200 and outcome.answer.text is not None
         refusal = None
         try:
-            if outcome.answer_text is not None and outcome.status == 200:
-                refusal = self._refusals.is_refusal(outcome.answer_text)
-                result = "refusal" if refusal else "answer"
-                metrics.REFUSAL_CHECKS.labels(*labels, result).inc()
-            if outcome.prompt_text and outcome.status == 200:
-                self._drift.observe(
-                    target.route,
-                    target.version_label,
-                    outcome.prompt_text,
-                    outcome.prompt_tokens or None,
-                )
+            if answered and outcome.answer.text is not None:
+                refusal = self._refusals.is_refusal(outcome.answer.text)
+                metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
+                prompt = prompt_text(outcome.fields)
+                if prompt:
+                    self._drift.observe(
+                        target.route,
+                        target.version_label,
+                        prompt,
+                        outcome.answer.prompt_tokens or None,
+                    )
+            self._capture_outcome(outcome, target, refusal)
         except Exception:  # a signal must never take a request down with it
             log.exception("recording signals for %s failed", target.route)
         if target.rollout is not None and target.rollout.candidate is not None:
@@ -162,3 +190,35 @@ class OutcomeRecorder:
                     outcome.status, outcome.latency_s, schema_valid=schema_valid, refusal=refusal
                 ),
             )
+
+    def _capture_outcome(self, outcome: Outcome, target: Target, refusal: bool | None) -> None:
+        """Answers (and answers refused for breaking their schema) go to the capture sink,
+        whose per-route policy keeps every failure and a sample of the rest."""
+        verdict = outcome.verdict
+        output = outcome.answer.text if outcome.status == 200 else None
+        if output is None and verdict is not None and not verdict.ok:
+            output = verdict.text  # a refused answer: its raw text is what training needs
+        if output is None:
+            return
+        messages = outcome.fields.get("messages")
+        prompt = outcome.fields.get("prompt")
+        self._capture.offer(
+            CaptureRecord(
+                request_id=outcome.request_id,
+                route=target.route,
+                version=target.version_label,
+                arm=target.arm,
+                created_at=time.time(),
+                endpoint=outcome.endpoint,
+                output=output,
+                finish_reason=outcome.answer.finish_reason,
+                messages=tuple(messages) if isinstance(messages, list) else None,
+                prompt=prompt if isinstance(prompt, str) else None,
+                schema_verdict=verdict.result if verdict is not None else "none",
+                schema_errors=tuple(
+                    f"{i.path}: {i.message}" for i in (verdict.issues if verdict else ())
+                ),
+                refusal=refusal,
+                latency_s=outcome.latency_s,
+            )
+        )

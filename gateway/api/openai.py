@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,13 +46,7 @@ from gateway.errors import (
     TurnoutError,
 )
 from gateway.guard import Admitted, RequestGuard
-from gateway.outcomes import (
-    Outcome,
-    OutcomeRecorder,
-    StreamTranscript,
-    answer_of,
-    prompt_text,
-)
+from gateway.outcomes import Answer, Outcome, OutcomeRecorder, StreamTranscript, answer_of
 from gateway.proxy import InferenceProxy, OpenStream
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
@@ -178,6 +173,34 @@ async def _followed(
         transcript.feed(chunk)
 
 
+@dataclass(slots=True)
+class Exchange:
+    """One request as it goes: what is known so far, for the outcome at the end."""
+
+    path: str
+    started: float
+    fields: dict[str, Any] = field(default_factory=dict)
+    target: Target | None = None
+    request_id: str = ""
+    admitted: Admitted | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def note_verdict(self, verdict: Verdict, _fields: dict[str, Any]) -> None:
+        self.verdicts.append(verdict)
+
+    def outcome(self, status: int, answer: Answer) -> Outcome:
+        return Outcome(
+            target=self.target,
+            status=status,
+            latency_s=time.perf_counter() - self.started,
+            verdict=self.verdicts[-1] if self.verdicts else None,
+            answer=answer,
+            request_id=self.request_id,
+            endpoint="chat" if self.path.endswith("/chat/completions") else "completions",
+            fields=self.fields,
+        )
+
+
 class InferenceEndpoints:
     """ASGI app for `POST /v1/chat/completions` and `POST /v1/completions`.
 
@@ -239,21 +262,19 @@ class InferenceEndpoints:
         return target
 
     async def _forward(self, request: Request, path: str) -> Response:
-        started = time.perf_counter()
-        target: Target | None = None
-        verdicts: list[Verdict] = []
-        admitted: Admitted | None = None
+        exchange = Exchange(path=path, started=time.perf_counter())
         try:
             caller = self._guard.caller(request.headers.get("authorization"))
             fields = parse_request(
                 await read_body(request, self._max_body_bytes), self.models[path]
             )
+            exchange.fields = fields
             self._guard.authorize(caller, fields["model"])
             entry = self._table.current.entry(fields["model"])
-            admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
-            target = self._choose(entry, request, fields, caller)
+            exchange.admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
+            target = exchange.target = self._choose(entry, request, fields, caller)
             contract = target.contract or _request_contract(fields, target.route)
-            request_id = request_id_of(request)
+            request_id = exchange.request_id = request_id_of(request)
             headers = _turnout_headers(target, request_id)
             streamed = fields.get("stream") is True
             if contract is None:
@@ -266,64 +287,45 @@ class InferenceEndpoints:
                 opened = await self._proxy.open_stream(target, path, fields, request_id)
                 if isinstance(opened, OpenStream):
                     opened = self._enforcer.judge_stream(
-                        target, contract, opened, lambda v, f: verdicts.append(v), fields
+                        target, contract, opened, exchange.note_verdict, fields
                     )
             else:
-                return await self._judged(
-                    target, contract, path, fields, request_id, headers, verdicts, started,
-                    admitted,
-                )  # fmt: skip
+                return await self._judged(exchange, target, contract, headers)
         except TurnoutError as error:
-            self._finish(target, error.status, started, verdicts, admitted=admitted)
+            self._finish(exchange, error.status)
             raise
         if isinstance(opened, UpstreamReply):
-            self._finish(
-                target, opened.status, started, verdicts, fields, opened.body, admitted=admitted
-            )
+            self._finish(exchange, opened.status, opened.body)
             return Response(
                 opened.body,
                 status_code=opened.status,
                 media_type=opened.content_type,
                 headers=headers,
             )
-        resolved = target
 
         def on_first_chunk() -> None:
             metrics.TIME_TO_FIRST_TOKEN.labels(
-                resolved.route, resolved.version_label, resolved.arm
-            ).observe(time.perf_counter() - started)
+                target.route, target.version_label, target.arm
+            ).observe(time.perf_counter() - exchange.started)
 
         transcript = StreamTranscript()
 
         def on_close() -> None:
-            self._finish(
-                resolved, 200, started, verdicts, fields, transcript=transcript, admitted=admitted
-            )
+            self._finish(exchange, 200, transcript=transcript)
 
         return ProxiedStreamResponse(opened, headers, transcript, on_first_chunk, on_close)
 
     async def _judged(
-        self,
-        target: Target,
-        contract: Contract,
-        path: str,
-        fields: dict[str, Any],
-        request_id: str,
-        headers: dict[str, str],
-        verdicts: list[Verdict],
-        started: float,
-        admitted: Admitted,
+        self, exchange: Exchange, target: Target, contract: Contract, headers: dict[str, str]
     ) -> Response:
         """A whole answer judged (and retried) before anything is sent, streamed or not."""
+        fields = exchange.fields
         streamed = fields.pop("stream", None) is True
         stream_options = fields.pop("stream_options", None) or {}
         judged = await self._enforcer.complete(
-            target, contract, path, fields, request_id, lambda v, f: verdicts.append(v)
+            target, contract, exchange.path, fields, exchange.request_id, exchange.note_verdict
         )
-        self._finish(
-            target, judged.reply.status, started, verdicts, fields, judged.reply.body,
-            admitted=admitted,
-        )  # fmt: skip
+        self._finish(exchange, judged.reply.status, judged.reply.body)
         if judged.verdict is not None:
             headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
         if not streamed or judged.reply.status != 200 or judged.verdict is None:
@@ -337,49 +339,28 @@ class InferenceEndpoints:
         document["turnout"] = {"schema": judged.verdict.as_dict(contract.source)}
         events = buffered_stream(
             document,
-            path.endswith("/chat/completions"),
+            exchange.path.endswith("/chat/completions"),
             stream_options.get("include_usage") is True,
         )
         return Response(events, media_type="text/event-stream", headers=headers)
 
     def _finish(
         self,
-        target: Target | None,
+        exchange: Exchange,
         status: int,
-        started: float,
-        verdicts: list[Verdict],
-        fields: dict[str, Any] | None = None,
         body: bytes | None = None,
         transcript: StreamTranscript | None = None,
-        *,
-        admitted: Admitted | None,
     ) -> None:
-        answer, prompt_tokens, completion_tokens = None, 0, 0
+        answer = Answer()
         if body is not None and status == 200:
-            answer, prompt_tokens, completion_tokens = answer_of(body)
+            answer = answer_of(body)
         elif transcript is not None:
-            answer = transcript.text
-            prompt_tokens, completion_tokens = (
-                transcript.prompt_tokens,
-                transcript.completion_tokens,
-            )
-        self._outcomes.record(
-            Outcome(
-                target,
-                status,
-                time.perf_counter() - started,
-                verdicts[-1] if verdicts else None,
-                prompt_tokens,
-                completion_tokens,
-                prompt_text(fields) if fields is not None else "",
-                answer,
-            )
-        )
+            answer = transcript.answer()
+        self._outcomes.record(exchange.outcome(status, answer))
+        admitted = exchange.admitted
         if admitted is not None and admitted.charge is not None:
             # Settle the up-front token charge with what was used (nothing, on an error).
-            settling = asyncio.create_task(
-                self._guard.settle(admitted, prompt_tokens + completion_tokens)
-            )
+            settling = asyncio.create_task(self._guard.settle(admitted, answer.total_tokens))
             self._settling.add(settling)
             settling.add_done_callback(self._settling.discard)
 

@@ -1,0 +1,151 @@
+"""The flywheel's `turnout` commands: `dataset build`, `train`, `eval`, `flywheel-demo`.
+
+`add_commands` registers them on the main parser's subcommands; model code is imported inside
+the command functions, so registering them costs the gateway nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gateway.errors import ConfigError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def load_yaml_model(path: Path | None, model: type[Model]) -> Model:
+    """`model` from a YAML file (defaults when `path` is None); errors name the key."""
+    if path is None:
+        return model()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return model.model_validate(raw)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or '(top level)'}: {p['msg']}" for p in error.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def _read_schema(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable JSON Schema: {error}") from None
+    return schema
+
+
+def _adapter(text: str) -> Any:
+    from training.evaluate import AdapterUnderTest
+
+    ref, separator, folder = text.partition("=")
+    if not separator or "@" not in ref:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME@VERSION=FOLDER")
+    return AdapterUnderTest(ref, Path(folder).resolve())
+
+
+def cmd_dataset_build(args: argparse.Namespace) -> int:
+    from training.dataset import DatasetConfig, DatasetInputs, build_dataset
+
+    config = load_yaml_model(args.config, DatasetConfig)
+    inputs = DatasetInputs(args.route, args.captures, args.seed_file, _read_schema(args.schema))
+    card = build_dataset(inputs, args.out, config)
+    splits = ", ".join(f"{name}: {split['examples']}" for name, split in card["splits"].items())
+    print(f"Wrote {args.out} ({splits}; removed {card['removed']}; sha256 {card['sha256']})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.qlora import TrainConfig, train
+
+    config = load_yaml_model(args.config, TrainConfig)
+    result = train(args.base_model, args.dataset, args.out, config, progress=not args.no_progress)
+    metrics = result.metrics
+    print(
+        f"Adapter for {args.route}: {result.adapter_dir} (best validation loss"
+        f" {metrics['best_val_loss']:.4f} at step {metrics['best_step']} of {metrics['steps']},"
+        f" {metrics['tokens_per_second']:.0f} tokens/s)"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from training.evaluate import GateConfig, evaluate, markdown_summary, read_suite, write_report
+
+    gate = load_yaml_model(args.gate, GateConfig)
+    schema = _read_schema(args.schema)
+    if schema is None:
+        raise ConfigError("eval: --schema is required")
+    suite = read_suite(args.suite) if args.suite else []
+    report = asyncio.run(
+        evaluate(
+            args.vllm, args.route, args.candidate, args.stable, args.dataset, schema, suite, gate
+        )
+    )
+    write_report(report, args.report)
+    print(markdown_summary(report))
+    return 0 if report["passed"] else 1
+
+
+def cmd_flywheel_demo(args: argparse.Namespace) -> int:
+    from training.flywheel_demo import main
+
+    return main([*(["--work", str(args.work)] if args.work else []), "--seed", str(args.seed)])
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register `dataset build`, `train`, `eval` and `flywheel-demo` on `subparsers`."""
+    dataset = subparsers.add_parser("dataset", help="training datasets from captures")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", required=True)
+    build = dataset_commands.add_parser(
+        "build", help="captures + corrections + seed file -> chat JSONL splits and a card"
+    )
+    build.add_argument("route")
+    build.add_argument("--captures", type=Path, help="capture SQLite file")
+    build.add_argument("--seed-file", type=Path, help="chat JSONL with the answers to learn")
+    build.add_argument("--schema", type=Path, help="the route's JSON Schema (labels, validity)")
+    build.add_argument("--config", type=Path, help="dataset.yaml (DatasetConfig)")
+    build.add_argument("--out", type=Path, required=True)
+    build.set_defaults(run=cmd_dataset_build)
+
+    train = subparsers.add_parser("train", help="train a QLoRA adapter for a route")
+    train.add_argument("route")
+    train.add_argument("--dataset", type=Path, required=True, help="a `dataset build` folder")
+    train.add_argument("--base-model", required=True, help="the base model's folder")
+    train.add_argument("--config", type=Path, help="train.yaml (TrainConfig)")
+    train.add_argument("--out", type=Path, required=True, help="resumes if it has checkpoints")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(run=cmd_train)
+
+    gate = subparsers.add_parser("eval", help="gate a candidate adapter against the stable one")
+    gate.add_argument("route")
+    gate.add_argument("--vllm", required=True, help="vLLM origin (runtime LoRA loading on)")
+    gate.add_argument("--candidate", type=_adapter, required=True, help="NAME@VERSION=FOLDER")
+    gate.add_argument("--stable", type=_adapter, help="NAME@VERSION=FOLDER")
+    gate.add_argument("--dataset", type=Path, required=True)
+    gate.add_argument("--schema", type=Path, required=True)
+    gate.add_argument("--suite", type=Path, help="regression suite JSONL")
+    gate.add_argument("--gate", type=Path, help="gate.yaml (GateConfig)")
+    gate.add_argument("--report", type=Path, required=True, help="folder for report.json/.md")
+    gate.set_defaults(run=cmd_eval)
+
+    demo = subparsers.add_parser(
+        "flywheel-demo", help="capture -> dataset -> train -> gate on the demo model (CPU)"
+    )
+    demo.add_argument("--work", type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_flywheel_demo)

@@ -1,0 +1,345 @@
+"""Build a route's training set: captures + corrections + seed file -> chat JSONL splits and a card.
+
+Steps, in order: collect examples (a correction beats a seed example beats an approved answer),
+redact, drop answers that break the route's schema, drop exact duplicates (same normalised
+prompt), drop near-duplicates (MinHash estimate >= `dedup_threshold`), group what is still
+similar (>= `group_threshold`) and split by group so no group straddles two splits, then balance
+the training split's labels. The card beside the files records counts, sources and hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.errors import TurnoutError
+from training.capture import StoredCapture, read_captures
+from training.minhash import MinHasher, clusters, normalise
+from training.redaction import redact
+
+Source = Literal["correction", "seed", "approved"]
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+CARD_FILE = "dataset_card.json"
+_PRIORITY: dict[str, int] = {"correction": 0, "seed": 1, "approved": 2}
+
+
+class DatasetError(TurnoutError):
+    """The inputs cannot make a usable dataset."""
+
+    code = "dataset_error"
+
+
+class DatasetConfig(BaseModel):
+    """How `turnout dataset build` cleans and splits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    redact_pii: bool = True
+    include_approved: bool = Field(
+        default=True, description="use captured answers rated > 0 that pass the schema"
+    )
+    dedup_threshold: float = Field(default=0.9, gt=0, le=1, description="near-duplicate: drop")
+    group_threshold: float = Field(default=0.6, gt=0, le=1, description="similar: same split")
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    balance_labels: bool = True
+    max_label_ratio: float = Field(
+        default=1.0, ge=1, description="largest label count <= ratio x smallest, in train"
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DatasetConfig:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must leave room for train")
+        if self.group_threshold > self.dedup_threshold:
+            raise ValueError("group_threshold must not exceed dedup_threshold")
+        return self
+
+
+@dataclass(frozen=True)
+class Example:
+    """A prompt (chat messages without the answer), the answer to learn, and where it came from."""
+
+    messages: tuple[Mapping[str, str], ...]
+    answer: str
+    source: Source
+    label: str | None = None
+
+    @property
+    def text(self) -> str:
+        """What deduplication compares: the prompt's non-system turns."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] != "system")
+
+
+def label_field(schema: Mapping[str, Any]) -> str | None:
+    """The schema's top-level property with a string enum (the label), if there is exactly one."""
+    found = [
+        name
+        for name, spec in schema.get("properties", {}).items()
+        if isinstance(spec, dict) and isinstance(spec.get("enum"), list)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _text_content(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def from_captures(
+    captured: Iterable[StoredCapture], include_approved: bool
+) -> tuple[list[Example], Counter[str]]:
+    """Examples from captured requests: corrected ones, and (optionally) approved valid ones."""
+    examples, skipped = [], Counter[str]()
+    for stored in captured:
+        record = stored.record
+        if record.messages is not None:
+            messages = tuple(
+                {"role": str(m.get("role", "user")), "content": _text_content(m.get("content"))}
+                for m in record.messages
+            )
+        else:
+            messages = ({"role": "user", "content": record.prompt or ""},)
+        if stored.correction is not None:
+            examples.append(Example(messages, stored.correction, "correction"))
+        elif (
+            include_approved
+            and (stored.rating or 0) > 0
+            and record.schema_verdict in ("valid", "none")
+        ):
+            examples.append(Example(messages, record.output, "approved"))
+        else:
+            skipped["failure_without_correction" if record.failed else "unrated"] += 1
+    return examples, skipped
+
+
+def from_seed_file(path: Path) -> list[Example]:
+    """Examples from chat JSONL whose last message is the assistant's answer."""
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            messages = json.loads(line)["messages"]
+            *prompt, last = messages
+            if last["role"] != "assistant" or not prompt:
+                raise ValueError("the last message must be the assistant's answer")
+            turns = tuple({"role": m["role"], "content": m["content"]} for m in prompt)
+            examples.append(Example(turns, last["content"], "seed"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(f"{path}:{number}: not a chat example: {error}") from None
+    return examples
+
+
+def _redacted(example: Example) -> Example:
+    messages = tuple({**m, "content": redact(m["content"])} for m in example.messages)
+    return replace(example, messages=messages, answer=redact(example.answer))
+
+
+def _labelled(
+    examples: Sequence[Example], schema: Mapping[str, Any] | None, removed: Counter[str]
+) -> list[Example]:
+    """Examples whose answer is valid JSON for `schema`, with their label filled in."""
+    if schema is None:
+        return list(examples)
+    validator = jsonschema.Draft202012Validator(schema)
+    field = label_field(schema)
+    kept = []
+    for example in examples:
+        try:
+            value = json.loads(example.answer)
+        except ValueError:
+            removed["invalid_answer"] += 1
+            continue
+        if not validator.is_valid(value):
+            removed["invalid_answer"] += 1
+            continue
+        label = str(value[field]) if field is not None and field in value else None
+        kept.append(replace(example, label=label))
+    return kept
+
+
+def _deduplicated(
+    examples: Sequence[Example], config: DatasetConfig, removed: Counter[str]
+) -> list[Example]:
+    """Highest-priority example of each exact and each near-duplicate cluster."""
+    ordered = sorted(examples, key=lambda e: _PRIORITY[e.source])  # stable: input order within
+    seen: set[str] = set()
+    unique = []
+    for example in ordered:
+        key = normalise(example.text)
+        if key in seen:
+            removed["exact_duplicate"] += 1
+            continue
+        seen.add(key)
+        unique.append(example)
+    hasher = MinHasher(seed=config.seed)
+    roots = clusters([e.text for e in unique], config.dedup_threshold, hasher)
+    kept = [e for index, e in enumerate(unique) if roots[index] == index]
+    removed["near_duplicate"] += len(unique) - len(kept)
+    return kept
+
+
+def _unit_hash(seed: int, key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_group(
+    examples: Sequence[Example], config: DatasetConfig
+) -> tuple[dict[str, list[Example]], list[int]]:
+    """Splits where every group of similar examples lands whole in one split; and the groups.
+
+    A group's split comes from a hash of its first member's text, so adding data later does not
+    move the groups that were already there.
+    """
+    groups = clusters(
+        [e.text for e in examples], config.group_threshold, MinHasher(seed=config.seed)
+    )
+    splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for index, example in enumerate(examples):
+        position = _unit_hash(config.seed, normalise(examples[groups[index]].text))
+        if position < config.test_fraction:
+            splits["test"].append(example)
+        elif position < config.test_fraction + config.validation_fraction:
+            splits["validation"].append(example)
+        else:
+            splits["train"].append(example)
+    return splits, groups
+
+
+def balanced(
+    examples: Sequence[Example], max_ratio: float, seed: int, removed: Counter[str]
+) -> list[Example]:
+    """Examples with each label's count capped at `max_ratio` x the rarest label's count."""
+    counts = Counter(e.label for e in examples if e.label is not None)
+    if len(counts) < 2:
+        return list(examples)
+    cap = int(min(counts.values()) * max_ratio)
+    # Which examples of a crowded label stay is decided by a seeded hash, not by input order.
+    ranked = sorted(examples, key=lambda e: _unit_hash(seed, normalise(e.text)))
+    taken: Counter[str | None] = Counter()
+    keep = set()
+    for example in ranked:
+        if example.label is None or taken[example.label] < cap:
+            taken[example.label] += 1
+            keep.add(id(example))
+    removed["balanced_out"] += len(examples) - len(keep)
+    return [e for e in examples if id(e) in keep]
+
+
+def _chat_line(example: Example) -> str:
+    messages = [*example.messages, {"role": "assistant", "content": example.answer}]
+    fields = {"messages": messages, "label": example.label, "source": example.source}
+    return json.dumps(fields, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> str:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    os.replace(staging, path)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetInputs:
+    """Where a build reads from; any of them may be absent, not all."""
+
+    route: str
+    captures: Path | None = None
+    seed_file: Path | None = None
+    schema: Mapping[str, Any] | None = None
+
+
+def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> dict[str, Any]:
+    """Write `out/{train,validation,test}.jsonl` and `out/dataset_card.json`; return the card."""
+    examples: list[Example] = []
+    sources: dict[str, Any] = {}
+    skipped: Counter[str] = Counter()
+    if inputs.captures is not None:
+        captured = read_captures(inputs.captures, inputs.route)
+        from_capture, skipped = from_captures(captured, config.include_approved)
+        examples += from_capture
+        sources["captures"] = {
+            "path": str(inputs.captures),
+            "records": len(captured),
+            "used": dict(Counter(e.source for e in from_capture)),
+            "skipped": dict(skipped),
+        }
+    if inputs.seed_file is not None:
+        seeded = from_seed_file(inputs.seed_file)
+        examples += seeded
+        sources["seed"] = {
+            "path": str(inputs.seed_file),
+            "examples": len(seeded),
+            "sha256": _file_sha256(inputs.seed_file),
+        }
+    if not examples:
+        raise DatasetError(f"route {inputs.route}: no usable examples in the given sources")
+
+    removed: Counter[str] = Counter()
+    if config.redact_pii:
+        examples = [_redacted(e) for e in examples]
+    examples = _labelled(examples, inputs.schema, removed)
+    examples = _deduplicated(examples, config, removed)
+    splits, groups = split_by_group(examples, config)
+    if config.balance_labels:
+        splits["train"] = balanced(splits["train"], config.max_label_ratio, config.seed, removed)
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        raise DatasetError(
+            f"route {inputs.route}: {len(examples)} examples in {len(set(groups))} groups leave"
+            f" {', '.join(empty)} empty; add data or change the fractions"
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    split_cards: dict[str, dict[str, Any]] = {}
+    digests = []
+    for name in SPLITS:
+        digest = _write_atomic(out / f"{name}.jsonl", "".join(map(_chat_line, splits[name])))
+        split_cards[name] = {
+            "examples": len(splits[name]),
+            "labels": dict(sorted(Counter(e.label for e in splits[name] if e.label).items())),
+            "sources": dict(sorted(Counter(e.source for e in splits[name]).items())),
+            "sha256": digest,
+        }
+        digests.append(digest)
+    schema_text = json.dumps(inputs.schema, sort_keys=True) if inputs.schema is not None else None
+    card: dict[str, Any] = {
+        "route": inputs.route,
+        "created_at": time.time(),
+        "config": config.model_dump(),
+        "schema_sha256": hashlib.sha256(schema_text.encode()).hexdigest() if schema_text else None,
+        "label_field": label_field(inputs.schema) if inputs.schema is not None else None,
+        "sources": sources,
+        "removed": dict(sorted(removed.items())),
+        "groups": len(set(groups)),
+        "splits": split_cards,
+        "sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
+    }
+    _write_atomic(out / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def read_split(folder: Path, split: str) -> list[dict[str, Any]]:
+    """The chat examples of one split, as written by `build_dataset`."""
+    lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

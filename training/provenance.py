@@ -1,0 +1,35 @@
+"""What travels with a gated adapter into the registry: dataset card, training run, gate report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from training.dataset import CARD_FILE
+from training.qlora import METRICS_FILE
+
+
+def provenance(dataset: Path, run: Path, report: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance record for `registry.push(..., provenance=...)`.
+
+    `dataset` is a `dataset build` folder, `run` a `train` output folder, `report` what
+    `evaluate` returned. The training history is left out (it stays in the run's metrics.json).
+    """
+    card = json.loads((dataset / CARD_FILE).read_text())
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    training = {key: value for key, value in metrics.items() if key != "history"}
+    gate = {
+        "passed": report["passed"],
+        "reasons": list(report["reasons"]),
+        "checks": list(report["checks"]),
+        "candidate": {k: v for k, v in report["candidate"].items() if k != "samples"},
+        "stable": (
+            {k: v for k, v in report["stable"].items() if k != "samples"}
+            if report.get("stable")
+            else None
+        ),
+        "test_examples": report["test_examples"],
+    }
+    return {"dataset_card": card, "training": training, "gate": gate}
