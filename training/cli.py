@@ -107,6 +107,22 @@ def cmd_flywheel_demo(args: argparse.Namespace) -> int:
     return main([*(["--work", str(args.work)] if args.work else []), "--seed", str(args.seed)])
 
 
+def cmd_flywheel_watch(args: argparse.Namespace) -> int:
+    from training.trigger import TriggerConfig, watch
+
+    config = TriggerConfig(
+        schema_invalid_rate=args.schema_invalid_rate,
+        refusal_rate=args.refusal_rate,
+        drift_psi=args.drift_psi,
+        min_new_failures=args.min_new_failures,
+    )
+    for decision in watch(
+        args.gateway, args.route, args.captures, args.command, config, args.interval, args.rounds
+    ):
+        print(("retrain: " if decision.retrain else "wait: ") + decision.reason, flush=True)
+    return 0
+
+
 def add_commands(subparsers: Any) -> None:
     """Register `dataset build`, `train`, `eval` and `flywheel-demo` on `subparsers`."""
     dataset = subparsers.add_parser("dataset", help="training datasets from captures")
@@ -149,3 +165,20 @@ def add_commands(subparsers: Any) -> None:
     demo.add_argument("--work", type=Path)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_flywheel_demo)
+
+    flywheel = subparsers.add_parser("flywheel", help="retrain automatically on bad signals")
+    flywheel_commands = flywheel.add_subparsers(dest="flywheel_command", required=True)
+    watcher = flywheel_commands.add_parser(
+        "watch", help="watch a route's signals; run the training command when they go bad"
+    )
+    watcher.add_argument("route")
+    watcher.add_argument("--gateway", required=True, help="the gateway's origin (/metrics)")
+    watcher.add_argument("--captures", type=Path, required=True, help="the capture SQLite file")
+    watcher.add_argument("--command", required=True, help="what retraining runs (a process)")
+    watcher.add_argument("--schema-invalid-rate", type=float, default=0.2)
+    watcher.add_argument("--refusal-rate", type=float, default=0.2)
+    watcher.add_argument("--drift-psi", type=float, default=0.25)
+    watcher.add_argument("--min-new-failures", type=int, default=200)
+    watcher.add_argument("--interval", type=float, default=60.0, help="seconds between reads")
+    watcher.add_argument("--rounds", type=int, help="stop after this many reads")
+    watcher.set_defaults(run=cmd_flywheel_watch)
