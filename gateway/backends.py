@@ -132,11 +132,17 @@ class Http1Upstream:
 
     async def post(self, backend: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
         headers = _JSON_HEADERS + b"x-request-id: " + request_id.encode() + b"\r\n"
+        return await self._whole(backend, b"POST", path, body, headers, self._timeouts.response_s)
+
+    async def _whole(
+        self, backend: str, method: bytes, path: str, body: bytes, headers: bytes, timeout_s: float
+    ) -> UpstreamReply:
+        """One exchange read to its end within `timeout_s`."""
         response: http1.Response | None = None
         try:
-            async with asyncio.timeout(self._timeouts.response_s):
+            async with asyncio.timeout(timeout_s):
                 response = await self._pool.request(
-                    self._origin(backend), b"POST", path, body, headers
+                    self._origin(backend), method, path, body, headers
                 )
                 payload = await response.read()
         except (OSError, TimeoutError) as error:
@@ -166,17 +172,7 @@ class Http1Upstream:
             response.finish()
 
     async def get(self, backend: str, path: str, timeout_s: float) -> UpstreamReply:
-        response: http1.Response | None = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._pool.request(self._origin(backend), b"GET", path, b"", b"")
-                payload = await response.read()
-        except (OSError, TimeoutError) as error:
-            raise _transport_error(error, backend) from error
-        finally:
-            if response is not None:
-                response.finish()
-        return UpstreamReply(response.status, _content_type(response), payload)
+        return await self._whole(backend, b"GET", path, b"", b"", timeout_s)
 
     async def probe(self, backend: str, path: str, timeout_s: float) -> bool:
         try:

@@ -84,8 +84,9 @@ async def drive_traffic(
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Send every ticket through the gateway's route; the gateway judges and captures them.
 
-    Returns request id -> true label for the answers the gateway flagged (what a reviewer
-    working through the failure queue would correct), and the answers per arm.
+    Returns request id -> true label for the answers that were wrong (flagged by the schema, or
+    valid JSON with the wrong label: what a reviewer working through the captured answers would
+    correct), and the answers per arm.
     """
     limit = asyncio.Semaphore(concurrency)
     flagged: dict[str, str] = {}
@@ -106,12 +107,20 @@ async def drive_traffic(
         reply.raise_for_status()
         arm = reply.headers["x-turnout-arm"]
         arms[arm] = arms.get(arm, 0) + 1
-        if reply.headers["x-turnout-schema"] != "valid":
+        content = reply.json()["choices"][0]["message"]["content"] or ""
+        if reply.headers["x-turnout-schema"] != "valid" or not _is_right(content, ticket.label):
             flagged[request_id] = ticket.label
 
     async with httpx.AsyncClient(base_url=gateway, timeout=120) as client:
         await asyncio.gather(*(one(client, ticket) for ticket in tickets))
     return flagged, arms
+
+
+def _is_right(content: str, label: str) -> bool:
+    try:
+        return bool(json.loads(content) == json.loads(answer(label)))
+    except ValueError:
+        return False
 
 
 def _gateway_config(work: Path, model_dir: Path, vllm_url: str, port: int) -> Path:
@@ -127,7 +136,8 @@ def _gateway_config(work: Path, model_dir: Path, vllm_url: str, port: int) -> Pa
         "auth": {"admin_keys_file": str(admins)},
         "capture": {
             "path": str(work / "captures.db"),
-            "default": {"success_sample_rate": 0.2},
+            # The demo's reviewer looks at every answer, so every answer is captured.
+            "default": {"success_sample_rate": 1.0},
         },
     }
     path = work / "gateway.yaml"
@@ -273,7 +283,7 @@ def run_flywheel_demo(
                     f"{gateway}/v1/feedback",
                     json={"request_id": request_id, "rating": -1, "correction": answer(label)},
                 ).raise_for_status()
-            _say(f"the gateway flagged {len(failed)} answers; each got a correction")
+            _say(f"{len(failed)} answers were wrong; the reviewer corrected each")
             time.sleep(1.0)  # the capture writer's flush interval: the corrections reach disk
 
             seed_file = work / "seed.jsonl"

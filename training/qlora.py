@@ -21,21 +21,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.demo import LORA_TARGETS
 from gateway.errors import TurnoutError
 from training.dataset import CARD_FILE, read_split
 
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.json"
-ALL_PROJECTIONS: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+# Llama's attention and MLP projections, as the demo adapters target them.
+ALL_PROJECTIONS: tuple[str, ...] = LORA_TARGETS
 
 
 class TrainingError(TurnoutError):

@@ -15,6 +15,7 @@ import yaml
 
 from gateway.embedded import free_port
 from tests.conftest import answers, gateway_config, wait_until
+from training.capture import read_captures
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,13 @@ def test_sigterm_drains_a_running_stream_and_refuses_new_connections(
     vllm_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    config = gateway_config([vllm_url], server={"port": port}, state={"dir": str(tmp_path)})
+    captures = tmp_path / "captures.db"
+    config = gateway_config(
+        [vllm_url],
+        server={"port": port},
+        state={"dir": str(tmp_path)},
+        capture={"path": str(captures), "default": {"success_sample_rate": 1.0}},
+    )
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     gateway = subprocess.Popen(
@@ -43,7 +50,10 @@ def test_sigterm_drains_a_running_stream_and_refuses_new_connections(
     first_event = threading.Event()
 
     def read_stream() -> None:
-        with httpx.stream("POST", f"{origin}/v1/chat/completions", json=body, timeout=120) as r:
+        headers = {"x-request-id": "drained-stream"}
+        with httpx.stream(
+            "POST", f"{origin}/v1/chat/completions", json=body, headers=headers, timeout=120
+        ) as r:
             for line in r.iter_lines():
                 lines.append(line)
                 first_event.set()
@@ -59,3 +69,7 @@ def test_sigterm_drains_a_running_stream_and_refuses_new_connections(
     assert [line for line in lines if line][-1] == "data: [DONE]"
     usage = [line for line in lines if '"usage"' in line and '"completion_tokens":600' in line]
     assert usage, "the stream was cut short"
+    # The answer's capture record was written before the process exited: nothing lost.
+    (stored,) = [c for c in read_captures(captures) if c.record.request_id == "drained-stream"]
+    assert stored.record.finish_reason == "length"
+    assert len(stored.record.output) > 100
