@@ -29,7 +29,7 @@ from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
 from gateway.config import TurnoutConfig
 from gateway.control import ControlPlane
 from gateway.guard import RequestGuard
-from gateway.outcomes import OutcomeRecorder
+from gateway.outcomes import OutcomeRecorder, SignalBudget
 from gateway.proxy import InferenceProxy
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, connect_redis
 from gateway.residency import Residency
@@ -186,7 +186,13 @@ def create_app(
         table,
         proxy,
         pool,
-        OutcomeRecorder(recorder, PhraseRefusalDetector(), drift, capture),
+        OutcomeRecorder(
+            recorder,
+            PhraseRefusalDetector(),
+            drift,
+            capture,
+            SignalBudget(config.monitoring.signals_per_second),
+        ),
         guard,
         config.server.max_body_bytes,
     )

@@ -235,6 +235,12 @@ class MonitoringConfig(StrictModel):
     """Signals computed from answers and inputs."""
 
     drift: DriftSettings = DriftSettings()
+    signals_per_second: int = Field(
+        default=200,
+        gt=0,
+        description="answers a second given refusal, drift and capture checks; past it, a "
+        "sample (failed answers are always checked)",
+    )
 
 
 class EmbeddedConfig(StrictModel):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
+from prometheus_client import Counter, Histogram
 
 from gateway.analysis import RequestOutcome, RolloutRecorder
 from gateway.contracts import Verdict
@@ -130,6 +131,38 @@ class StreamTranscript:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _RequestSeries:
+    requests: Counter
+    duration: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+
+
+class SignalBudget:
+    """At most `per_second` answers a second get the refusal check, the drift window and the
+    capture offer; past that, answers are skipped until the next second (a sample).
+
+    LLM traffic rarely reaches it (each answer takes seconds); a flood of short requests does,
+    and then the checks would cost more than the requests themselves.
+    """
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_second = per_second
+        self._clock = clock
+        self._second = 0
+        self._used = 0
+
+    def take(self) -> bool:
+        second = int(self._clock())
+        if second != self._second:
+            self._second, self._used = second, 0
+        if self._used >= self._per_second:
+            return False
+        self._used += 1
+        return True
+
+
 class OutcomeRecorder:
     """Turns outcomes into metrics, signals, rollout tallies and capture records."""
 
@@ -139,28 +172,50 @@ class OutcomeRecorder:
         refusals: RefusalDetector,
         drift: DriftMonitor,
         capture: CaptureSink,
+        budget: SignalBudget,
     ) -> None:
         self._rollouts = rollouts
         self._refusals = refusals
         self._drift = drift
         self._capture = capture
+        self._budget = budget
+        self._children: dict[tuple[str, str, str, int], _RequestSeries] = {}
 
     def record(self, outcome: Outcome) -> None:
         target = outcome.target
         if target is None:
             metrics.REQUESTS.labels(UNKNOWN_ROUTE, "none", "stable", str(outcome.status)).inc()
             return
-        labels = (target.route, target.version_label, target.arm)
-        metrics.REQUESTS.labels(*labels, str(outcome.status)).inc()
-        metrics.REQUEST_DURATION.labels(*labels).observe(outcome.latency_s)
+        series = self._series(target, outcome.status)
+        series.requests.inc()
+        series.duration.observe(outcome.latency_s)
         if outcome.answer.prompt_tokens:
-            metrics.PROMPT_TOKENS.labels(*labels).inc(outcome.answer.prompt_tokens)
+            series.prompt_tokens.inc(outcome.answer.prompt_tokens)
         if outcome.answer.completion_tokens:
-            metrics.COMPLETION_TOKENS.labels(*labels).inc(outcome.answer.completion_tokens)
+            series.completion_tokens.inc(outcome.answer.completion_tokens)
+        failed = outcome.verdict is not None and not outcome.verdict.ok
+        if not (failed or self._budget.take()):
+            self._tally(outcome, target, refusal=None)  # failures are never skipped
+            return
         try:
             asyncio.get_running_loop().call_soon(self._signals, outcome, target)
         except RuntimeError:  # no loop (called from a thread): judge right here
             self._signals(outcome, target)
+
+    def _series(self, target: Target, status: int) -> _RequestSeries:
+        """The request metrics' children for one route, version, arm and status, looked up
+        once (prometheus_client's `labels()` takes a lock and builds tuples on every call)."""
+        key = (target.route, target.version_label, target.arm, status)
+        series = self._children.get(key)
+        if series is None:
+            labels = key[:3]
+            series = self._children[key] = _RequestSeries(
+                metrics.REQUESTS.labels(*labels, str(status)),
+                metrics.REQUEST_DURATION.labels(*labels),
+                metrics.PROMPT_TOKENS.labels(*labels),
+                metrics.COMPLETION_TOKENS.labels(*labels),
+            )
+        return series
 
     def _signals(self, outcome: Outcome, target: Target) -> None:
         labels = (target.route, target.version_label, target.arm)
@@ -181,6 +236,10 @@ class OutcomeRecorder:
             self._capture_outcome(outcome, target, refusal)
         except Exception:  # a signal must never take a request down with it
             log.exception("recording signals for %s failed", target.route)
+        self._tally(outcome, target, refusal)
+
+    def _tally(self, outcome: Outcome, target: Target, refusal: bool | None) -> None:
+        """The request, for the rollout analysis (only while a candidate is out)."""
         if target.rollout is not None and target.rollout.candidate is not None:
             schema_valid = None if outcome.verdict is None else outcome.verdict.ok
             self._rollouts.record(
