@@ -56,7 +56,14 @@ def test_every_rendered_manifest_is_valid_kubernetes(
     for manifest in core:
         validate_manifest(manifest, kube_version)
     kinds = {m["kind"] for m in core}
-    assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
 
 
 def test_production_values_render_every_optional_part(chart: helm.Chart) -> None:
@@ -166,11 +173,31 @@ def test_config_with_an_unknown_key_fails_turnout_config_check(
     assert "routes.chat.canary: unknown key" in done.stderr
 
 
-def test_backends_default_to_the_vllm_service(chart: helm.Chart) -> None:
-    rendered = render(chart)
+def test_backends_default_to_every_vllm_pod_by_its_stable_name(chart: helm.Chart) -> None:
+    rendered = render(chart, {"vllm": {"replicas": 2}})
     service = rendered.one("Service", full_name("vllm"))
+    assert service["spec"]["clusterIP"] == "None"  # headless: one DNS name per pod
     port = service["spec"]["ports"][0]["port"]
-    assert rendered_config(rendered)["backends"] == [{"url": f"http://{full_name('vllm')}:{port}"}]
+    vllm = full_name("vllm")
+    assert rendered.one("StatefulSet", vllm)["spec"]["serviceName"] == vllm
+    assert rendered_config(rendered)["backends"] == [
+        {"url": f"http://{vllm}-{n}.{vllm}:{port}"} for n in (0, 1)
+    ]
+
+
+def test_an_object_store_is_copied_onto_the_vllm_pods(chart: helm.Chart) -> None:
+    values = {
+        "vllm": {"adapterSync": {"enabled": True}},
+        "config": {"adapters": {"store": "s3://bucket/team", "backend_path": "/adapters"}},
+        "objectStore": {"accessKeyId": "id", "secretAccessKey": "secret"},
+    }
+    vllm = render(chart, values).one("StatefulSet", full_name("vllm"))
+    sync = container(vllm, "adapter-sync")
+    assert "aws s3 sync" in sync["args"][0]
+    assert {"name": "TURNOUT_STORE", "value": "s3://bucket/team"} in sync["env"]
+    assert "AWS_ACCESS_KEY_ID" in env_of(sync)
+    server_mounts = {m["mountPath"]: m for m in container(vllm, "vllm")["volumeMounts"]}
+    assert server_mounts["/adapters"]["readOnly"] is True
 
 
 def test_explicit_backends_are_kept_and_vllm_can_be_left_out(chart: helm.Chart) -> None:
@@ -178,7 +205,7 @@ def test_explicit_backends_are_kept_and_vllm_can_be_left_out(chart: helm.Chart) 
     values = {"vllm": {"enabled": False}, "config": {"base_model": "llama", "backends": backends}}
     rendered = render(chart, values)
     assert rendered_config(rendered)["backends"] == backends
-    assert full_name("vllm") not in rendered.names("Deployment")
+    assert full_name("vllm") not in rendered.names("StatefulSet")
 
 
 def test_no_backends_and_no_vllm_is_refused_with_the_key_named(chart: helm.Chart) -> None:
@@ -315,7 +342,7 @@ def test_vllm_serves_the_base_model_with_runtime_lora_loading(
     chart: helm.Chart, which: str
 ) -> None:
     rendered = render(chart, values_named(which))
-    vllm = rendered.one("Deployment", full_name("vllm"))
+    vllm = rendered.one("StatefulSet", full_name("vllm"))
     server = container(vllm, "vllm")
     args = server["args"]
     base_model = rendered_config(rendered)["base_model"]
@@ -330,7 +357,7 @@ def test_vllm_serves_the_base_model_with_runtime_lora_loading(
 
 
 def test_vllm_pods_get_as_many_gpus_as_their_tensor_parallel_size(chart: helm.Chart) -> None:
-    vllm = render(chart, {"vllm": {"tensorParallelSize": 4}}).one("Deployment", full_name("vllm"))
+    vllm = render(chart, {"vllm": {"tensorParallelSize": 4}}).one("StatefulSet", full_name("vllm"))
     server = container(vllm, "vllm")
     assert "--tensor-parallel-size=4" in server["args"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 4
@@ -341,7 +368,7 @@ def test_vllm_is_reachable_only_from_the_gateway_and_prometheus(chart: helm.Char
     rendered = render(chart, production_values())
     assert rendered.one("Service", full_name("vllm"))["spec"]["type"] == "ClusterIP"
     policy = rendered.one("NetworkPolicy", full_name("vllm"))
-    vllm_pods = rendered.one("Deployment", full_name("vllm"))["spec"]["template"]["metadata"]
+    vllm_pods = rendered.one("StatefulSet", full_name("vllm"))["spec"]["template"]["metadata"]
     gateway_pods = rendered.one("Deployment", full_name("gateway"))["spec"]["template"]["metadata"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= vllm_pods["labels"].items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -425,7 +452,7 @@ for args in json.load(sys.stdin):
 def test_vllm_accepts_the_arguments_the_chart_renders(chart: helm.Chart) -> None:
     """Checked with the vLLM installed here (the CPU build), not the image's own copy."""
     rendered = [render(chart, values_named(which)) for which in VALUE_SETS]
-    servers = [container(r.one("Deployment", full_name("vllm")), "vllm") for r in rendered]
+    servers = [container(r.one("StatefulSet", full_name("vllm")), "vllm") for r in rendered]
     arguments = [server["args"] for server in servers]
     done = subprocess.run(
         [sys.executable, "-c", PARSE_VLLM_ARGS],

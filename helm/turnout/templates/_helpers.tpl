@@ -45,8 +45,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- printf "%s:%s" (default .Values.image.repository .Values.retrain.image.repository) $tag }}
 {{- end }}
 
-{{- define "turnout.vllmUrl" -}}
-{{- printf "http://%s:%d" (include "turnout.componentName" (dict "root" . "component" "vllm")) (int .Values.vllm.service.port) }}
+{{/* One backend per vLLM pod, by its stable StatefulSet name. */}}
+{{- define "turnout.vllmBackends" -}}
+{{- $name := include "turnout.componentName" (dict "root" . "component" "vllm") }}
+{{- $backends := list }}
+{{- range $i := until (int .Values.vllm.replicas) }}
+{{- $backends = append $backends (dict "url" (printf "http://%s-%d.%s:%d" $name $i $name (int $.Values.vllm.service.port))) }}
+{{- end }}
+{{- toYaml $backends }}
 {{- end }}
 
 {{/* The Turnout config file as the gateway reads it: .Values.config, backends defaulted. */}}
@@ -56,7 +62,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- if not .Values.vllm.enabled }}
 {{- fail "config.backends is empty and vllm.enabled is false: name the vLLM servers in config.backends" }}
 {{- end }}
-{{- $_ := set $config "backends" (list (dict "url" (include "turnout.vllmUrl" .))) }}
+{{- $_ := set $config "backends" (include "turnout.vllmBackends" . | fromYamlArray) }}
 {{- end }}
 {{- toYaml $config }}
 {{- end }}
