@@ -7,10 +7,11 @@ import math
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway.errors import MethodNotAllowed, NotFound, TurnoutError
+from gateway.errors import MethodNotAllowed, NotFound, RequestValidationFailed, TurnoutError
 
 log = logging.getLogger("turnout.errors")
 
@@ -61,6 +62,15 @@ async def _http_error(request: Request, error: Exception) -> Response:
     return error_response(generic)
 
 
+async def _validation_error(request: Request, error: Exception) -> Response:
+    """FastAPI's own body validation (feedback, admin), in OpenAI's shape."""
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"] if part != "body")
+    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+    return error_response(RequestValidationFailed(message, param=where or None))
+
+
 def unexpected_error_response(path: str) -> Response:
     """A 500 in OpenAI's shape for a bug; call it from an `except` block (it logs the trace)."""
     log.exception("unhandled error on %s", path)
@@ -74,4 +84,5 @@ async def _unexpected_error(request: Request, error: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TurnoutError, _turnout_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -171,6 +171,10 @@ async def _followed(
             first = False
         yield chunk
         transcript.feed(chunk)
+        # When the backend is ahead of the client, every await above returns at once and this
+        # loop never lets the event loop run: a client that left would go unnoticed (and the
+        # backend would generate on for nobody) until the backend finished.
+        await asyncio.sleep(0)
 
 
 @dataclass(slots=True)

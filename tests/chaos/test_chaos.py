@@ -84,6 +84,35 @@ class Load:
         return self.results
 
 
+def test_vllm_killed_mid_stream_and_restarted_under_load(chaos: Chaos) -> None:
+    body = {**SHORT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    lines: list[str] = []
+    with httpx.stream("POST", chaos.origin + CHAT, json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            lines.append(line)
+            if len(lines) == 1:
+                # Frozen at once (it can generate nothing more), then killed: a crash mid-stream.
+                os.killpg(chaos.vllm.pid or 0, signal.SIGSTOP)
+                chaos.vllm.stop(grace_s=0)
+    events = [line for line in lines if line.startswith("data: ")]
+    assert '"error"' in events[-1]
+    assert "backend" in events[-1]
+
+    load = Load(chaos.origin)
+    time.sleep(2)  # the outage, under load
+    chaos.vllm.start()
+    chaos.vllm.wait_ready(300)
+    wait_until(lambda: len(load.results) > 0 and load.results[-1][0] == 200, 60, "recovery")
+    time.sleep(1)
+    results = load.stop()
+    statuses = [status for status, _ in results]
+    first_ok = statuses.index(200)
+    assert all(status in (502, 503) for status in statuses[:first_ok])
+    assert all(code for _, code in results[:first_ok])
+    assert set(statuses[first_ok:]) == {200}, "errors after recovery"
+
+
 def test_a_frozen_backend_times_out_and_the_queue_sheds(chaos: Chaos) -> None:
     os.killpg(chaos.vllm.pid or 0, signal.SIGSTOP)
     try:
@@ -126,30 +155,3 @@ def test_a_config_corrupted_under_load_leaves_the_old_one_serving(chaos: Chaos) 
     metrics = httpx.get(chaos.origin + "/metrics").text.splitlines()
     (rejected,) = [m for m in metrics if m.startswith('turnout_config_reloads_total{result="rej')]
     assert float(rejected.rsplit(" ", 1)[1]) >= 2
-
-
-def test_vllm_killed_mid_stream_and_restarted_under_load(chaos: Chaos) -> None:
-    body = {**SHORT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
-    lines: list[str] = []
-    with httpx.stream("POST", chaos.origin + CHAT, json=body, timeout=60) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            lines.append(line)
-            if len(lines) == 5:
-                chaos.vllm.stop(grace_s=0)  # SIGKILL after an instant: a crash mid-stream
-    events = [line for line in lines if line.startswith("data: ")]
-    assert '"error"' in events[-1]
-    assert "backend" in events[-1]
-
-    load = Load(chaos.origin)
-    time.sleep(2)  # the outage, under load
-    chaos.vllm.start()
-    chaos.vllm.wait_ready(300)
-    wait_until(lambda: len(load.results) > 0 and load.results[-1][0] == 200, 60, "recovery")
-    time.sleep(1)
-    results = load.stop()
-    statuses = [status for status, _ in results]
-    first_ok = statuses.index(200)
-    assert all(status in (502, 503) for status in statuses[:first_ok])
-    assert all(code for _, code in results[:first_ok])
-    assert set(statuses[first_ok:]) == {200}, "errors after recovery"

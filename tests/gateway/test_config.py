@@ -67,10 +67,10 @@ routes:
             "routes.a.stable: '../../etc@v1' is not a valid",
         ),
         ("routes:\n  'bad route': {}\n", "routes.bad route.[key]: 'bad route' is not a valid name"),
-        ("backends:\n  - url: ftp://x\n", "backends.0.url: Value error, must be an http(s) origin"),
+        ("backends:\n  - url: ftp://x\n", "backends.0.url: must be an http(s) origin"),
         (
             "backends:\n  - url: http://h:1/v1\n",
-            "backends.0.url: Value error, must be an http(s) origin",
+            "backends.0.url: must be an http(s) origin",
         ),
         ("timeouts: {response_s: 0}\n", "timeouts.response_s: Input should be greater than 0"),
         ("- just\n- a list\n", "the top level must be a mapping"),
