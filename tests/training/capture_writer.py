@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from training.capture import CapturePolicy, CaptureRecord, CaptureSettings, SqliteCaptureSink
@@ -47,6 +48,9 @@ def main() -> None:
             stats = sink.stats
             report = {"offered": stats.offered, "dropped": stats.dropped, "written": stats.written}
             print(json.dumps(report), flush=True)
+            # A request path offers between other work; a bare loop would hold the GIL and
+            # starve the writer thread on a loaded machine.
+            time.sleep(0.001)
 
 
 if __name__ == "__main__":
