@@ -29,8 +29,12 @@ from monitoring import metrics
 
 log = logging.getLogger("turnout.control")
 
-# Sections a running gateway cannot change: they shape sockets, pools and stores.
-_RESTART_ONLY = ("server", "backends", "timeouts", "state", "embedded", "base_model")
+# Sections a running gateway cannot change: they shape sockets, pools, stores and the objects
+# built at start-up. A changed file applies its routes; for these it logs and keeps what runs.
+_RESTART_ONLY = (
+    "server", "backends", "timeouts", "state", "embedded", "base_model", "adapters",
+    "monitoring", "auth", "limits", "admission", "breaker", "capture",
+)  # fmt: skip
 
 
 class CandidateRejected(RolloutConflict):
