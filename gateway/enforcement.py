@@ -24,7 +24,7 @@ from gateway.routing import Target
 from monitoring import metrics
 
 # Verdicts are reported to whoever records outcomes (metrics, capture, rollout analysis).
-OnVerdict = Callable[[Verdict, dict[str, Any]], None]
+OnVerdict = Callable[[Verdict], None]
 
 _DONE = b"data: [DONE]"
 
@@ -96,7 +96,7 @@ class ContractEnforcer:
             document = orjson.loads(reply.body)
             verdict = judge_document(contract, document)
             metrics.SCHEMA_VALIDATIONS.labels(*_labels(target), verdict.result).inc()
-            on_verdict(verdict, fields)
+            on_verdict(verdict)
             if verdict.ok:
                 break
             if attempt + 1 < attempts:
@@ -120,10 +120,9 @@ class ContractEnforcer:
         contract: Contract,
         stream: OpenStream,
         on_verdict: OnVerdict,
-        fields: dict[str, Any],
     ) -> OpenStream:
         """The stream as it comes, plus a verdict event just before `[DONE]`."""
-        events = _with_verdict(stream.events, target, contract, on_verdict, fields)
+        events = _with_verdict(stream.events, target, contract, on_verdict)
         return OpenStream(stream.content_type, events, stream.resources)
 
 
@@ -132,7 +131,6 @@ async def _with_verdict(
     target: Target,
     contract: Contract,
     on_verdict: OnVerdict,
-    fields: dict[str, Any],
 ) -> AsyncIterator[bytes]:
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str | None] = {}
@@ -160,7 +158,7 @@ async def _with_verdict(
             yield chunk
             continue
         metrics.SCHEMA_VALIDATIONS.labels(*_labels(target), verdict.result).inc()
-        on_verdict(verdict, fields)
+        on_verdict(verdict)
         before, _, after = chunk.partition(_DONE)
         verdict_event: dict[str, Any] = {
             "id": last.get("id"),

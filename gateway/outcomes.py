@@ -219,10 +219,9 @@ class OutcomeRecorder:
 
     def _signals(self, outcome: Outcome, target: Target) -> None:
         labels = (target.route, target.version_label, target.arm)
-        answered = outcome.status == 200 and outcome.answer.text is not None
         refusal = None
         try:
-            if answered and outcome.answer.text is not None:
+            if outcome.status == 200 and outcome.answer.text is not None:
                 refusal = self._refusals.is_refusal(outcome.answer.text)
                 metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
                 prompt = prompt_text(outcome.fields)

@@ -189,7 +189,7 @@ class Exchange:
     admitted: Admitted | None = None
     verdicts: list[Verdict] = field(default_factory=list)
 
-    def note_verdict(self, verdict: Verdict, _fields: dict[str, Any]) -> None:
+    def note_verdict(self, verdict: Verdict) -> None:
         self.verdicts.append(verdict)
 
     def outcome(self, status: int, answer: Answer) -> Outcome:
@@ -291,7 +291,7 @@ class InferenceEndpoints:
                 opened = await self._proxy.open_stream(target, path, fields, request_id)
                 if isinstance(opened, OpenStream):
                     opened = self._enforcer.judge_stream(
-                        target, contract, opened, exchange.note_verdict, fields
+                        target, contract, opened, exchange.note_verdict
                     )
             else:
                 return await self._judged(exchange, target, contract, headers)
