@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import TracebackType
 
 from gateway.errors import Overloaded
 
@@ -61,17 +61,14 @@ class AdmissionGate:
         backlog = (len(self._waiters) + 1) / self.limits.max_concurrent
         return min(_MAX_RETRY_AFTER_S, max(1.0, backlog * self._mean_hold_s))
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a slot for the body of the `async with`; Overloaded (503) if none comes."""
-        await self._acquire()
-        started = self._clock()
-        try:
-            yield
-        finally:
-            held = self._clock() - started
-            self._mean_hold_s += _HOLD_SMOOTHING * (held - self._mean_hold_s)
-            self._release()
+    def slot(self) -> Slot:
+        """Hold a slot for the body of an `async with`; Overloaded (503) if none comes."""
+        return Slot(self)
+
+    def _held(self, started: float) -> None:
+        held = self._clock() - started
+        self._mean_hold_s += _HOLD_SMOOTHING * (held - self._mean_hold_s)
+        self._release()
 
     async def _acquire(self) -> None:
         if self._in_flight < self.limits.max_concurrent and not self._waiters:
@@ -112,6 +109,32 @@ class AdmissionGate:
                 waiter.set_result(None)
                 return
         self._in_flight -= 1
+
+
+class Slot:
+    """One request's slot of a gate, from `async with` entry to exit.
+
+    A class rather than `@asynccontextmanager`: it is entered on every request, and the
+    generator machinery cost more than the admission logic itself.
+    """
+
+    __slots__ = ("_gate", "_started")
+
+    def __init__(self, gate: AdmissionGate) -> None:
+        self._gate = gate
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        await self._gate._acquire()
+        self._started = self._gate._clock()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._gate._held(self._started)
 
 
 class BackendGates:

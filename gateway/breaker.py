@@ -70,10 +70,11 @@ def _counted(
     window: tuple[SecondCounts, ...], ok: bool, now_s: float, window_s: int
 ) -> tuple[SecondCounts, ...]:
     second = math.floor(now_s)
+    if window and window[-1].second == second:  # the common case: only the last second moves
+        last = window[-1]
+        return (*window[:-1], SecondCounts(second, last.ok + ok, last.failed + (not ok)))
     kept = [counts for counts in window if counts.second > second - window_s]
-    last = kept.pop() if kept and kept[-1].second == second else SecondCounts(second)
-    last = replace(last, ok=last.ok + ok, failed=last.failed + (not ok))
-    return (*kept, last)
+    return (*kept, SecondCounts(second, int(ok), int(not ok)))
 
 
 def _open(now_s: float) -> BreakerSnapshot:
@@ -106,7 +107,9 @@ def record(
     if snapshot.state is CircuitState.OPEN:
         return snapshot  # a late answer to a call made before the breaker opened
     window = _counted(snapshot.window, ok, now_s, policy.window_s)
-    consecutive = 0 if ok else snapshot.consecutive_failures + 1
+    if ok:  # a success lowers the failure rate: it never opens the breaker
+        return BreakerSnapshot(window=window)
+    consecutive = snapshot.consecutive_failures + 1
     calls = sum(c.ok + c.failed for c in window)
     failures = sum(c.failed for c in window)
     if consecutive >= policy.consecutive_failures or (

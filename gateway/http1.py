@@ -34,6 +34,10 @@ class Origin:
     scheme: str
     host: str
     port: int
+    host_header: bytes = field(init=False, compare=False)  # `host:port`, sent every request
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_header", f"{self.host}:{self.port}".encode())
 
     @classmethod
     def parse(cls, url: str) -> Origin:
@@ -42,10 +46,6 @@ class Origin:
             raise ValueError(f"not an http(s) origin: {url}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname, port)
-
-    @property
-    def host_header(self) -> bytes:
-        return f"{self.host}:{self.port}".encode()
 
 
 @dataclass(slots=True)

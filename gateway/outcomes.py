@@ -141,25 +141,30 @@ class _RequestSeries:
 
 class SignalBudget:
     """At most `per_second` answers a second get the refusal check, the drift window and the
-    capture offer; past that, answers are skipped until the next second (a sample).
+    capture offer; past that, answers are skipped (a sample).
 
     LLM traffic rarely reaches it (each answer takes seconds); a flood of short requests does,
-    and then the checks would cost more than the requests themselves.
+    and then the checks would cost more than the requests themselves. The allowance refills
+    continuously and holds at most a twentieth of a second's worth, so the checks are spread
+    over the second rather than spent in a burst at its start, which would hold back the
+    requests that arrive during the burst.
     """
 
     def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._per_second = per_second
+        self._capacity = max(1.0, per_second / 20)
         self._clock = clock
-        self._second = 0
-        self._used = 0
+        self._available = self._capacity
+        self._updated = clock()
 
     def take(self) -> bool:
-        second = int(self._clock())
-        if second != self._second:
-            self._second, self._used = second, 0
-        if self._used >= self._per_second:
+        now = self._clock()
+        available = min(self._capacity, self._available + (now - self._updated) * self._per_second)
+        self._updated = now
+        if available < 1:
+            self._available = available
             return False
-        self._used += 1
+        self._available = available - 1
         return True
 
 

@@ -13,6 +13,7 @@ import uvloop
 
 from gateway.app import create_app
 from gateway.config import TurnoutConfig
+from gateway.http_server import CoalescingHttpToolsProtocol
 
 
 def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
@@ -22,11 +23,12 @@ def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
             host=host,
             port=port,
             loop="uvloop",
-            http="httptools",
+            http=CoalescingHttpToolsProtocol,
             access_log=False,
             log_level=logging.WARNING,
             timeout_graceful_shutdown=30,
             server_header=False,
+            proxy_headers=False,  # client addresses are never used; X-Forwarded-* is not trusted
             **options,
         )
     )

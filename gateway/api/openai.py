@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response, unexpected_error_response
 from gateway.api.protocol import (
@@ -132,6 +132,24 @@ def _schema_headers(verdict: Verdict, source: str, retries: int) -> dict[str, st
         "x-turnout-schema-source": source,
         "x-turnout-schema-retries": str(retries),
     }
+
+
+class WholeAnswer:
+    """A complete answer as two ASGI messages: what starlette's `Response` sends, without
+    building and checking a header object on the hot path (the values here are all ASCII)."""
+
+    __slots__ = ("_body", "_head")
+
+    def __init__(self, body: bytes, status: int, content_type: str, headers: dict[str, str]):
+        raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+        raw.append((b"content-type", content_type.encode()))
+        raw.append((b"content-length", b"%d" % len(body)))
+        self._head = {"type": "http.response.start", "status": status, "headers": raw}
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(self._head)
+        await send({"type": "http.response.body", "body": self._body})
 
 
 class ProxiedStreamResponse(StreamingResponse):
@@ -265,7 +283,7 @@ class InferenceEndpoints:
             return entry.stable
         return target
 
-    async def _forward(self, request: Request, path: str) -> Response:
+    async def _forward(self, request: Request, path: str) -> ASGIApp:
         exchange = Exchange(path=path, started=time.perf_counter())
         try:
             caller = self._guard.caller(request.headers.get("authorization"))
@@ -300,12 +318,7 @@ class InferenceEndpoints:
             raise
         if isinstance(opened, UpstreamReply):
             self._finish(exchange, opened.status, opened.body)
-            return Response(
-                opened.body,
-                status_code=opened.status,
-                media_type=opened.content_type,
-                headers=headers,
-            )
+            return WholeAnswer(opened.body, opened.status, opened.content_type, headers)
 
         def on_first_chunk() -> None:
             metrics.TIME_TO_FIRST_TOKEN.labels(
@@ -321,7 +334,7 @@ class InferenceEndpoints:
 
     async def _judged(
         self, exchange: Exchange, target: Target, contract: Contract, headers: dict[str, str]
-    ) -> Response:
+    ) -> ASGIApp:
         """A whole answer judged (and retried) before anything is sent, streamed or not."""
         fields = exchange.fields
         streamed = fields.pop("stream", None) is True
@@ -332,13 +345,9 @@ class InferenceEndpoints:
         self._finish(exchange, judged.reply.status, judged.reply.body)
         if judged.verdict is not None:
             headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
-        if not streamed or judged.reply.status != 200 or judged.verdict is None:
-            return Response(
-                judged.reply.body,
-                status_code=judged.reply.status,
-                media_type=judged.reply.content_type,
-                headers=headers,
-            )
+        reply = judged.reply
+        if not streamed or reply.status != 200 or judged.verdict is None:
+            return WholeAnswer(reply.body, reply.status, reply.content_type, headers)
         document = orjson.loads(judged.reply.body)
         document["turnout"] = {"schema": judged.verdict.as_dict(contract.source)}
         events = buffered_stream(
