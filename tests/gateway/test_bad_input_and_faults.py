@@ -19,6 +19,7 @@ from tests.conftest import (
     gateway_config,
     running_gateway,
     scripted_backend,
+    tcp_backend,
     wait_until,
 )
 
@@ -206,41 +207,23 @@ def test_a_backend_failing_mid_stream_ends_the_stream_with_an_error_event(
 def endless_stream_backend(closed: list[float]) -> Iterator[str]:
     """A real TCP backend that streams an SSE event every 20 ms to every POST until the peer
     closes the connection, and notes when that happened (health GETs get an empty 200)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
     chunk = b"%x\r\n%s\r\n" % (len(FIRST_EVENT), FIRST_EVENT)
 
-    def answer(connection: socket.socket) -> None:
-        with connection:
-            try:
-                while head := connection.recv(65536):
-                    if not head.startswith(b"POST"):
-                        connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        continue
-                    connection.sendall(STREAM_HEAD)
-                    while not stop.is_set():
-                        connection.sendall(chunk)
-                        time.sleep(0.02)
-            except OSError:  # the gateway dropped the connection
-                closed.append(time.monotonic())
+    def answer(connection: socket.socket, stop: threading.Event) -> None:
+        try:
+            while head := connection.recv(65536):
+                if not head.startswith(b"POST"):
+                    connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                connection.sendall(STREAM_HEAD)
+                while not stop.is_set():
+                    connection.sendall(chunk)
+                    time.sleep(0.02)
+        except OSError:  # the gateway dropped the connection
+            closed.append(time.monotonic())
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection = listener.accept()[0]
-            except TimeoutError:
-                continue
-            threading.Thread(target=answer, args=(connection,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
+    with tcp_backend(answer) as url:
+        yield url
 
 
 def test_a_client_leaving_mid_stream_drops_the_upstream_connection(tmp_path: Path) -> None:
