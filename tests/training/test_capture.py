@@ -102,10 +102,11 @@ def test_a_killed_writer_leaves_an_intact_file_and_loses_at_most_its_queue(tmp_p
         assert json.loads(messages) == list(expected.messages or ())
     assert len({row[0] for row in rows}) == len(rows)
     # ... and what was lost is bounded by what memory may hold: the queue plus one batch.
+    # (Whether the offers outran the writer, so that some were dropped, depends on the
+    # machine's load; a drop left uncounted would break this bound, and counting drops is
+    # tested deterministically below, against a writer held by SQLite's lock.)
     accepted = report["offered"] - report["dropped"]
     assert accepted - len(rows) <= capacity + batch
-    # Full-queue drops are counted, not silent: they account for the records never written.
-    assert report["dropped"] > 0
 
     # A new writer appends to the same file after the crash (WAL recovery), then is killed too.
     report = _kill_after_writes(_start_writer(db, capacity, batch, start=10**6), min_written=500)
