@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import TurnoutConfig, load_config
 from gateway.errors import ConfigError
+from gateway.state import stored_rollouts
 
 STORE_ENV = "TURNOUT_STORE"
 
@@ -94,14 +96,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routes_using(ref: str, config: TurnoutConfig, config_path: Path) -> list[str]:
+    """Where `ref` may take traffic: routes of the config file, as stable or candidate, and
+    rollouts the gateways run now (a canary started through the admin API is in no file)."""
+    users = [
+        f"{route} ({arm}, {config_path})"
+        for route, declared in config.routes.items()
+        for arm, version in (("stable", declared.stable), ("candidate", declared.candidate))
+        if version == ref
+    ]
+    running = asyncio.run(stored_rollouts(config.state))
+    users += [
+        f"{route} ({arm}, running rollout)"
+        for route, rollout in sorted(running.items())
+        for arm, version in (("stable", rollout.stable), ("candidate", rollout.candidate))
+        if version == ref
+    ]
+    return users
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     config = _config(args)
     name, version = parse_ref(args.ref)
     ref = f"{name}@{version}"
     if config is not None:
-        users = sorted(route for route, r in config.routes.items() if r.stable == ref)
+        users = _routes_using(ref, config, args.config)
         if users:
-            raise AdapterInUse(f"{ref} is routed by {', '.join(users)} in {args.config}")
+            raise AdapterInUse(f"{ref} is routed by {', '.join(users)}")
     _registry(args, config).remove(name, version)
     print(f"removed {ref}")
     return 0

@@ -35,7 +35,7 @@ from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, c
 from gateway.residency import Residency
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
-from gateway.state import FileStateStore, RedisStateStore, RolloutStateStore
+from gateway.state import state_store_for
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
@@ -48,12 +48,6 @@ def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
     if config.state.redis_url:
         return RedisRateLimiter(connect_redis(config.state.redis_url))
     return LocalRateLimiter()
-
-
-def _state_store(config: TurnoutConfig) -> RolloutStateStore:
-    if config.state.redis_url:
-        return RedisStateStore(config.state.redis_url)
-    return FileStateStore(Path(config.state.dir) / "rollouts.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +91,9 @@ def create_app(
     control = ControlPlane(config, config_path, table, loader)
     Path(config.state.dir).mkdir(parents=True, exist_ok=True)
     controller = RolloutController(
-        _state_store(config), AuditLog(Path(config.state.dir) / "audit.jsonl"), control.publish
+        state_store_for(config.state),
+        AuditLog(Path(config.state.dir) / "audit.jsonl"),
+        control.publish,
     )
     recorder = RolloutRecorder()
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.config import StateConfig
 from gateway.errors import RolloutConflict, StateStoreUnavailable
 from gateway.rollouts import Rollout
 from monitoring.metrics import STATE_STORE_UP
@@ -228,3 +229,25 @@ class RedisStateStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._client.aclose()
+
+
+def state_store_for(state: StateConfig) -> RolloutStateStore:
+    """Redis when replicas share rollout state, else the file in the state folder."""
+    if state.redis_url:
+        return RedisStateStore(state.redis_url)
+    return FileStateStore(Path(state.dir) / "rollouts.json")
+
+
+async def stored_rollouts(state: StateConfig) -> dict[str, Rollout]:
+    """The rollouts as the running gateways know them, read once; StateStoreUnavailable when
+    the shared store cannot be reached (an empty answer would look like no rollouts)."""
+    store = state_store_for(state)
+    try:
+        rollouts = await store.open(lambda rollout: None)
+        if isinstance(store, RedisStateStore) and not store.up:
+            raise StateStoreUnavailable(
+                f"The shared rollout state (Redis at {state.redis_url}) cannot be reached."
+            )
+        return rollouts
+    finally:
+        await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from adapters.base_model import profile_base_model
 from adapters.demo import DEMO_VERSION
+from adapters.registry import AdapterRegistry
+from adapters.validate import AdapterLimits
+from gateway.embedded import free_port
+from gateway.rollouts import Rollout
+from gateway.state import FileStateStore
 
 
 def turnout(
@@ -88,3 +95,42 @@ def test_the_store_comes_from_the_environment_without_a_config(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "env-store" / "sql" / "v1" / "manifest.json").is_file()
+
+
+def test_rm_is_refused_while_a_candidate_or_a_running_rollout_uses_the_version(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    registry = AdapterRegistry(str(store))
+    base = profile_base_model(demo_model / "base", "tiny")
+    registry.save_base(base)
+    source = demo_model / "adapters" / "summarize" / DEMO_VERSION
+    for version in ("v1", "v2", "v3"):
+        registry.push(source, "summ", base, AdapterLimits(max_lora_rank=16), version=version)
+    state = tmp_path / "state"
+    routes = {"s": {"stable": "summ@v1", "candidate": "summ@v2", "weight": 10}}
+    config = tmp_path / "turnout.yaml"
+    settings = {"adapters": {"store": str(store)}, "state": {"dir": str(state)}, "routes": routes}
+    config.write_text(yaml.safe_dump(settings))
+
+    declared = turnout("adapters", "rm", "summ@v2", cwd=tmp_path)
+    assert declared.returncode == 2
+    assert "summ@v2 is routed by s (candidate, turnout.yaml)" in declared.stderr
+
+    # A canary started through the admin API is in the gateways' state, in no config file.
+    canary = Rollout(route="t", stable="summ@v1", candidate="summ@v3", rollout_id="r1", revision=1)
+    asyncio.run(FileStateStore(state / "rollouts.json").save(canary))
+    running = turnout("adapters", "rm", "summ@v3", cwd=tmp_path)
+    assert running.returncode == 2
+    assert "summ@v3 is routed by t (candidate, running rollout)" in running.stderr
+
+    # Shared state that cannot be read is no licence to remove: rm refuses rather than guess.
+    unreachable = {"redis_url": f"redis://127.0.0.1:{free_port()}/0", "dir": str(state)}
+    config.write_text(
+        yaml.safe_dump({"adapters": {"store": str(store)}, "state": unreachable, "routes": {}})
+    )
+    blind = turnout("adapters", "rm", "summ@v3", cwd=tmp_path)
+    assert blind.returncode == 2
+    assert "cannot be reached" in blind.stderr
+
+    assert [m.ref for m in registry.list("summ")] == ["summ@v1", "summ@v2", "summ@v3"]
