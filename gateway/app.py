@@ -28,6 +28,7 @@ from gateway.backends import BackendPool, Http1Upstream, UpstreamClient
 from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
 from gateway.config import TurnoutConfig
 from gateway.control import ControlPlane
+from gateway.evidence import Evidence, LocalEvidence, PooledEvidence
 from gateway.guard import RequestGuard
 from gateway.outcomes import OutcomeRecorder, SignalBudget
 from gateway.proxy import InferenceProxy
@@ -96,6 +97,11 @@ def create_app(
         control.publish,
     )
     recorder = RolloutRecorder()
+    evidence: Evidence = (
+        PooledEvidence(recorder, config.state.redis_url)
+        if config.state.redis_url
+        else LocalEvidence(recorder)
+    )
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
     capture = SqliteCaptureSink(config.capture)
     drift_settings = config.monitoring.drift
@@ -122,7 +128,7 @@ def create_app(
         tasks = [
             asyncio.create_task(loader.run(), name="adapter-reconcile"),
             asyncio.create_task(
-                controller.run_analysis(recorder, config.state.analysis_interval_s),
+                controller.run_analysis(evidence, config.state.analysis_interval_s),
                 name="rollout-analysis",
             ),
             asyncio.create_task(drift.refresh_forever(drift_settings.refresh_s), name="drift"),
@@ -144,6 +150,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await controller.close()
+            await evidence.close()
             await asyncio.to_thread(capture.close)  # every queued record is written
             await upstream.close()
 

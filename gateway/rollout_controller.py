@@ -17,9 +17,10 @@ from dataclasses import replace
 from types import MappingProxyType
 
 from gateway import rollouts as transitions
-from gateway.analysis import RolloutRecorder, Verdict, analyse
+from gateway.analysis import Verdict, analyse
 from gateway.audit import AuditLog
 from gateway.errors import RolloutConflict, RouteNotFound, StateStoreUnavailable, TurnoutError
+from gateway.evidence import Evidence
 from gateway.rollouts import DecisionKind, Mode, Rollout, RolloutDecision, Transition, Why
 from gateway.state import RolloutStateStore
 from monitoring.metrics import ROLLOUT_DECISIONS, ROLLOUT_WEIGHT
@@ -207,15 +208,15 @@ class RolloutController:
             await self._commit(transition)
             return transition.decision
 
-    async def analyse_once(self, recorder: RolloutRecorder) -> list[RolloutDecision]:
-        """Analyse every active rollout on this replica's counts and act on the verdicts."""
+    async def analyse_once(self, evidence: Evidence) -> list[RolloutDecision]:
+        """Analyse every active rollout on its evidence and act on the verdicts."""
         decisions = []
         now = self._clock()
         for rollout in list(self._rollouts.values()):
             if not rollout.active:
                 continue
-            verdict = analyse(rollout, recorder.snapshot(rollout), now)
             try:
+                verdict = analyse(rollout, await evidence.snapshot(rollout), now)
                 decision = await self.record_verdict(verdict)
             except TurnoutError as error:
                 log.warning("analysis of %s not applied: %s", rollout.route, error.message)
@@ -224,10 +225,10 @@ class RolloutController:
                 decisions.append(decision)
         return decisions
 
-    async def run_analysis(self, recorder: RolloutRecorder, interval_s: float = 1.0) -> None:
+    async def run_analysis(self, evidence: Evidence, interval_s: float = 1.0) -> None:
         """Analyse every `interval_s` until cancelled (run it as a task beside the server)."""
         while True:
-            await self.analyse_once(recorder)
+            await self.analyse_once(evidence)
             await asyncio.sleep(interval_s)
 
     # --- the one way a change is made -------------------------------------------------------
