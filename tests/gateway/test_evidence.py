@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
 
 from gateway.analysis import BinomialCounts, RequestOutcome, RolloutRecorder, analyse
-from gateway.bench.redis_server import RedisServer, running_redis_server
+from gateway.bench.redis_server import RedisServer
 from gateway.embedded import free_port
 from gateway.errors import StateStoreUnavailable
 from gateway.evidence import LocalEvidence, PooledEvidence
 from gateway.rollouts import Rollout
+from tests.gateway.conftest import CANARY
 
-CANARY = Rollout(
-    route="triage",
-    stable="triage@v1",
-    rollout_id="r1",
-    candidate="triage@v2",
-    weight_percent=5.0,
-    revision=1,
-)
 FAILED = RequestOutcome(status=502, latency_s=0.1)
 SERVED = RequestOutcome(status=200, latency_s=0.1)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis_server() as server:
-        yield server
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import operator
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.bench.redis_server import RedisServer, running_redis_server
+from gateway.bench.redis_server import RedisServer
 from gateway.errors import RolloutConflict, StateStoreUnavailable
 from gateway.rollouts import Rollout
 from gateway.state import FileStateStore, RedisStateStore
-
-CANARY = Rollout(
-    route="triage",
-    stable="triage@v1",
-    rollout_id="r1",
-    candidate="triage@v2",
-    weight_percent=5.0,
-    steps=(5.0, 50.0, 100.0),
-    revision=1,
-)
+from tests.gateway.conftest import CANARY
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -44,12 +35,6 @@ async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> N
 
 def store_up() -> float | None:
     return REGISTRY.get_sample_value("turnout_state_store_up")
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    with running_redis_server() as server:
-        yield server
 
 
 def test_file_store_state_survives_a_restart(tmp_path: Path) -> None:
