@@ -17,13 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config import AdaptersConfig, EmbeddedConfig
 from gateway.errors import TurnoutError
+from gateway.readiness import NotAnswering, wait_until_answers
 
 _PR_SET_PDEATHSIG = 1
 
@@ -129,22 +128,10 @@ class EmbeddedVllm:
     def wait_ready(self, timeout_s: float) -> None:
         """Block until `/health` answers 200; raise with the log's tail if vLLM dies or stalls."""
         assert self._process is not None, "start() first"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise EmbeddedBackendFailed(
-                    f"vLLM exited with status {self._process.returncode}:\n{self._log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        raise EmbeddedBackendFailed(
-            f"vLLM did not answer within {timeout_s:.0f} s:\n{self._log_tail()}"
-        )
+        try:
+            wait_until_answers(f"{self.url}/health", timeout_s, self._process, "vLLM")
+        except NotAnswering as error:
+            raise EmbeddedBackendFailed(f"{error}:\n{self._log_tail()}") from None
 
     def exited(self) -> int | None:
         """The exit status if the process has ended (None while it runs or was never started)."""

@@ -39,6 +39,7 @@ from adapters.validate import AdapterLimits
 from gateway.auth import hash_api_key
 from gateway.config import AdaptersConfig, EmbeddedConfig
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.readiness import NotAnswering, wait_until_answers
 from training.capture import read_captures
 from training.dataset import DatasetConfig, DatasetInputs, build_dataset
 from training.evaluate import (
@@ -155,18 +156,10 @@ def _running_gateway(config: Path, port: int, log: Path) -> Iterator[str]:
         )
     origin = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited ({process.returncode}); see {log}")
-            try:
-                if httpx.get(f"{origin}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway did not start; see {log}")
-            time.sleep(0.2)
+        try:
+            wait_until_answers(f"{origin}/healthz", 120, process, "the gateway")
+        except NotAnswering as error:
+            raise RuntimeError(f"{error}; see {log}") from None
         yield origin
     finally:
         process.terminate()

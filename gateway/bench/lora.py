@@ -23,10 +23,10 @@ import yaml
 from adapters.base_model import profile_base_model
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
-from gateway.bench.overhead import wait_http
 from gateway.config import AdaptersConfig, TurnoutConfig, load_config
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
 from gateway.http1 import ConnectionPool, Origin
+from gateway.readiness import wait_until_answers
 
 SPREADS = {"base": 0, "one_adapter": 1, "three_adapters": 3, "eight_adapters": 8}
 SOURCE_ADAPTER = "summarize"
@@ -147,7 +147,8 @@ def run_lora_benchmark(config_path: Path, duration_s: float) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=(folder / "gateway.log").open("wb"),
             )
-            wait_http(f"http://127.0.0.1:{gateway_port}/healthz", 120)
+            healthz = f"http://127.0.0.1:{gateway_port}/healthz"
+            wait_until_answers(healthz, 120, gateway, "the gateway")
             origin = Origin("http", "127.0.0.1", gateway_port)
             asyncio.run(_drive(origin, ["base", "r0"], min(duration_s, 3)))  # warm-up
             results = {

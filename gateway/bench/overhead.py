@@ -14,9 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -31,6 +28,7 @@ from adapters.validate import AdapterLimits
 from gateway.bench.wrk import LoadResult, run_wrk
 from gateway.config import TurnoutConfig, load_config
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.readiness import wait_until_answers
 
 CONCURRENCY_LEVELS = (1, 16)
 ROUNDS = {"stub": 1, "vllm": 3}
@@ -44,17 +42,6 @@ def _two_cpus() -> tuple[int, int] | None:
     return (available[0], available[1]) if len(available) >= 2 else None
 
 
-def wait_http(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
 @contextmanager
 def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[None]:
     def pin() -> None:
@@ -63,7 +50,7 @@ def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[No
 
     process = subprocess.Popen(command, preexec_fn=pin, stdout=subprocess.DEVNULL)
     try:
-        wait_http(ready_url, 60)
+        wait_until_answers(ready_url, 60, process)
         yield
     finally:
         process.terminate()

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -34,14 +33,13 @@ import yaml
 
 from gateway.bench.overhead import STUB_ADAPTER, push_stub_adapter
 from gateway.http1 import ConnectionPool, Origin
+from gateway.readiness import wait_until_answers
 
 ROUTE = "soak"
 TARGET_GROWTH_PERCENT = 5.0
 _STARTUP_TIMEOUT_S = 60.0
 _REQUEST_TIMEOUT_S = 30.0
 _HEADERS = b"content-type: application/json\r\n"
-# Loopback only: proxy variables from the environment must not reroute the probes.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -212,26 +210,11 @@ async def drive_load(
     return relative, memory, max_lag_s * 1000
 
 
-def _wait_until_answers(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            with _DIRECT.open(url, timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:  # refused while starting; URLError and HTTPError are OSErrors
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not answer at {url} within {_STARTUP_TIMEOUT_S:.0f} s")
-
-
 @contextmanager
 def _running(command: list[str], ready_url: str, what: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_until_answers(ready_url, process, what)
+        wait_until_answers(ready_url, _STARTUP_TIMEOUT_S, process, what)
         yield process
     finally:
         process.terminate()
