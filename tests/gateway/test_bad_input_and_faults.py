@@ -263,31 +263,47 @@ def test_a_client_leaving_mid_stream_cancels_the_upstream_request(
         "stream": True,
     }
 
-    # The client leaves as soon as the first event arrives, and nothing asks vLLM anything
-    # while the stream is open (its API server answers /metrics late while it streams). vLLM
-    # on this CPU sometimes holds a whole stream back until it is done; an attempt whose first
-    # event came that late says nothing, so it is repeated.
     def idle() -> bool:
         return all(
             _vllm_gauge(vllm_url, f"vllm:num_requests_{state}") == 0
             for state in ("running", "waiting")
         )
 
-    for _attempt in range(5):
-        # Alone on vLLM: a generation left over from an earlier test would slow this one's
+    # The yardstick for "early": how long the whole generation takes now, on this machine
+    # under whatever else it runs (about 4 s idle here). A slow or stalled CI machine
+    # stretches both this and the attempts below.
+    wait_until(idle, 60, "vLLM to finish earlier requests")
+    started = time.monotonic()
+    whole = httpx.post(gateway_url + CHAT, json={**body, "stream": False}, timeout=300)
+    assert whole.json()["usage"]["completion_tokens"] == asked
+    whole_s = time.monotonic() - started
+
+    # The client leaves as soon as the first event arrives, and nothing asks vLLM anything
+    # while the stream is open (its API server answers /metrics late while it streams). When
+    # the machine is busy, vLLM's CPU API server falls behind its engine and holds a whole
+    # stream back until the generation is done (reproduced here with two CPU-bound processes
+    # beside it): such an attempt says nothing about departures, so it is repeated for up to
+    # two minutes, and the test is skipped, saying so, if the machine never calms down.
+    deadline = time.monotonic() + 120
+    while True:
+        # Alone on vLLM: a generation left over from an earlier request would slow this one's
         # first event and keep vLLM's API server too busy to notice the departure in time.
         wait_until(idle, 60, "vLLM to finish earlier requests")
         tokens_before = _vllm_gauge(vllm_url, "vllm:generation_tokens_total")
         sent = time.monotonic()
-        with httpx.stream("POST", gateway_url + CHAT, json=body, timeout=30) as response:
+        with httpx.stream("POST", gateway_url + CHAT, json=body, timeout=300) as response:
             assert response.status_code == 200
             assert next(line for line in response.iter_lines() if line.startswith("data: "))
-            # Idle, the first event comes within 0.05 s; 2000 tokens take about 4 s.
-            left_early = time.monotonic() - sent < 0.25
-        wait_until(idle, 20, "vLLM to stop generating")
-        if left_early:
+            left_after_s = time.monotonic() - sent  # idle: 0.03-0.05 s
+        wait_until(idle, max(20.0, 3 * whole_s), "vLLM to stop generating")
+        if left_after_s < whole_s / 8:
             break
-    assert left_early, "vLLM held every stream back until it was done: nothing to observe"
+        if time.monotonic() > deadline:
+            pytest.skip(
+                f"vLLM held every stream back (the last first event came after"
+                f" {left_after_s:.2f} s of a {whole_s:.2f} s generation): too busy a machine"
+                " to observe a departure; the gateway's half is tested against a TCP backend"
+            )
     generated = _vllm_gauge(vllm_url, "vllm:generation_tokens_total") - tokens_before
     assert generated < asked / 2, f"vLLM generated {generated} tokens for a departed client"
 
