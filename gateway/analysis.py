@@ -217,6 +217,8 @@ class RolloutRecorder:
 
     def __init__(self, signals: Callable[[], Sequence[Signal]] = default_signals) -> None:
         self._signals = signals
+        # Every signal is tested, counted or not: the threshold divides alpha among them all.
+        self.signal_names = tuple(signal.name for signal in signals())
         self._tallies: dict[str, RolloutTally] = {}
 
     def record(self, rollout: Rollout, arm: Arm, outcome: RequestOutcome) -> None:
@@ -228,10 +230,12 @@ class RolloutRecorder:
         tally.record(arm, rollout.step_index, outcome)
 
     def snapshot(self, rollout: Rollout) -> TallySnapshot:
-        """The counts of `rollout` (empty if none of its requests finished yet)."""
+        """The counts of `rollout` (all zero if none of its requests finished yet)."""
         tally = self._tallies.get(rollout.route)
         if tally is None or tally.rollout_id != rollout.rollout_id:
-            return TallySnapshot(rollout.rollout_id, (), MappingProxyType({}))
+            none = BinomialCounts()
+            signals = tuple(SignalCounts(name, none, none) for name in self.signal_names)
+            return TallySnapshot(rollout.rollout_id, signals, MappingProxyType({}))
         return tally.snapshot()
 
 

@@ -12,7 +12,7 @@ revision check (the second is refused as a conflict).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol
 
@@ -61,9 +61,11 @@ def tally_fields(snapshot: TallySnapshot) -> dict[str, int]:
     return fields
 
 
-def snapshot_of(rollout_id: str, fields: Mapping[str, int]) -> TallySnapshot:
-    """The inverse of `tally_fields` (signals in name order)."""
-    names = sorted({key.split(":", 1)[0] for key in fields if not key.startswith("step:")})
+def snapshot_of(
+    rollout_id: str, fields: Mapping[str, int], signal_names: Sequence[str]
+) -> TallySnapshot:
+    """The inverse of `tally_fields`: every one of `signal_names`, counted or not (a signal
+    nobody has counted yet has no fields, but it is tested and shares alpha all the same)."""
     signals = tuple(
         SignalCounts(
             name,
@@ -74,7 +76,7 @@ def snapshot_of(rollout_id: str, fields: Mapping[str, int]) -> TallySnapshot:
                 for arm in _ARMS
             ),
         )
-        for name in names
+        for name in signal_names
     )
     steps = {int(key[5:]): value for key, value in fields.items() if key.startswith("step:")}
     return TallySnapshot(rollout_id, signals, MappingProxyType(steps))
@@ -113,7 +115,9 @@ class PooledEvidence:
         self._added[rollout.route] = (rollout.rollout_id, local)
         pooled: dict[bytes, bytes] = results[-1]
         return snapshot_of(
-            rollout.rollout_id, {key.decode(): int(value) for key, value in pooled.items()}
+            rollout.rollout_id,
+            {key.decode(): int(value) for key, value in pooled.items()},
+            self._recorder.signal_names,
         )
 
     async def close(self) -> None:

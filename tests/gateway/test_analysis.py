@@ -181,7 +181,7 @@ def test_recorder_counts_each_signal_per_arm_for_the_current_rollout_only() -> N
     assert counts["refusal"].candidate == BinomialCounts(0, 0)
     assert recorder.snapshot(rollout).candidate_requests_by_step == {0: 2}
     later = Rollout(route="triage", stable="triage@v1", rollout_id="next", candidate="triage@v3")
-    assert recorder.snapshot(later).signals == ()
+    assert all(s.candidate.trials == s.stable.trials == 0 for s in recorder.snapshot(later).signals)
 
 
 def test_latency_signal_compares_with_stables_p95_fixed_after_calibration() -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
 
-from gateway.analysis import BinomialCounts, RequestOutcome, RolloutRecorder, analyse
+from gateway.analysis import (
+    DEFAULT_ALPHA,
+    BinomialCounts,
+    RequestOutcome,
+    RolloutRecorder,
+    analyse,
+)
 from gateway.bench.redis_server import RedisServer
 from gateway.embedded import free_port
 from gateway.errors import StateStoreUnavailable
@@ -95,3 +102,33 @@ def test_unreachable_redis_stops_the_analysis_rather_than_judge_a_share() -> Non
             await evidence.close()
 
     run(test)
+
+
+def test_signals_nobody_has_counted_yet_still_share_alpha(redis_server: RedisServer) -> None:
+    # Only the error signal has counts here (no schema, no refusal verdicts, latency still
+    # calibrating); a pooled look must test all the signals, each at alpha / k, as a lone
+    # replica does, or the chance of a false rollback grows.
+    async def test() -> None:
+        recorder = RolloutRecorder()
+        evidence = PooledEvidence(recorder, redis_server.url, prefix="t6")
+        serve(recorder, CANARY, "candidate", failed=3, served=7)
+        serve(recorder, CANARY, "stable", failed=0, served=10)
+        try:
+            pooled = await evidence.snapshot(CANARY)
+            local = await LocalEvidence(recorder).snapshot(CANARY)
+        finally:
+            await evidence.close()
+        assert len(recorder.signal_names) == 4
+        assert [s.name for s in pooled.signals] == list(recorder.signal_names)
+        assert pooled == local
+        threshold = analyse(CANARY, pooled, now=0.0).numbers["log_threshold"]
+        assert threshold == round(math.log(4 / DEFAULT_ALPHA), 4)
+
+    run(test)
+
+
+def test_a_replica_with_no_requests_yet_tests_every_signal() -> None:
+    snapshot = RolloutRecorder().snapshot(CANARY)
+    names = [s.name for s in snapshot.signals]
+    assert names == ["error", "schema_invalid", "refusal", "latency_p95"]
+    assert all(s.candidate.trials == s.stable.trials == 0 for s in snapshot.signals)
