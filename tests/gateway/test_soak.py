@@ -69,9 +69,16 @@ def test_errors_are_counted_by_kind_and_left_out_of_latency() -> None:
         Sample(1.1, 0.020, None),
         Sample(1.2, 0.001, "ConnectError"),
     ]
-    report = soak_report(samples, [MemorySample(0, 1), MemorySample(2, 1)], 2.0, 2.0, 1.0, 0.0, 0)
+    report = soak_report(samples, [MemorySample(0, 1), MemorySample(2, 1)], 2.0, 2.0, 1.0, 0.0)
     assert report["errors"] == 2
     assert report["error_kinds"] == {"status 503": 1, "ConnectError": 1}
     assert [i["errors"] for i in report["intervals"]] == [1, 1]
     assert report["intervals"][0]["max_ms"] == pytest.approx(10.0)
     assert report["latency_after_warmup"]["max_ms"] == pytest.approx(20.0)
+
+
+def test_the_send_lag_is_reported_per_interval_and_for_the_whole_run() -> None:
+    samples = [Sample(0.1, 0.010, None, 0.002), Sample(1.1, 0.010, None, 0.030)]
+    report = soak_report(samples, [MemorySample(0, 1), MemorySample(2, 1)], 2.0, 2.0, 1.0, 0.0)
+    assert [i["max_send_lag_ms"] for i in report["intervals"]] == [2.0, 30.0]
+    assert report["max_send_lag_ms"] == 30.0
