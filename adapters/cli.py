@@ -99,20 +99,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _routes_using(ref: str, config: TurnoutConfig, config_path: Path) -> list[str]:
     """Where `ref` may take traffic: routes of the config file, as stable or candidate, and
     rollouts the gateways run now (a canary started through the admin API is in no file)."""
-    users = [
-        f"{route} ({arm}, {config_path})"
-        for route, declared in config.routes.items()
-        for arm, version in (("stable", declared.stable), ("candidate", declared.candidate))
+    running = dict(sorted(asyncio.run(stored_rollouts(config.state)).items()))
+    sources = ((str(config_path), config.routes), ("running rollout", running))
+    return [
+        f"{route} ({arm}, {where})"
+        for where, routes in sources
+        for route, r in routes.items()
+        for arm, version in (("stable", r.stable), ("candidate", r.candidate))
         if version == ref
     ]
-    running = asyncio.run(stored_rollouts(config.state))
-    users += [
-        f"{route} ({arm}, running rollout)"
-        for route, rollout in sorted(running.items())
-        for arm, version in (("stable", rollout.stable), ("candidate", rollout.candidate))
-        if version == ref
-    ]
-    return users
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -102,8 +102,8 @@ class PooledEvidence:
         key = f"{self._prefix}:evidence:{rollout.rollout_id}"
         pipeline = self._client.pipeline(transaction=True)  # all of a look's counts, or none
         for field, count in local.items():
-            if count != added.get(field, 0):
-                pipeline.hincrby(key, field, count - added.get(field, 0))
+            if since_last_look := count - added.get(field, 0):
+                pipeline.hincrby(key, field, since_last_look)
         pipeline.expire(key, EVIDENCE_TTL_S)
         pipeline.hgetall(key)
         try:

@@ -105,8 +105,8 @@ def memory_report(memory: Sequence[MemorySample], warmup_s: float) -> dict[str, 
 
 
 def _max_send_lag_ms(samples: Sequence[Sample]) -> float:
-    """How late the generator sent its latest request: a large value means this generator,
-    not the gateway, could not keep the rate."""
+    """The longest any request was sent after its due time: a large value means this
+    generator, not the gateway, could not keep the rate."""
     return round(max((s.send_lag_s for s in samples), default=0) * 1000, 3)
 
 
