@@ -20,7 +20,13 @@ from pydantic import (
 )
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
-from gateway.contracts import OnInvalid, SchemaRejected, StreamValidation, check_schema
+from gateway.contracts import (
+    OnInvalid,
+    RequestSchemaPolicy,
+    SchemaRejected,
+    StreamValidation,
+    check_schema,
+)
 from gateway.errors import ConfigError
 from gateway.rollouts import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
@@ -140,6 +146,12 @@ class RouteConfig(StrictModel):
         default="final",
         description="final: stream as it comes, verdict in the last event; buffer: validate "
         "(and retry) before the first byte",
+    )
+    request_schema: RequestSchemaPolicy = Field(
+        default="reject",
+        description="a request whose response_format this schema cannot keep: reject (400 "
+        "schema_conflict), ignore (decode with this schema, headers say so), or enforce_both "
+        "(decode with this schema, validate answers against both)",
     )
 
     @field_validator("json_schema")

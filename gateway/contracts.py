@@ -1,18 +1,18 @@
 """Output contracts: checked JSON Schemas, guided-decoding parameters, and verdicts on answers.
 
-A contract comes from the route's config (it wins) or from the request's own `response_format`.
-The schema goes to vLLM as `response_format` (guided decoding), and every finished answer is
-validated here too: truncation, a backend without guided decoding, or a bad adapter still
-produce invalid output. Schemas are capped in size and depth and may only `$ref` themselves
-before anything reaches vLLM, whose grammar compilers have crashed on hostile schemas
-(CVE-2025-48942..48944).
+A contract comes from the route's config or, on a route without one, from the request's own
+`response_format` (how the two meet is `gateway.request_schemas`'s job). The schema goes to
+vLLM as `response_format` (guided decoding), and every finished answer is validated here too:
+truncation, a backend without guided decoding, or a bad adapter still produce invalid output.
+Schemas are capped in size and depth and may only `$ref` themselves before anything reaches
+vLLM, whose grammar compilers have crashed on hostile schemas (CVE-2025-48942..48944).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -29,7 +29,10 @@ MAX_REPORTED_ERRORS = 20
 OnInvalid = Literal["retry", "error", "flag"]
 StreamValidation = Literal["final", "buffer"]
 SchemaResult = Literal["valid", "invalid", "truncated"]
-ContractSource = Literal["route", "request"]
+# Which schema a verdict speaks for: "both" is a route's and a request's, each held.
+ContractSource = Literal["route", "request", "both"]
+# What a route does with a request that brings a schema its own cannot keep.
+RequestSchemaPolicy = Literal["reject", "ignore", "enforce_both"]
 
 
 class SchemaRejected(ValueError):
@@ -54,22 +57,28 @@ class Verdict:
     result: SchemaResult
     issues: tuple[SchemaIssue, ...]
     text: str
+    source: ContractSource = "route"
 
     @property
     def ok(self) -> bool:
         return self.result == "valid"
 
-    def as_dict(self, source: ContractSource) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "result": self.result,
-            "source": source,
+            "source": self.source,
             "errors": [issue.as_dict() for issue in self.issues],
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Contract:
-    """A checked schema and what to do with answers that break it."""
+    """A checked schema and what to do with answers that break it.
+
+    `also` is a request's own schema that answers must meet too (a route's `request_schema:
+    enforce_both`): vLLM decodes with `schema` alone, and the verdict names the schema that
+    failed, or "both" when each held.
+    """
 
     schema: Mapping[str, Any]
     schema_json: bytes  # canonical: the validator cache key and what vLLM receives
@@ -78,6 +87,8 @@ class Contract:
     stream_validation: StreamValidation
     source: ContractSource
     name: str
+    request_schema: RequestSchemaPolicy = "reject"
+    also: Contract | None = None
 
     def response_format(self) -> dict[str, Any]:
         """The `response_format` that asks vLLM for guided decoding with this schema."""
@@ -87,7 +98,17 @@ class Contract:
         }
 
     def judge(self, text: str, finish_reason: str | None) -> Verdict:
-        return judge_answer(self.schema_json, text, finish_reason)
+        if self.also is None:
+            return judge_answer(self.schema_json, text, finish_reason, self.source)
+        verdict = judge_answer(self.schema_json, text, finish_reason, "route")
+        if not verdict.ok:
+            return verdict
+        verdict = self.also.judge(text, finish_reason)
+        return replace(verdict, source="both") if verdict.ok else verdict
+
+    def enforcing(self, request: Contract) -> Contract:
+        """This (route's) contract, with answers held to `request`'s schema as well."""
+        return replace(self, source="both", also=replace(request, source="request"))
 
 
 def _depth(node: Any, level: int = 1) -> int:
@@ -131,14 +152,28 @@ def check_schema(schema: Any) -> bytes:
     encoded = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
     if len(encoded) > MAX_SCHEMA_BYTES:
         raise SchemaRejected(f"the schema is {len(encoded)} bytes; the limit is {MAX_SCHEMA_BYTES}")
+    problem = _schema_problem(encoded)
+    if problem is not None:
+        raise SchemaRejected(problem)
+    return encoded
+
+
+@lru_cache(maxsize=1024)
+def _schema_problem(encoded: bytes) -> str | None:
+    """Why a (canonical) schema is refused, or None; decided once per distinct schema, since
+    requests may bring the same one again and again."""
+    schema = orjson.loads(encoded)
     if _depth(schema) > MAX_SCHEMA_DEPTH:
-        raise SchemaRejected(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        return f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels"
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:
-        raise SchemaRejected(f"{error.json_path}: {error.message}") from None
-    _check_node(schema, "#")
-    return encoded
+        return f"{error.json_path}: {error.message}"
+    try:
+        _check_node(schema, "#")
+    except SchemaRejected as error:
+        return str(error)
+    return None
 
 
 def make_contract(
@@ -149,6 +184,7 @@ def make_contract(
     stream_validation: StreamValidation,
     source: ContractSource,
     name: str,
+    request_schema: RequestSchemaPolicy = "reject",
 ) -> Contract:
     encoded = check_schema(schema)
     _validator(encoded)  # compile now: the first request must not pay for it
@@ -160,6 +196,7 @@ def make_contract(
         stream_validation=stream_validation,
         source=source,
         name=name,
+        request_schema=request_schema,
     )
 
 
@@ -178,25 +215,26 @@ def _json_path(location: list[str | int]) -> str:
     return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
 
 
-def judge_answer(schema_json: bytes, text: str, finish_reason: str | None) -> Verdict:
+def judge_answer(
+    schema_json: bytes, text: str, finish_reason: str | None, source: ContractSource = "route"
+) -> Verdict:
     """Valid, invalid (with every error's JSON path), or truncated (the answer hit max_tokens)."""
     if finish_reason == "length":
-        return Verdict(
-            "truncated", (SchemaIssue("$", "the answer was cut off at max_tokens"),), text
-        )
+        cut = (SchemaIssue("$", "the answer was cut off at max_tokens"),)
+        return Verdict("truncated", cut, text, source)
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as not_json:
-        return Verdict("invalid", (SchemaIssue("$", f"not JSON: {not_json}"),), text)
+        return Verdict("invalid", (SchemaIssue("$", f"not JSON: {not_json}"),), text, source)
     validator = _validator(schema_json)
     if validator.is_valid(document):
-        return Verdict("valid", (), text)
+        return Verdict("valid", (), text, source)
     issues = []
     for problem in validator.iter_errors(document):
         issues.append(SchemaIssue(_json_path(problem.instance_path), problem.message))
         if len(issues) == MAX_REPORTED_ERRORS:
             break
-    return Verdict("invalid" if issues else "valid", tuple(issues), text)
+    return Verdict("invalid" if issues else "valid", tuple(issues), text, source)
 
 
 def request_contract(response_format: Any, default_name: str) -> Contract | None:

@@ -61,8 +61,9 @@ def _labels(target: Target) -> tuple[str, str, str]:
 
 
 def _violation(verdict: Verdict, retries: int) -> SchemaViolation:
+    whose = "the request's own" if verdict.source == "request" else "the route's"
     return SchemaViolation(
-        f"The answer does not match the route's JSON Schema ({verdict.result}"
+        f"The answer does not match {whose} JSON Schema ({verdict.result}"
         f"{f', after {retries} retries' if retries else ''}).",
         details={
             "validation_errors": [issue.as_dict() for issue in verdict.issues],
@@ -110,7 +111,7 @@ class ContractEnforcer:
             return Judged(reply, verdict, attempt)
         if contract.on_invalid != "flag":
             raise _violation(verdict, attempt)
-        document["turnout"] = {"schema": verdict.as_dict(contract.source)}
+        document["turnout"] = {"schema": verdict.as_dict()}
         flagged = UpstreamReply(reply.status, reply.content_type, orjson.dumps(document))
         return Judged(flagged, verdict, attempt)
 
@@ -166,7 +167,7 @@ async def _with_verdict(
             "created": last.get("created"),
             "model": last.get("model"),
             "choices": [],
-            "turnout": {"schema": verdict.as_dict(contract.source)},
+            "turnout": {"schema": verdict.as_dict()},
         }
         yield before + b"data: " + orjson.dumps(verdict_event) + b"\n\n" + _DONE + after
 

@@ -143,6 +143,12 @@ class SchemaViolation(TurnoutError):
     code = "schema_violation"
 
 
+class SchemaConflict(InvalidRequest):
+    """The request's own `response_format` asks for a schema its route's contract cannot keep."""
+
+    code = "schema_conflict"
+
+
 class ArmOverrideForbidden(TurnoutError):
     """`x-turnout-arm` was sent without an admin key."""
 

@@ -127,6 +127,7 @@ def route_contract(route: str, config: RouteConfig) -> Contract | None:
         stream_validation=config.stream_validation,
         source="route",
         name=route,
+        request_schema=config.request_schema,
     )
 
 

@@ -25,6 +25,8 @@ from gateway.api.protocol import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    RouteCard,
+    RouteContractView,
 )
 from gateway.auth import Caller
 from gateway.backends import BackendPool, UpstreamReply
@@ -48,6 +50,7 @@ from gateway.errors import (
 from gateway.guard import Admitted, RequestGuard
 from gateway.outcomes import Answer, Outcome, OutcomeRecorder, StreamTranscript, answer_of
 from gateway.proxy import InferenceProxy, OpenStream
+from gateway.request_schemas import contract_for
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
 from monitoring import metrics
@@ -126,10 +129,10 @@ def _turnout_headers(target: Target, request_id: str) -> dict[str, str]:
     return headers
 
 
-def _schema_headers(verdict: Verdict, source: str, retries: int) -> dict[str, str]:
+def _schema_headers(verdict: Verdict, retries: int) -> dict[str, str]:
     return {
         "x-turnout-schema": verdict.result,
-        "x-turnout-schema-source": source,
+        "x-turnout-schema-source": verdict.source,
         "x-turnout-schema-retries": str(retries),
     }
 
@@ -295,7 +298,7 @@ class InferenceEndpoints:
             entry = self._table.current.entry(fields["model"])
             exchange.admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
             target = exchange.target = self._choose(entry, request, fields, caller)
-            contract = target.contract or _request_contract(fields, target.route)
+            contract = _request_contract(fields, target)
             request_id = exchange.request_id = request_id_of(request)
             headers = _turnout_headers(target, request_id)
             streamed = fields.get("stream") is True
@@ -344,12 +347,12 @@ class InferenceEndpoints:
         )
         self._finish(exchange, judged.reply.status, judged.reply.body)
         if judged.verdict is not None:
-            headers.update(_schema_headers(judged.verdict, contract.source, judged.retries))
+            headers.update(_schema_headers(judged.verdict, judged.retries))
         reply = judged.reply
         if not streamed or reply.status != 200 or judged.verdict is None:
             return WholeAnswer(reply.body, reply.status, reply.content_type, headers)
         document = orjson.loads(judged.reply.body)
-        document["turnout"] = {"schema": judged.verdict.as_dict(contract.source)}
+        document["turnout"] = {"schema": judged.verdict.as_dict()}
         events = buffered_stream(
             document,
             exchange.path.endswith("/chat/completions"),
@@ -378,16 +381,18 @@ class InferenceEndpoints:
             settling.add_done_callback(self._settling.discard)
 
 
-def _request_contract(fields: dict[str, Any], route: str) -> Contract | None:
-    """The request's own contract; its schemas (and tools' schemas) checked before vLLM."""
+def _request_contract(fields: dict[str, Any], target: Target) -> Contract | None:
+    """The contract the request is held to (its route's, its own, or both: 400 on a conflict);
+    its schemas (and tools' schemas) checked before vLLM, whatever the route's."""
     try:
         check_tool_schemas(fields.get("tools"))
     except SchemaRejected as error:
         raise InvalidRequest(str(error), param="tools") from None
     try:
-        return request_contract(fields.get("response_format"), route)
+        requested = request_contract(fields.get("response_format"), target.route)
     except SchemaRejected as error:
         raise InvalidRequest(f"response_format: {error}", param="response_format") from None
+    return contract_for(target.contract, requested, target.route)
 
 
 def models_router(table: PublishedTable, guard: RequestGuard) -> APIRouter:
@@ -405,5 +410,18 @@ def models_router(table: PublishedTable, guard: RequestGuard) -> APIRouter:
             ]
         )
 
+    async def show_model(route: str, request: Request) -> RouteCard:
+        caller = guard.caller(request.headers.get("authorization"))
+        guard.authorize(caller, route)
+        contract = table.current.entry(route).stable.contract
+        view = RouteContractView(
+            json_schema=None if contract is None else dict(contract.schema),
+            request_schema=None if contract is None else contract.request_schema,
+        )
+        return RouteCard(id=route, created=created, turnout=view)
+
     router.add_api_route("/v1/models", list_models, methods=["GET"], summary="List the routes")
+    router.add_api_route(
+        "/v1/models/{route:path}", show_model, methods=["GET"], summary="One route and its schema"
+    )
     return router

@@ -99,6 +99,23 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class RouteContractView(BaseModel):
+    """A route's output contract, as the clients that must match it see it."""
+
+    json_schema: dict[str, Any] | None = Field(
+        serialization_alias="schema", description="the JSON Schema every answer meets, or null"
+    )
+    request_schema: Literal["reject", "ignore", "enforce_both"] | None = Field(
+        description="what a request whose own response_format conflicts with it gets"
+    )
+
+
+class RouteCard(ModelCard):
+    """`GET /v1/models/{route}`: the model card, plus the route's contract (`turnout`)."""
+
+    turnout: RouteContractView
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
