@@ -3,7 +3,9 @@
 Non-streamed answers are judged whole; `retry` re-asks with a fresh seed, `error` answers 502
 `schema_violation`, `flag` passes the answer on marked invalid. Streams pass through as they
 come and end with a verdict event before `[DONE]`; with `stream_validation: buffer` the answer
-is fetched whole, judged (and retried) and only then sent as a stream.
+is fetched whole, judged (and retried) and only then sent as a stream. A contract that also
+holds answers to the request's own schema (`request_schema: enforce_both`) applies the same
+policy to a failure of either; the verdict's `source` says whose schema failed.
 """
 
 from __future__ import annotations

@@ -18,6 +18,25 @@ pytestmark = pytest.mark.slow
 LABELS = ["billing", "bug", "account"]
 LABEL_ONLY = {"enum": LABELS}
 TICKET = [{"role": "user", "content": "I was charged twice for my invoice."}]
+# An object schema leaves room for whitespace, which the random demo model fills until
+# max_tokens: answers to it are mostly truncated. The label-only routes decode a bare string.
+TRIAGE = {
+    "type": "object",
+    "properties": {"label": {"enum": LABELS}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+# The client's own idea of the answer, which the route's schema does not keep (no `priority`).
+CLIENT_TRIAGE = {
+    "type": "object",
+    "properties": {
+        "label": {"enum": ["bug", "feature", "question"]},
+        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+    "required": ["label", "priority"],
+}
+# Differs from the label-only routes' schema, but every answer that one accepts meets it.
+ANY_LABEL = {"type": "string", "minLength": 1}
 CHAT = "/v1/chat/completions"
 
 
@@ -34,6 +53,13 @@ def contract_gateway(
         "triage-retry": route("retry", max_retries=2),
         "triage-flag": route("flag"),
         "triage-buffer": route("retry", max_retries=1, stream_validation="buffer"),
+        "triage-json": route("flag", TRIAGE),  # request_schema: reject, the default
+        "label-ignore": route("error", request_schema="ignore"),
+        "label-both": route("error", request_schema="enforce_both"),
+        "label-both-flag": route("flag", request_schema="enforce_both"),
+        "label-both-buffer": route(
+            "retry", max_retries=1, stream_validation="buffer", request_schema="enforce_both"
+        ),
         "chat": {},
     }
     config = gateway_config([vllm_url], demo_model / "adapters", routes=routes)
@@ -194,3 +220,219 @@ def test_non_json_output_from_a_backend_without_guided_decoding_is_refused(
     error = answer.json()["error"]
     assert error["validation_errors"][0]["message"].startswith("not JSON")
     assert error["raw_output"] == "Sure! The label is billing."
+
+
+# --- a request that brings its own schema to a route that has one (request_schema) ------------
+
+
+def client(origin: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{origin}/v1", api_key="unused", max_retries=0)
+
+
+def own_format(schema: object) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "mine", "schema": schema}}
+
+
+def test_reject_refuses_a_conflicting_schema_and_says_how_to_fix_it(
+    contract_gateway: str,
+) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(contract_gateway).chat.completions.create(
+                model="triage-json",
+                messages=TICKET,  # type: ignore[arg-type]
+                max_tokens=30,
+                temperature=0,
+                stream=stream,
+                response_format=own_format(CLIENT_TRIAGE),  # type: ignore[arg-type]
+            )
+        error = refused.value.response.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["code"] == "schema_conflict"
+        assert error["param"] == "response_format"
+        assert "`triage-json`" in error["message"]
+        assert "Omit `response_format`" in error["message"]
+        assert "GET /v1/models/triage-json" in error["message"]
+
+
+def test_the_route_schema_from_get_models_is_compatible_and_served(contract_gateway: str) -> None:
+    api = client(contract_gateway)
+    card = api.models.retrieve("triage-json")
+    assert card.id == "triage-json"
+    assert card.model_extra is not None
+    shown = card.model_extra["turnout"]
+    assert shown == {"schema": TRIAGE, "request_schema": "reject"}
+    for response_format in (own_format(shown["schema"]), {"type": "json_object"}):
+        raw = api.chat.completions.with_raw_response.create(
+            model="triage-json",
+            messages=TICKET,  # type: ignore[arg-type]
+            max_tokens=30,
+            temperature=0,
+            response_format=response_format,  # type: ignore[arg-type]
+        )
+        assert raw.http_response.status_code == 200
+        assert raw.headers["x-turnout-schema-source"] == "route"
+        # Judged against the route's schema (the demo model mostly runs out of tokens here).
+        assert raw.headers["x-turnout-schema"] in ("valid", "truncated")
+
+
+def test_get_models_shows_no_schema_for_a_plain_route_and_404_for_none(
+    contract_gateway: str,
+) -> None:
+    api = client(contract_gateway)
+    card = api.models.retrieve("chat")
+    assert card.model_extra is not None
+    assert card.model_extra["turnout"] == {"schema": None, "request_schema": None}
+    with pytest.raises(openai.NotFoundError) as missing:
+        api.models.retrieve("no-such-route")
+    assert missing.value.response.json()["error"]["code"] == "model_not_found"
+
+
+def test_json_object_conflicts_with_a_route_whose_answers_are_not_objects(
+    contract_gateway: str,
+) -> None:
+    answer = ask(contract_gateway, "triage-error", 20, response_format={"type": "json_object"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "schema_conflict"
+
+
+def test_ignore_answers_with_the_route_schema_and_only_the_headers_say_so(
+    contract_gateway: str,
+) -> None:
+    raw = client(contract_gateway).chat.completions.with_raw_response.create(
+        model="label-ignore",
+        messages=TICKET,  # type: ignore[arg-type]
+        max_tokens=20,
+        temperature=0,
+        response_format=own_format(CLIENT_TRIAGE),  # type: ignore[arg-type]
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-turnout-schema"] == "valid"
+    assert raw.headers["x-turnout-schema-source"] == "route"
+    # The route's answer, a bare label: not the object the client's schema asked for.
+    assert orjson.loads(raw.parse().choices[0].message.content or "") in LABELS
+
+
+def test_enforce_both_refuses_an_answer_that_breaks_the_clients_schema(
+    contract_gateway: str,
+) -> None:
+    invalid_before = metric(
+        contract_gateway, "turnout_schema_validations_total", route="label-both", result="invalid"
+    )
+    with pytest.raises(openai.APIStatusError) as refused:
+        client(contract_gateway).chat.completions.create(
+            model="label-both",
+            messages=TICKET,  # type: ignore[arg-type]
+            max_tokens=20,
+            temperature=0,
+            response_format=own_format(CLIENT_TRIAGE),  # type: ignore[arg-type]
+        )
+    assert refused.value.status_code == 502
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "schema_violation"
+    assert "the request's own JSON Schema" in error["message"]
+    assert error["validation_errors"][0]["path"] == "$"
+    assert 'is not of type "object"' in error["validation_errors"][0]["message"]
+    assert orjson.loads(error["raw_output"]) in LABELS  # the route's schema held
+    invalid = metric(
+        contract_gateway, "turnout_schema_validations_total", route="label-both", result="invalid"
+    )
+    assert invalid - invalid_before == 1
+
+
+def test_enforce_both_flags_an_answer_that_breaks_the_clients_schema(
+    contract_gateway: str,
+) -> None:
+    raw = client(contract_gateway).chat.completions.with_raw_response.create(
+        model="label-both-flag",
+        messages=TICKET,  # type: ignore[arg-type]
+        max_tokens=20,
+        temperature=0,
+        response_format=own_format(CLIENT_TRIAGE),  # type: ignore[arg-type]
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-turnout-schema"] == "invalid"
+    assert raw.headers["x-turnout-schema-source"] == "request"
+    completion = raw.parse()
+    assert completion.model_extra is not None
+    verdict = completion.model_extra["turnout"]["schema"]
+    assert verdict["result"] == "invalid"
+    assert verdict["source"] == "request"
+    assert verdict["errors"][0]["path"] == "$"
+
+
+def test_enforce_both_passes_an_answer_that_meets_both_schemas(contract_gateway: str) -> None:
+    raw = client(contract_gateway).chat.completions.with_raw_response.create(
+        model="label-both",
+        messages=TICKET,  # type: ignore[arg-type]
+        max_tokens=20,
+        temperature=0,
+        response_format=own_format(ANY_LABEL),  # type: ignore[arg-type]
+    )
+    assert raw.headers["x-turnout-schema"] == "valid"
+    assert raw.headers["x-turnout-schema-source"] == "both"
+    assert orjson.loads(raw.parse().choices[0].message.content or "") in LABELS
+
+
+def test_enforce_both_streams_end_with_the_clients_verdict(contract_gateway: str) -> None:
+    api = client(contract_gateway)
+    verdicts = {}
+    for name, schema in (("client", CLIENT_TRIAGE), ("any label", ANY_LABEL)):
+        chunks = list(
+            api.chat.completions.create(
+                model="label-both-flag",
+                messages=TICKET,  # type: ignore[arg-type]
+                max_tokens=20,
+                temperature=0,
+                stream=True,
+                response_format=own_format(schema),  # type: ignore[arg-type]
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert orjson.loads(text) in LABELS
+        assert chunks[-1].model_extra is not None
+        verdict = chunks[-1].model_extra["turnout"]["schema"]
+        verdicts[name] = (verdict["result"], verdict["source"])
+    assert verdicts == {"client": ("invalid", "request"), "any label": ("valid", "both")}
+
+
+def test_enforce_both_buffered_streams_retry_then_refuse_before_the_first_byte(
+    contract_gateway: str,
+) -> None:
+    retries_before = metric(
+        contract_gateway, "turnout_schema_retries_total", route="label-both-buffer"
+    )
+    refused = ask(
+        contract_gateway, "label-both-buffer", 20, stream=True,
+        response_format=own_format(CLIENT_TRIAGE),
+    )  # fmt: skip
+    assert refused.status_code == 502
+    assert refused.headers["content-type"].startswith("application/json")
+    assert (
+        "the request's own JSON Schema (invalid, after 1 retries)"
+        in (refused.json()["error"]["message"])
+    )
+    retries = metric(contract_gateway, "turnout_schema_retries_total", route="label-both-buffer")
+    assert retries - retries_before == 1
+    chunks = list(
+        client(contract_gateway).chat.completions.create(
+            model="label-both-buffer",
+            messages=TICKET,  # type: ignore[arg-type]
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            response_format=own_format(ANY_LABEL),  # type: ignore[arg-type]
+        )
+    )
+    assert chunks[-1].model_extra is not None
+    assert chunks[-1].model_extra["turnout"]["schema"] == {
+        "result": "valid", "source": "both", "errors": [],
+    }  # fmt: skip
+
+
+def test_tool_schemas_are_checked_on_a_route_with_its_own_schema(contract_gateway: str) -> None:
+    hostile = {"type": "string", "pattern": "x" * 2000}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": hostile}}]
+    answer = ask(contract_gateway, "triage-json", 10, tools=tools)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "tools"
