@@ -66,7 +66,7 @@ _SCOPES = frozenset(
     {"$anchor", "$dynamicAnchor", "$dynamicRef", "$id", "$recursiveAnchor", "$recursiveRef"}
 )
 # Inlining `$ref`s can multiply a schema's size; past this many nodes it is compared as written.
-MAX_NORMAL_NODES = 20_000
+MAX_NORMAL_NODES = 5_000
 CACHE_SIZE = 1024
 
 

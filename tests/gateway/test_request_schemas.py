@@ -170,6 +170,18 @@ def test_each_distinct_pair_is_decided_once_and_the_cache_is_bounded() -> None:
     assert after.maxsize == CACHE_SIZE
 
 
+def test_a_request_schema_is_checked_once_however_often_it_comes() -> None:
+    from gateway.contracts import _schema_problem
+
+    schema = {**CLIENT_TRIAGE, "title": "checked once"}
+    request_contract({"type": "json_schema", "json_schema": {"schema": schema}}, "r")
+    before = _schema_problem.cache_info()
+    for _ in range(3):
+        request_contract({"type": "json_schema", "json_schema": {"schema": dict(schema)}}, "r")
+    after = _schema_problem.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (3, 0)
+
+
 def test_reject_refuses_a_conflict_naming_the_route_and_the_fix() -> None:
     with pytest.raises(SchemaConflict) as refused:
         contract_for(route_contract(TRIAGE), asked(CLIENT_TRIAGE), "triage-json")
