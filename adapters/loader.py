@@ -70,7 +70,7 @@ def check_capacity(versions: int, config: AdaptersConfig) -> None:
             f"routes send traffic to {versions} adapter versions, but the backends keep "
             f"at most {config.capacity} in memory (adapters.max_cpu_loras); "
             "more would reload adapters from disk on the request path. Route fewer versions, "
-            "or raise adapters.max_cpu_loras if the backends have the memory for them"
+            "or raise adapters.max_cpu_loras if the backends have the memory for them."
         )
 
 
@@ -123,7 +123,7 @@ class AdapterLoader:
                 self._base = self._registry.base(self._base_model)
             except AdapterError as error:
                 raise ConfigError(f"base_model: {error.message}") from None
-            except OSError as error:
+            except Exception as error:  # fsspec's stores raise their own (botocore's, ...)
                 raise AdapterStoreUnreadable(
                     f"adapters.store: {self._registry.url} cannot be read: {error}"
                 ) from None
@@ -131,7 +131,7 @@ class AdapterLoader:
             self._registry.verify(version.name, version.version, self._base, self._limits)
         except AdapterError as error:
             raise ConfigError(f"adapter {version.ref}: {error.message}") from None
-        except OSError as error:
+        except Exception as error:  # fsspec's stores raise their own (botocore's, ...)
             raise AdapterStoreUnreadable(
                 f"adapter {version.ref}: the store {self._registry.url} cannot be read: {error}"
             ) from None

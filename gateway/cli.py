@@ -50,8 +50,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
     with startup.reported_as_start_failure():
         # Everything that can be found out in a second is, before vLLM takes its minute.
-        startup.check_embedded_model(config)
         startup.check_adapters(config, verify=True)
+        startup.check_embedded_model(config)
         port = free_port()
         vllm = EmbeddedVllm(
             vllm_command(config.embedded, config.adapters, config.base_model, port),

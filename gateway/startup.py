@@ -115,11 +115,11 @@ def check_adapters(config: TurnoutConfig, *, verify: bool) -> int:
         raise ConfigError(
             f"adapters.store: {folder} is not a folder, and the routes name adapter versions "
             f"({', '.join(sorted(named))}). Point adapters.store at the adapter registry, or "
-            "write the demo one with `turnout demo-model DIR`"
+            f"write the demo one with `turnout demo-model {folder.parent}`."
         )
-    registry = AdapterRegistry(config.adapters.store)
     limits = AdapterLimits(max_lora_rank=config.adapters.max_lora_rank)
     try:
+        registry = AdapterRegistry(config.adapters.store)
         try:
             base = registry.base(config.base_model)
         except AdapterError as error:
@@ -134,16 +134,19 @@ def check_adapters(config: TurnoutConfig, *, verify: bool) -> int:
             except AdapterNotFound as error:
                 raise ConfigError(
                     f"{', '.join(keys)}: {error.message}. `turnout adapters list` shows the "
-                    "versions in the store; `turnout adapters push` adds one"
+                    "versions in the store; `turnout adapters push` adds one."
                 ) from None
             except AdapterError as error:
                 raise ConfigError(
                     f"{', '.join(keys)}: {ref} {error.message}. Route another version, or push "
-                    "a corrected one under a new version"
+                    "a corrected one under a new version."
                 ) from None
-    except OSError as error:
+    except TurnoutError:
+        raise
+    except Exception as error:  # fsspec's stores raise their own (botocore's, ...)
         raise AdapterStoreUnreadable(
-            f"adapters.store: {registry.url} cannot be read: {error}"
+            f"adapters.store: {config.adapters.store} cannot be read: {error}. Check the path, "
+            "or the object store's address and credentials."
         ) from None
     return len(named)
 
@@ -154,7 +157,7 @@ def check_embedded_model(config: TurnoutConfig) -> None:
     if not model.is_dir():
         raise ConfigError(
             f"embedded.model: no base model at {model}. Generate the demo model with "
-            f"`turnout demo-model {model.parent}`, or point embedded.model at a model folder"
+            f"`turnout demo-model {model.parent}`, or point embedded.model at a model folder."
         )
 
 
@@ -190,7 +193,7 @@ def check_redis(url: str, wait_s: float = REDIS_WAIT_S) -> None:
                         f"Redis at {redacted(url)} (state.redis_url) did not answer within "
                         f"{wait_s:.0f} s: {error} Replicas share rollout state and rate limits "
                         "through it: start Redis, or correct state.redis_url (or "
-                        "TURNOUT_REDIS_URL)"
+                        "TURNOUT_REDIS_URL)."
                     ) from None
             time.sleep(0.25)
     finally:
@@ -228,7 +231,7 @@ def _bind(host: str, port: int, key: str) -> socket.socket:
     except socket.gaierror as error:
         sock.close()
         raise ConfigError(
-            f"server.host: {host} is not a known address ({error.strerror})"
+            f"server.host: {host} is not a known address ({error.strerror})."
         ) from None
     except OSError as error:
         sock.close()
@@ -236,14 +239,14 @@ def _bind(host: str, port: int, key: str) -> socket.socket:
             hint = "`--port N` or " if key == "server.port" else ""
             raise PortInUse(
                 f"port {port} on {host} ({key}) is already in use by another program. Stop "
-                f"that program, or choose a free port with {hint}{key}"
+                f"that program, or choose a free port with {hint}{key}."
             ) from None
         if error.errno == errno.EACCES:
             raise PortInUse(
                 f"not allowed to listen on port {port} ({key}): ports below 1024 need "
-                f"privileges. Choose a port above 1024 with {key}"
+                f"privileges. Choose a port above 1024 with {key}."
             ) from None
-        raise ConfigError(f"server.host: cannot listen on {host}: {error.strerror}") from None
+        raise ConfigError(f"server.host: cannot listen on {host}: {error.strerror}.") from None
     return sock
 
 

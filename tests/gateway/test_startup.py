@@ -7,6 +7,7 @@ Every test drives the real `turnout` command in a process of its own.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from tests.conftest import (
     wait_until,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 TRIAGE = f"support-triage@{DEMO_VERSION}"
 SUMMARIZE = f"summarize@{DEMO_VERSION}"
 
@@ -126,6 +128,26 @@ def test_a_version_missing_from_the_store_stops_up_before_vllm_starts(
     assert_one_paragraph(checked, 2, "routes.summarize.stable", "summarize@v9")
 
 
+def test_the_failed_start_in_the_configuration_docs_prints_what_they_show(
+    tmp_path: Path,
+) -> None:
+    page = (REPO / "docs" / "configuration.md").read_text()
+    example = re.search(
+        r"\$ cat small.yaml\n(.*?)\$ turnout up --config small.yaml\n(.*?)\$ echo \$\?\n(\d+)\n",
+        page,
+        flags=re.DOTALL,
+    )
+    assert example is not None
+    (tmp_path / "small.yaml").write_text(example.group(1))
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "up", "--config", "small.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == int(example.group(3))
+    assert done.stderr == example.group(2)
+    assert done.stdout == ""
+
+
 def test_a_store_that_is_no_folder_is_named(demo_model: Path, tmp_path: Path) -> None:
     store = tmp_path / "adapters.txt"
     store.write_text("not a registry")
@@ -137,6 +159,25 @@ def test_a_store_that_is_no_folder_is_named(demo_model: Path, tmp_path: Path) ->
     )
     done = turnout("up", "--config", str(config), "--log-dir", str(tmp_path / "logs"))
     assert_one_paragraph(done, 2, "adapters.store", str(store), "is not a folder")
+
+
+def test_an_object_store_that_cannot_be_reached_is_named(tmp_path: Path) -> None:
+    """An S3 store whose endpoint nothing listens on (botocore's own error, not an OSError)."""
+    config = write_config(
+        tmp_path,
+        backends=[{"url": closed_port_url()}],
+        adapters={"store": "s3://adapters/prod"},
+        routes={"triage": {"stable": TRIAGE}},
+    )
+    s3 = {
+        "AWS_ENDPOINT_URL": closed_port_url(),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    done = turnout("serve", "--config", str(config), env=s3)
+    assert_one_paragraph(done, 1, "adapters.store", "s3://adapters/prod", "cannot be read")
 
 
 def test_a_corrupted_candidate_fails_the_start_before_any_rollout_state_is_written(
