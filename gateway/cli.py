@@ -52,6 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         # Everything that can be found out in a second is, before vLLM takes its minute.
         startup.check_adapters(config, verify=True)
         startup.check_embedded_model(config)
+        startup.check_key_files(config)
         port = free_port()
         vllm = EmbeddedVllm(
             vllm_command(config.embedded, config.adapters, config.base_model, port),
@@ -117,23 +118,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway import startup
 
     config = load_config(args.file)
-    folder = startup.local_store(config)
-    if startup.routed_versions(config) and (folder is None or not folder.is_dir()):
-        # Only the capacity can be checked: the store is elsewhere (a deployment's path, or
-        # object storage that this machine may not reach).
-        from adapters.loader import check_capacity
-
-        check_capacity(len(startup.routed_versions(config)), config.adapters)
-        print(
-            f"{args.file}: adapter versions not checked: the store {config.adapters.store} is "
-            "not a folder on this machine",
-            file=sys.stderr,
-        )
-    else:
-        try:
-            startup.check_adapters(config, verify=True)
-        except TurnoutError as error:
-            raise startup.startup_failure(error, prefix=f"{args.file}: ") from error
+    try:
+        skipped = startup.check_adapters_from_here(config)
+    except TurnoutError as error:
+        raise startup.startup_failure(error, prefix=f"{args.file}: ") from error
+    if skipped is not None:
+        print(f"{args.file}: {skipped}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.routes)} routes, {len(config.backends)} backends)")
     return 0
 

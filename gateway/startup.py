@@ -151,6 +151,32 @@ def check_adapters(config: TurnoutConfig, *, verify: bool) -> int:
     return len(named)
 
 
+def check_adapters_from_here(config: TurnoutConfig) -> str | None:
+    """`config check`: `check_adapters` when the store is a folder on this machine; else only
+    the capacity (the store is a deployment's path, or object storage this machine may not
+    reach), and the returned note says so."""
+    named = routed_versions(config)
+    folder = local_store(config)
+    if named and (folder is None or not folder.is_dir()):
+        check_capacity(len(named), config.adapters)
+        return (
+            f"adapter versions not checked: the store {config.adapters.store} is not a folder "
+            "on this machine"
+        )
+    check_adapters(config, verify=True)
+    return None
+
+
+def check_key_files(config: TurnoutConfig) -> None:
+    """The API and admin key files load (read again when the gateway is built)."""
+    from gateway.auth import load_admin_keyring, load_tenant_keyring
+
+    if config.auth.keys_file:
+        load_tenant_keyring(Path(config.auth.keys_file))
+    if config.auth.admin_keys_file:
+        load_admin_keyring(Path(config.auth.admin_keys_file))
+
+
 def check_embedded_model(config: TurnoutConfig) -> None:
     """`turnout up` needs the base model's folder on this machine."""
     model = Path(config.embedded.model)

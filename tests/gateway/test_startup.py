@@ -219,6 +219,27 @@ def test_config_check_of_a_store_elsewhere_checks_the_capacity_and_says_what_it_
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{config}: OK (1 routes, 0 backends)"
     assert "adapter versions not checked" in done.stderr
+    raw = yaml.safe_load(config.read_text())
+    raw["adapters"]["max_loras"] = 1
+    raw["routes"]["summarize"] = {"stable": SUMMARIZE}
+    config.write_text(yaml.safe_dump(raw))
+    too_many = turnout("config", "check", str(config))
+    assert_one_paragraph(too_many, 2, f"{config}: routes send traffic to 2", "at most 1")
+
+
+def test_an_unreadable_key_file_stops_up_before_vllm_starts(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    keys = tmp_path / "absent-keys.yaml"
+    config = write_config(
+        tmp_path,
+        routes={"chat": {}},
+        auth={"keys_file": str(keys)},
+        embedded={"model": str(demo_model / "base")},
+    )
+    done = turnout("up", "--config", str(config), "--log-dir", str(tmp_path / "logs"))
+    assert_one_paragraph(done, 2, str(keys))
+    assert "Starting vLLM" not in done.stdout
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
