@@ -37,8 +37,8 @@ Say = Callable[[str], None]
 
 
 class StartupFailure(TurnoutError):
-    """The gateway did not start: the message is the paragraph to show; `exit_status` says whose
-    fix it is (2: the input, 1: the run)."""
+    """What stops a start (met while starting, or found by `config check` before): the message
+    is the paragraph to show; `exit_status` says whose fix it is (2: the input, 1: the run)."""
 
     code = "startup_failure"
 
