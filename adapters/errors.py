@@ -30,6 +30,14 @@ class AdapterNotFound(AdapterError):
     code = "adapter_not_found"
 
 
+class AdapterStoreUnreadable(AdapterError):
+    """The store could not be read (permissions, network): nothing is known about the version."""
+
+    status = 503
+    error_type = "server_error"
+    code = "adapter_store_unreadable"
+
+
 class AdapterExists(AdapterError):
     """The version is already in the store; versions are immutable."""
 

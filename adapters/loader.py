@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from adapters.base_model import BaseModelProfile
-from adapters.errors import AdapterError, AdapterLoadFailed
+from adapters.errors import AdapterError, AdapterLoadFailed, AdapterStoreUnreadable
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.backends import UpstreamClient
@@ -61,6 +61,17 @@ class VllmAdapterAdmin:
         reply = await self._client.post(backend, "/v1/unload_lora_adapter", body, "turnout-loader")
         if reply.status not in (200, 404):
             raise AdapterLoadFailed(f"{backend} refused to unload {served_name}: {reply.status}")
+
+
+def check_capacity(versions: int, config: AdaptersConfig) -> None:
+    """ConfigError when the routes name more versions than the backends keep in memory."""
+    if versions > config.capacity:
+        raise ConfigError(
+            f"routes send traffic to {versions} adapter versions, but the backends keep "
+            f"at most {config.capacity} in memory (adapters.max_cpu_loras); "
+            "more would reload adapters from disk on the request path. Route fewer versions, "
+            "or raise adapters.max_cpu_loras if the backends have the memory for them."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +119,27 @@ class AdapterLoader:
 
     def _verify(self, version: AdapterVersion) -> LoadTarget:
         if self._base is None:
-            self._base = self._registry.base(self._base_model)
-        self._registry.verify(version.name, version.version, self._base, self._limits)
+            try:
+                self._base = self._registry.base(self._base_model)
+            except AdapterError as error:
+                raise ConfigError(f"base_model: {error.message}") from None
+            except Exception as error:  # fsspec's stores raise their own (botocore's, ...)
+                raise AdapterStoreUnreadable(
+                    f"adapters.store: {self._registry.url} cannot be read: {error}"
+                ) from None
+        try:
+            self._registry.verify(version.name, version.version, self._base, self._limits)
+        except AdapterError as error:
+            raise ConfigError(f"adapter {version.ref}: {error.message}") from None
+        except Exception as error:  # fsspec's stores raise their own (botocore's, ...)
+            raise AdapterStoreUnreadable(
+                f"adapter {version.ref}: the store {self._registry.url} cannot be read: {error}"
+            ) from None
         return LoadTarget(version=version, path=self._backend_path(version))
 
     async def prepare(self, versions: frozenset[AdapterVersion]) -> None:
-        """Verify `versions` and load them on every reachable backend, or raise `ConfigError`.
+        """Verify `versions` and load them on every reachable backend, or raise `ConfigError`
+        (`AdapterStoreUnreadable` when the store cannot be read).
 
         Nothing changes for traffic until the caller publishes the table that routes to them;
         on failure the versions this call loaded are unloaded again.
@@ -122,18 +148,10 @@ class AdapterLoader:
             await self._prepare(versions)
 
     async def _prepare(self, versions: frozenset[AdapterVersion]) -> None:
-        if len(versions) > self._config.capacity:
-            raise ConfigError(
-                f"routes send traffic to {len(versions)} adapter versions, but the backends keep "
-                f"at most {self._config.capacity} in memory (adapters.max_cpu_loras); "
-                "more would reload adapters from disk on the request path"
-            )
+        check_capacity(len(versions), self._config)
         targets = []
         for version in sorted(versions, key=lambda v: v.ref):
-            try:
-                targets.append(await asyncio.to_thread(self._verify, version))
-            except AdapterError as error:
-                raise ConfigError(f"adapter {version.ref}: {error.message}") from None
+            targets.append(await asyncio.to_thread(self._verify, version))
         fresh: list[tuple[str, str]] = []
         try:
             for backend in self._backends if targets else ():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +53,16 @@ def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
 
 @dataclass(frozen=True, slots=True)
 class GatewayApps:
-    """The gateway, and the admin API when it has a listener of its own (`server.admin_port`)."""
+    """The gateway, and the admin API when it has a listener of its own (`server.admin_port`).
+
+    `start` restores rollout state and loads the routed adapter versions; it raises (having
+    closed what it opened) when the gateway cannot serve. A server calls it before it listens,
+    so a failed start is reported by the caller; the gateway's lifespan calls it otherwise.
+    """
 
     gateway: GatewayASGI
     admin: FastAPI | None
+    start: Callable[[], Awaitable[None]]
 
 
 def create_app(
@@ -121,10 +127,27 @@ def create_app(
         config.limits,
     )
 
+    started = asyncio.Event()
+
+    async def close() -> None:
+        await controller.close()
+        await evidence.close()
+        await asyncio.to_thread(capture.close)  # every queued record is written
+        await upstream.close()
+
+    async def start() -> None:
+        await upstream.start()
+        try:
+            await control.start(controller)
+        except BaseException:
+            await close()
+            raise
+        started.set()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await upstream.start()
-        await control.start(controller)
+        if not started.is_set():
+            await start()
         tasks = [
             asyncio.create_task(loader.run(), name="adapter-reconcile"),
             asyncio.create_task(
@@ -149,10 +172,7 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
-            await controller.close()
-            await evidence.close()
-            await asyncio.to_thread(capture.close)  # every queued record is written
-            await upstream.close()
+            await close()
 
     api = FastAPI(
         title="Turnout", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
@@ -200,4 +220,4 @@ def create_app(
         config.server.max_body_bytes,
     )
     install_openapi(api, inference.models)
-    return GatewayApps(GatewayASGI(inference, api), admin_api)
+    return GatewayApps(GatewayASGI(inference, api), admin_api, start)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from adapters import cli as adapters_cli
@@ -36,62 +38,57 @@ def _with_overrides(
     return config.model_copy(update={"server": server})
 
 
-def _print_welcome(config: TurnoutConfig, vllm_url: str, log_path: Path) -> None:
-    from gateway.routing import build_routing_table
-
-    origin = f"http://{config.server.host}:{config.server.port}"
-    table = build_routing_table(config)
-    print(f"Turnout serves on {origin}  (vLLM at {vllm_url}, log: {log_path})")
-    print("Routes (send the route as `model`):")
-    for route, entry in table.entries.items():
-        target = entry.stable
-        serves = target.adapter.ref if target.adapter else f"the base model `{config.base_model}`"
-        print(f"  {route:<24} -> {serves}")
-    example = next(iter(table.entries), "ROUTE")
-    body = json.dumps(
-        {"model": example, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
-    )
-    print("Try:")
-    print(f"  curl -s {origin}/v1/chat/completions -H 'content-type: application/json' -d '{body}'")
-    print("Ctrl-C stops the gateway and vLLM.", flush=True)
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from gateway import startup
     from gateway.embedded import EmbeddedVllm, VllmSupervisor, free_port, vllm_command
     from gateway.server import serve
 
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
-    model = Path(config.embedded.model)
-    if not model.is_dir():
-        raise TurnoutError(
-            f"No base model at {model}. Generate the demo model with "
-            f"`turnout demo-model {model.parent}` or set embedded.model."
+    with startup.reported_as_start_failure():
+        # Everything that can be found out in a second is, before vLLM takes its minute.
+        startup.check_adapters(config, verify=True)
+        startup.check_embedded_model(config)
+        startup.check_key_files(config)
+        port = free_port()
+        vllm = EmbeddedVllm(
+            vllm_command(config.embedded, config.adapters, config.base_model, port),
+            port,
+            args.log_dir / "vllm.log",
         )
-    port = free_port()
-    vllm = EmbeddedVllm(
-        vllm_command(config.embedded, config.adapters, config.base_model, port),
-        port,
-        args.log_dir / "vllm.log",
-    )
-    print(f"Starting vLLM on port {port} (log: {vllm.log_path}) ...", flush=True)
-    supervisor = VllmSupervisor(vllm, config.embedded.startup_timeout_s)
-    try:
-        vllm.start()
-        vllm.wait_ready(config.embedded.startup_timeout_s)
-        supervisor.start()
         serving = config.model_copy(update={"backends": [BackendConfig(url=vllm.url)]})
-        _print_welcome(serving, vllm.url, vllm.log_path)
-        serve(serving, args.config)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print("Stopping vLLM ...", flush=True)
-        supervisor.stop()
-        vllm.stop()
+        listeners = startup.bind_listeners(serving.server)
+        supervisor = VllmSupervisor(vllm, config.embedded.startup_timeout_s)
+        try:
+            if config.state.redis_url:
+                startup.check_redis(config.state.redis_url)
+            _say(f"Starting vLLM on port {port} (log: {vllm.log_path}) ...")
+            vllm.start()
+            vllm.wait_ready(config.embedded.startup_timeout_s)
+            supervisor.start()
+            ready = startup.banner(
+                serving,
+                listeners.port,
+                f"vLLM at {vllm.url}, log: {vllm.log_path}",
+                "Ctrl-C stops the gateway and vLLM.",
+            )
+            serve(serving, args.config, listeners, _say, ready)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            listeners.close()
+            if vllm.pid is not None:
+                _say("Stopping vLLM ...")
+            supervisor.stop()
+            vllm.stop()
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import startup
     from gateway.server import serve
 
     config = _with_overrides(
@@ -99,12 +96,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not config.backends:
         raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
-    serve(config, args.config)
+    with startup.reported_as_start_failure():
+        startup.check_adapters(config, verify=False)  # verified as they load
+        listeners = startup.bind_listeners(config.server)
+        try:
+            if config.state.redis_url:
+                startup.check_redis(config.state.redis_url)
+            backends = ", ".join(backend.url for backend in config.backends)
+            ready = startup.banner(
+                config, listeners.port, f"backends: {backends}", "Ctrl-C stops the gateway."
+            )
+            serve(config, args.config, listeners, _say, ready)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            listeners.close()
     return 0
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway import startup
+
     config = load_config(args.file)
+    try:
+        skipped = startup.check_adapters_from_here(config)
+    except TurnoutError as error:
+        raise startup.startup_failure(error, prefix=f"{args.file}: ") from error
+    if skipped is not None:
+        print(f"{args.file}: {skipped}", file=sys.stderr)
     print(f"{args.file}: OK ({len(config.routes)} routes, {len(config.backends)} backends)")
     return 0
 
@@ -156,26 +175,33 @@ def cmd_bench_contracts(args: argparse.Namespace) -> int:
     return 0
 
 
+DEBUG_HELP = "show the traceback of an error (also TURNOUT_DEBUG=1)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turnout", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start a local vLLM and the gateway in front of it")
     up.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     up.add_argument("--port", type=int, help="gateway port (default: server.port)")
     up.add_argument("--log-dir", type=Path, default=DEFAULT_LOG_DIR)
+    up.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     up.set_defaults(run=cmd_up)
 
     serve = commands.add_parser("serve", help="run the gateway against the configured backends")
     serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     serve.set_defaults(run=cmd_serve)
 
     config = commands.add_parser("config", help="check a config file or print its JSON Schema")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file", type=Path)
+    check.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     check.set_defaults(run=cmd_config_check)
     schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(run=cmd_config_schema)
@@ -222,15 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("TURNOUT_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         code: int = args.run(args)
     except TurnoutError as error:
+        if debug:
+            traceback.print_exception(error)
         print(f"turnout: {error.message}", file=sys.stderr)
-        return 2
+        status: int = getattr(error, "exit_status", 2)  # a start-up failure knows its own
+        return status
     except FileExistsError as error:
         print(f"turnout: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if debug:
+            traceback.print_exception(error)
+        hint = "" if debug else " (--debug or TURNOUT_DEBUG=1 shows the traceback)"
+        print(f"turnout: {type(error).__name__}: {error}{hint}", file=sys.stderr)
+        return 1
     return code
 
 

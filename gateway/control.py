@@ -14,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from adapters.errors import AdapterStoreUnreadable
 from adapters.loader import AdapterLoader
 from gateway.config import TurnoutConfig, load_config
 from gateway.errors import ConfigError, RolloutConflict, TurnoutError
@@ -67,9 +68,18 @@ class ControlPlane:
         self._table.publish(table)
 
     async def start(self, controller: RolloutController) -> None:
-        """Restore rollout state, then load what the resulting table routes to (or refuse)."""
-        await controller.open(declared_rollouts(self.config))
-        await self._loader.prepare(self._table.current.adapter_versions())
+        """Load what the config routes to, restore rollout state, then load what the resulting
+        table routes to (or refuse).
+
+        The config's own versions load before the state store is opened, so a config the
+        backends cannot serve fails the start before it records a rollout as started.
+        """
+        declared = declared_rollouts(self.config)
+        configured = build_routing_table(self.config, declared).adapter_versions()
+        await self._loader.prepare(configured)
+        await controller.open(declared)
+        if self._table.current.adapter_versions() != configured:
+            await self._loader.prepare(self._table.current.adapter_versions())
         await self._loader.release()
 
     async def prepare_candidate(self, route: str, candidate: str) -> None:
@@ -77,7 +87,7 @@ class ControlPlane:
         versions = self._table.current.adapter_versions() | {AdapterVersion.parse(candidate)}
         try:
             await self._loader.prepare(versions)
-        except ConfigError as error:
+        except (ConfigError, AdapterStoreUnreadable) as error:
             raise CandidateRejected(f"Route `{route}`: {error.message}") from None
 
     async def reload(self, controller: RolloutController) -> None:

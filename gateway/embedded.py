@@ -11,6 +11,7 @@ import ctypes
 import importlib.metadata
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,14 @@ from gateway.errors import TurnoutError
 from gateway.readiness import NotAnswering, wait_until_answers
 
 _PR_SET_PDEATHSIG = 1
+
+# An exception's last line ("OSError: It looks like the config file ... is not valid JSON"),
+# possibly behind vLLM's process prefix ("(EngineCore_DP0 pid=12) ").
+_EXCEPTION_LINE = re.compile(
+    r"^(?:\(\S+ pid=\d+\) )?(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit): .+"
+)
+# vLLM's front end ends with this after its engine failed; the engine's own error says more.
+_GENERIC = "See root cause above"
 
 
 class EmbeddedBackendFailed(TurnoutError):
@@ -86,6 +95,15 @@ def vllm_command(
     return command + config.extra_args
 
 
+def last_error_line(log: str) -> str | None:
+    """The most telling line of a failed start's log: its last exception line (not vLLM's
+    "see root cause above"), else its last line; None for an empty log."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    telling = [line for line in errors if _GENERIC not in line] or errors or lines[-1:]
+    return telling[-1] if telling else None
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -102,6 +120,7 @@ class EmbeddedVllm:
         self.log_path = log_path
         self._extra_env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where this run's part of the (appended) log begins
 
     @property
     def url(self) -> str:
@@ -113,6 +132,7 @@ class EmbeddedVllm:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **self._extra_env}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -126,12 +146,18 @@ class EmbeddedVllm:
             )
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Block until `/health` answers 200; raise with the log's tail if vLLM dies or stalls."""
+        """Block until `/health` answers 200; raise quoting the log's last error line (and
+        naming the log) if vLLM dies or stalls."""
         assert self._process is not None, "start() first"
         try:
             wait_until_answers(f"{self.url}/health", timeout_s, self._process, "vLLM")
-        except NotAnswering as error:
-            raise EmbeddedBackendFailed(f"{error}:\n{self._log_tail()}") from None
+        except NotAnswering:
+            status = self._process.poll()
+            if status is not None:
+                what = f"vLLM exited with status {status} while starting"
+            else:
+                what = f"vLLM did not answer within {timeout_s:.0f} s (embedded.startup_timeout_s)"
+            raise EmbeddedBackendFailed(f"{what}. {self._last_error()}") from None
 
     def exited(self) -> int | None:
         """The exit status if the process has ended (None while it runs or was never started)."""
@@ -158,11 +184,16 @@ class EmbeddedVllm:
         _signal_group(process.pid, signal.SIGKILL)
         process.wait()
 
-    def _log_tail(self, lines: int = 30) -> str:
+    def _last_error(self) -> str:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_offset)
+                line = last_error_line(log.read().decode(errors="replace"))
+        except OSError as error:
+            return f"Its log {self.log_path} cannot be read: {error.strerror}."
+        if line is None:
+            return f"Its log {self.log_path} is empty."
+        return f"Its log says: {line}  (full log: {self.log_path})"
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

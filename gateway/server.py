@@ -1,5 +1,5 @@
 """Runs the gateway under uvicorn (uvloop + httptools: the fastest pair measured here), and the
-admin API on its own listener when `server.admin_port` is set."""
+admin API on its own listener when `server.admin_port` is set, on sockets bound beforehand."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import uvloop
 from gateway.app import create_app
 from gateway.config import TurnoutConfig
 from gateway.http_server import CoalescingHttpToolsProtocol
+from gateway.startup import Listeners, Say, announce_when_ready, loading_line
 
 
 def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
@@ -34,19 +35,42 @@ def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
     )
 
 
-def serve(config: TurnoutConfig, config_path: Path | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; the config file at `config_path` is watched if given."""
+def serve(
+    config: TurnoutConfig,
+    config_path: Path | None,
+    listeners: Listeners,
+    say: Say,
+    ready_text: str,
+) -> None:
+    """Start the gateway, then serve on `listeners` until SIGINT or SIGTERM; `ready_text` is
+    said once `/readyz` answers. The config file at `config_path` is watched if given.
+
+    The start (rollout state, adapter loads) runs before uvicorn does, so one that fails raises
+    here, with what it opened closed, instead of failing uvicorn's lifespan.
+    """
     apps = create_app(config, config_path)
-    gateway = _server(apps.gateway, config.server.host, config.server.port)
-    if apps.admin is None or config.server.admin_port is None:
-        gateway.run()
-        return
-    # The admin server shares the gateway's objects and lifespan. It starts first, so the
-    # gateway's signal handlers are the ones installed: a SIGTERM drains the gateway, which
-    # then re-raises the signal, and that reaches the admin server's restored handlers.
-    admin = _server(apps.admin, config.server.host, config.server.admin_port, lifespan="off")
 
-    async def both() -> None:
-        await asyncio.gather(admin.serve(), gateway.serve())
+    async def run() -> None:
+        loading = loading_line(config)
+        if loading is not None:
+            say(loading)
+        await apps.start()
+        gateway = _server(apps.gateway, config.server.host, listeners.port)
+        servers = [gateway.serve(sockets=[listeners.gateway])]
+        if apps.admin is not None and listeners.admin is not None:
+            # The admin server shares the gateway's objects and lifespan. It starts first, so
+            # the gateway's signal handlers are the ones installed: a SIGTERM drains the
+            # gateway, which then re-raises the signal, and that reaches the admin server's
+            # restored handlers.
+            admin_port = listeners.admin.getsockname()[1]
+            admin = _server(apps.admin, config.server.host, admin_port, lifespan="off")
+            servers.insert(0, admin.serve(sockets=[listeners.admin]))
+        announcing = asyncio.create_task(
+            announce_when_ready(config, listeners.port, ready_text, say), name="announce"
+        )
+        try:
+            await asyncio.gather(*servers)
+        finally:
+            announcing.cancel()
 
-    uvloop.run(both())
+    uvloop.run(run())

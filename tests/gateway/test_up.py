@@ -54,7 +54,13 @@ def test_up_serves_restarts_a_dead_vllm_and_ctrl_c_stops_all_with_no_orphans(
         )  # fmt: skip
     origin = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: up.poll() is None and answers(f"{origin}/readyz"), 300, "turnout up")
+        # The banner is the signal to start: the gateway is ready by the time it is printed.
+        wait_until(
+            lambda: up.poll() is None and "Turnout serves on" in output.read_text(),
+            300,
+            "turnout up's banner",
+        )
+        assert answers(f"{origin}/readyz")
         answer = ask_summarize(origin)
         assert answer.status_code == 200
         assert answer.headers["x-turnout-adapter"] == "summarize@v1"
@@ -62,6 +68,10 @@ def test_up_serves_restarts_a_dead_vllm_and_ctrl_c_stops_all_with_no_orphans(
         assert f"Turnout serves on {origin}" in printed
         assert "support-triage" in printed
         assert "curl -s" in printed
+        steps = ["Starting vLLM", "Loading 3 adapter versions onto 1 backend", "Turnout serves"]
+        assert [printed.index(step) for step in steps] == sorted(
+            printed.index(step) for step in steps
+        )
 
         # vLLM dies: the gateway keeps answering (clean errors), and `turnout up` brings vLLM
         # back; the gateway reloads the adapter onto it without a restart of its own.
