@@ -22,6 +22,7 @@ from pydantic import (
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
 from gateway.contracts import OnInvalid, SchemaRejected, StreamValidation, check_schema
 from gateway.errors import ConfigError
+from gateway.request_config import RequestsConfig
 from gateway.rollouts import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
@@ -141,6 +142,9 @@ class RouteConfig(StrictModel):
         description="final: stream as it comes, verdict in the last event; buffer: validate "
         "(and retry) before the first byte",
     )
+    requests: RequestsConfig | None = Field(
+        default=None, description="this route's fields, media and bounds: replaces the keys it sets"
+    )
 
     @field_validator("json_schema")
     @classmethod
@@ -198,7 +202,9 @@ class LimitsConfig(StrictModel):
     )
     max_messages: int = Field(default=256, gt=0, description="messages in one chat request")
     max_tokens: int | None = Field(
-        default=None, gt=0, description="ceiling on max_tokens (a route may set its own)"
+        default=4096,
+        gt=0,
+        description="ceiling on max_tokens (a route may set its own); None: no ceiling",
     )
 
 
@@ -276,6 +282,21 @@ class TurnoutConfig(StrictModel):
         description="what the flywheel captures (training/capture.py)",
     )
     embedded: EmbeddedConfig = EmbeddedConfig()
+    requests: RequestsConfig = Field(
+        default_factory=RequestsConfig,
+        description="what one request may contain: fields, media, bounds (routes may override)",
+    )
+
+    @model_validator(mode="after")
+    def _route_requests_fit_defaults(self) -> TurnoutConfig:
+        for name, route in self.routes.items():
+            try:
+                self.requests.overridden_by(route.requests)
+            except ValidationError as error:
+                raise ValueError(
+                    f"routes.{name}.requests: {describe_validation_error(error)}"
+                ) from None
+        return self
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:
