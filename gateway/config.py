@@ -293,9 +293,8 @@ class TurnoutConfig(StrictModel):
             try:
                 self.requests.overridden_by(route.requests)
             except ValidationError as error:
-                raise ValueError(
-                    f"routes.{name}.requests: {describe_validation_error(error)}"
-                ) from None
+                problem = describe_validation_error(error).removeprefix("(top level): ")
+                raise ValueError(f"routes.{name}.requests with the defaults: {problem}") from None
         return self
 
 
