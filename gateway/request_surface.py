@@ -9,7 +9,7 @@ parameter: a client learns at once, nothing is dropped silently.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -96,46 +96,64 @@ class RequestSurface:
                 "forwards only the fields it checks (docs/api.md).",
                 param=name,
             )
-        _at_most(fields.get("n"), self.max_n, "n")
-        if "stop" in fields:
-            self._check_stop(fields["stop"])
-        if "top_logprobs" in fields:
-            _logprobs(fields["top_logprobs"], self.max_logprobs, "top_logprobs")
-        if "prompt_logprobs" in fields:
-            _logprobs(fields["prompt_logprobs"], self.max_logprobs, "prompt_logprobs")
-        if "logprobs" in fields and path == "/v1/completions":  # chat's is a flag
-            _logprobs(fields["logprobs"], self.max_logprobs, "logprobs")
-        seed = fields.get("seed")
-        if seed is not None and not self.seed_min <= seed <= self.seed_max:
+        # Only the fields present are looked at: an ordinary request has three or four.
+        for name, value in fields.items():
+            bound = _BOUNDS.get(name)
+            if bound is not None and value is not None:
+                bound(self, value, path, fields)
+
+    def _check_n(self, n: int, path: str, fields: Mapping[str, Any]) -> None:
+        _at_most(n, self.max_n, "n")
+
+    def _check_logprobs(self, value: Any, path: str, fields: Mapping[str, Any]) -> None:
+        if path == "/v1/completions":  # chat's `logprobs` is a flag
+            _logprobs(value, self.max_logprobs, "logprobs")
+
+    def _check_top_logprobs(self, value: Any, path: str, fields: Mapping[str, Any]) -> None:
+        _logprobs(value, self.max_logprobs, "top_logprobs")
+
+    def _check_prompt_logprobs(self, value: Any, path: str, fields: Mapping[str, Any]) -> None:
+        _logprobs(value, self.max_logprobs, "prompt_logprobs")
+
+    def _check_seed(self, seed: int, path: str, fields: Mapping[str, Any]) -> None:
+        if not self.seed_min <= seed <= self.seed_max:
             raise ParameterOutOfBounds(
                 f"`seed` must lie in {self.seed_min}..{self.seed_max}.", param="seed"
             )
-        _at_most(fields.get("min_tokens"), self.max_tokens, "min_tokens")
-        bias = fields.get("logit_bias")
-        if bias is not None:
-            _at_most(len(bias), self.max_logit_bias, "logit_bias", "entries")
-        tools = fields.get("tools")
-        if tools is not None:
-            _at_most(len(tools), self.max_tools, "tools", "tools")
-            _at_most(len(orjson.dumps(tools)), self.max_tools_bytes, "tools", "bytes as JSON")
-        messages = fields.get("messages")
-        chars = self._check_messages(messages) if messages is not None else _prompt_chars(fields)
+
+    def _check_min_tokens(self, value: int, path: str, fields: Mapping[str, Any]) -> None:
+        _at_most(value, self.max_tokens, "min_tokens")
+
+    def _check_logit_bias(
+        self, bias: dict[str, float], path: str, fields: Mapping[str, Any]
+    ) -> None:
+        _at_most(len(bias), self.max_logit_bias, "logit_bias", "entries")
+
+    def _check_tools(self, tools: list[Any], path: str, fields: Mapping[str, Any]) -> None:
+        _at_most(len(tools), self.max_tools, "tools", "tools")
+        _at_most(len(orjson.dumps(tools)), self.max_tools_bytes, "tools", "bytes as JSON")
+
+    def _check_text(self, chars: int, param: str) -> None:
         if chars > self.max_content_chars:
-            where = "messages" if messages is not None else "prompt"
             raise ParameterOutOfBounds(
                 f"The request has {chars} characters of text; this model allows at most "
                 f"{self.max_content_chars}.",
-                param=where,
+                param=param,
             )
 
-    def _check_stop(self, stop: str | list[str] | None) -> None:
-        strings = [stop] if isinstance(stop, str) else stop or []
+    def _check_prompt(self, prompt: Any, path: str, fields: Mapping[str, Any]) -> None:
+        self._check_text(_prompt_chars(prompt) + len(fields.get("suffix") or ""), "prompt")
+
+    def _check_stop(self, stop: str | list[str], path: str, fields: Mapping[str, Any]) -> None:
+        strings = [stop] if isinstance(stop, str) else stop
         _at_most(len(strings), self.max_stop, "stop", "stop strings")
         for text in strings:
             _at_most(len(text), self.max_stop_chars, "stop", "characters per stop string")
 
-    def _check_messages(self, messages: list[dict[str, Any]]) -> int:
-        """The characters of text in `messages`, after checking their keys and content parts."""
+    def _check_messages(
+        self, messages: list[dict[str, Any]], path: str, fields: Mapping[str, Any]
+    ) -> None:
+        """Message keys, content parts, and the characters of text in all of them."""
         chars = 0
         for index, message in enumerate(messages):
             if not MESSAGE_FIELDS.issuperset(message):
@@ -149,7 +167,7 @@ class RequestSurface:
             elif content is not None:
                 for number, part in enumerate(content):
                     chars += self._check_part(part, f"messages.{index}.content.{number}")
-        return chars
+        self._check_text(chars, "messages")
 
     def _check_part(self, part: dict[str, Any], where: str) -> int:
         """A content part's text length (0 for media), after checking the part."""
@@ -207,16 +225,29 @@ def _logprobs(value: Any, limit: int, param: str) -> None:
         raise ParameterOutOfBounds(f"`{param}` must be an integer in 0..{limit}.", param=param)
 
 
-def _prompt_chars(fields: Mapping[str, Any]) -> int:
-    prompt = fields.get("prompt")
-    chars = len(fields.get("suffix") or "")
+def _prompt_chars(prompt: str | list[Any]) -> int:
     if isinstance(prompt, str):
-        return chars + len(prompt)
-    if isinstance(prompt, list):
-        # Token ids count one each: a list of lists is a batch of token prompts.
-        for item in prompt:
-            chars += len(item) if isinstance(item, str | list) else 1
-    return chars
+        return len(prompt)
+    # Token ids count one each: a list of lists is a batch of token prompts.
+    return sum(len(item) if isinstance(item, str | list) else 1 for item in prompt)
+
+
+_Bound = Callable[[RequestSurface, Any, str, Mapping[str, Any]], None]
+
+# The checks to run for each field, when the field is present and not null.
+_BOUNDS: dict[str, _Bound] = {
+    "n": RequestSurface._check_n,
+    "stop": RequestSurface._check_stop,
+    "logprobs": RequestSurface._check_logprobs,
+    "top_logprobs": RequestSurface._check_top_logprobs,
+    "prompt_logprobs": RequestSurface._check_prompt_logprobs,
+    "seed": RequestSurface._check_seed,
+    "min_tokens": RequestSurface._check_min_tokens,
+    "logit_bias": RequestSurface._check_logit_bias,
+    "tools": RequestSurface._check_tools,
+    "messages": RequestSurface._check_messages,
+    "prompt": RequestSurface._check_prompt,
+}
 
 
 def _inline_size(data: str, rule: MediaRule, where: str) -> None:
