@@ -26,6 +26,12 @@ from gateway.request_fields import (
 )
 
 _TEXT_PART_KEYS = frozenset({"type", "text"})
+_PAYLOAD_KEYS = {
+    "image_url": frozenset({"url", "detail"}),
+    "video_url": frozenset({"url"}),
+    "audio_url": frozenset({"url"}),
+    "input_audio": frozenset({"data", "format"}),
+}
 # No userinfo, backslash or whitespace: the URL must mean the same host to every parser.
 _FETCH_URL = re.compile(r"https?://([a-z0-9.\-]+(?::\d{1,5})?)(?:[/?#][^\s\\@]*)?", re.IGNORECASE)
 
@@ -192,6 +198,11 @@ class RequestSurface:
         if set(part) != {"type", kind} or not isinstance(payload, dict):
             raise UnsupportedParameter(
                 f"A `{kind}` part has exactly `type` and `{kind}` (an object).", param=where
+            )
+        if not _PAYLOAD_KEYS[kind].issuperset(payload):
+            name = min(set(payload) - _PAYLOAD_KEYS[kind])
+            raise UnsupportedParameter(
+                f"`{kind}` does not accept the key `{name}`.", param=f"{where}.{kind}.{name}"
             )
         if kind == "input_audio":
             data = payload.get("data")

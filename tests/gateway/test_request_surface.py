@@ -120,3 +120,36 @@ def test_token_prompts_count_one_character_per_token() -> None:
     small.check("/v1/completions", {"model": "m", "prompt": [[1, 2], [3, 4]]})
     with pytest.raises(ParameterOutOfBounds):
         small.check("/v1/completions", {"model": "m", "prompt": [1, 2, 3, 4, 5]})
+
+
+VISION = RequestSurface.build(
+    RequestsConfig.model_validate({"content_parts": {"image_url": {}, "input_audio": {}}}), None
+)
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA", "uuid": "x"}},
+         "messages.0.content.0.image_url.uuid"),
+        ({"type": "image_url", "image_url": "data:image/png;base64,AA"}, "messages.0.content.0"),
+        ({"type": "input_audio", "input_audio": {"data": "AA"}},
+         "messages.0.content.0.input_audio"),
+        ({"type": "input_audio", "input_audio": {"data": "A" * 1_400_000, "format": "wav"}},
+         "messages.0.content.0.input_audio.data"),
+        ({"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AA"}},
+         "messages.0.content.0.type"),
+    ],
+)  # fmt: skip
+def test_media_parts_carry_only_their_own_keys_and_sizes(part: dict[str, Any], param: str) -> None:
+    with pytest.raises((UnsupportedParameter, ParameterOutOfBounds)) as refused:
+        VISION.check(CHAT, chat(messages=[{"role": "user", "content": [part]}]))
+    assert refused.value.param == param
+
+
+def test_accepted_media_parts_pass() -> None:
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    ]
+    VISION.check(CHAT, chat(messages=[{"role": "user", "content": parts}]))
