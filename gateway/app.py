@@ -174,8 +174,15 @@ def create_app(
                 task.cancel()
             await close()
 
+    # No slash redirects: Starlette builds their Location from the Host header, and answers
+    # them before any authentication (issue 14).
     api = FastAPI(
-        title="Turnout", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+        title="Turnout",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
@@ -186,7 +193,9 @@ def create_app(
     if config.server.admin_port is None:
         api.include_router(operators)
     else:
-        admin_api = FastAPI(title="Turnout admin", docs_url=None, redoc_url=None)
+        admin_api = FastAPI(
+            title="Turnout admin", docs_url=None, redoc_url=None, redirect_slashes=False
+        )
         install_error_handlers(admin_api)
         admin_api.include_router(operators)
     admission = config.admission

@@ -28,6 +28,7 @@ from gateway.contracts import (
     check_schema,
 )
 from gateway.errors import ConfigError
+from gateway.request_config import RequestsConfig
 from gateway.rollouts import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
@@ -153,6 +154,9 @@ class RouteConfig(StrictModel):
         "schema_conflict), ignore (decode with this schema, headers say so), or enforce_both "
         "(decode with this schema, validate answers against both)",
     )
+    requests: RequestsConfig | None = Field(
+        default=None, description="this route's fields, media and bounds: replaces the keys it sets"
+    )
 
     @field_validator("json_schema")
     @classmethod
@@ -210,7 +214,9 @@ class LimitsConfig(StrictModel):
     )
     max_messages: int = Field(default=256, gt=0, description="messages in one chat request")
     max_tokens: int | None = Field(
-        default=None, gt=0, description="ceiling on max_tokens (a route may set its own)"
+        default=4096,
+        gt=0,
+        description="ceiling on max_tokens (a route may set its own); None: no ceiling",
     )
 
 
@@ -288,6 +294,20 @@ class TurnoutConfig(StrictModel):
         description="what the flywheel captures (training/capture.py)",
     )
     embedded: EmbeddedConfig = EmbeddedConfig()
+    requests: RequestsConfig = Field(
+        default_factory=RequestsConfig,
+        description="what one request may contain: fields, media, bounds (routes may override)",
+    )
+
+    @model_validator(mode="after")
+    def _route_requests_fit_defaults(self) -> TurnoutConfig:
+        for name, route in self.routes.items():
+            try:
+                self.requests.overridden_by(route.requests)
+            except ValidationError as error:
+                problem = describe_validation_error(error).removeprefix("(top level): ")
+                raise ValueError(f"routes.{name}.requests with the defaults: {problem}") from None
+        return self
 
 
 def _key_path(location: tuple[int | str, ...]) -> str:

@@ -78,6 +78,18 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A field, message key or content part the route does not accept (the allowlist)."""
+
+    code = "unsupported_parameter"
+
+
+class ParameterOutOfBounds(InvalidRequest):
+    """A value past one of the route's request bounds (`n`, `stop`, sizes, ...)."""
+
+    code = "out_of_bounds"
+
+
 class BackendUnavailable(TurnoutError):
     """No backend could be reached, or it dropped the connection."""
 

@@ -14,6 +14,8 @@ from types import MappingProxyType
 from gateway.config import RouteConfig, TurnoutConfig
 from gateway.contracts import Contract, make_contract
 from gateway.errors import RouteNotFound
+from gateway.request_config import RequestsConfig
+from gateway.request_surface import RequestSurface
 from gateway.rollouts import Arm, Rollout, assign_arm, declare
 
 
@@ -57,6 +59,9 @@ class Target:
         return self.adapter.ref if self.adapter is not None else "base"
 
 
+DEFAULT_REQUESTS = RequestSurface.build(RequestsConfig(), None)
+
+
 @dataclass(frozen=True, slots=True)
 class RouteEntry:
     """One route in a table: its stable target and, during a rollout, a weighted candidate."""
@@ -64,6 +69,7 @@ class RouteEntry:
     stable: Target
     candidate: Target | None = None
     rollout: Rollout | None = None
+    requests: RequestSurface = DEFAULT_REQUESTS
 
     def pick(
         self,
@@ -159,15 +165,21 @@ def build_routing_table(
         rollout = (rollouts or {}).get(route)
         stable_ref = rollout.stable if rollout is not None else route_config.stable
         ceiling = route_config.max_tokens
+        requests = RequestSurface.build(
+            config.requests.overridden_by(route_config.requests),
+            ceiling or config.limits.max_tokens,
+        )
         if rollout is None or rollout.candidate is None:
             stable = _target(route, stable_ref, "stable", config.base_model, contract, ceiling)
-            entries[route] = RouteEntry(stable=stable)
+            entries[route] = RouteEntry(stable=stable, requests=requests)
             continue
         stable = _target(route, stable_ref, "stable", config.base_model, contract, ceiling, rollout)
         candidate = _target(
             route, rollout.candidate, "candidate", config.base_model, contract, ceiling, rollout
         )
-        entries[route] = RouteEntry(stable=stable, candidate=candidate, rollout=rollout)
+        entries[route] = RouteEntry(
+            stable=stable, candidate=candidate, rollout=rollout, requests=requests
+        )
     return RoutingTable(entries=MappingProxyType(entries))
 
 

@@ -205,11 +205,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @contextmanager
-def stub_upstream() -> Iterator[str]:
-    """The benchmark's instant OpenAI-compatible upstream, as a real process on a free port."""
+def stub_upstream(record: bool = False) -> Iterator[str]:
+    """The benchmark's instant OpenAI-compatible upstream, as a real process on a free port;
+    with `record`, `GET /recorded` on it returns the bodies it received since the last call."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(port)]
+        + (["--record"] if record else [])
     )
     origin = f"http://127.0.0.1:{port}"
     try:

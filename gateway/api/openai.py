@@ -296,6 +296,7 @@ class InferenceEndpoints:
             exchange.fields = fields
             self._guard.authorize(caller, fields["model"])
             entry = self._table.current.entry(fields["model"])
+            entry.requests.check(path, fields)
             exchange.admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
             target = exchange.target = self._choose(entry, request, fields, caller)
             contract = _request_contract(fields, target)

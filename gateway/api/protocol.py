@@ -1,8 +1,8 @@
 """OpenAI request models: what the gateway checks before a body may go upstream.
 
 They mirror OpenAI's (and vLLM's) fields and types so that wrong input fails here with a 422
-naming the field. Fields they do not name pass through untouched, because vLLM accepts many
-sampling extensions (`top_k`, `min_p`, ...), except the ones in `RESERVED_FIELDS`.
+naming the field. They type every field on the allowlist (`gateway/request_fields.py`); which
+fields a route forwards, and their bounds, are checked after them (`gateway/request_surface.py`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,15 @@ class _SamplingFields(_OpenAIModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # vLLM's sampling extensions on the allowlist (gateway/request_fields.py).
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: NonNegativeInt | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    spaces_between_special_tokens: bool | None = None
+    include_stop_str_in_output: bool | None = None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -73,6 +82,7 @@ class ChatCompletionRequest(_SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_SamplingFields):
@@ -81,8 +91,8 @@ class CompletionRequest(_SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
     suffix: str | None = None
-    best_of: PositiveInt | None = None
     logprobs: NonNegativeInt | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class ModelCard(BaseModel):

@@ -2,7 +2,9 @@
 
 It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) to stand in for vLLM, so a
 benchmark measures the gateway's own cost and not the model's. It echoes the request's `model`
-so the gateway's response rewriting runs as it would against vLLM.
+so the gateway's response rewriting runs as it would against vLLM. With `--record` it keeps
+the inference request bodies it received, and `GET /recorded` hands them over (and forgets
+them): tests use it to see exactly what the gateway forwards.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import json
 import re
 import time
+from collections import deque
 from typing import cast
 
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -75,8 +78,9 @@ def _chunked(payload: bytes) -> bytes:
 class StubUpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection of the stub server."""
 
-    def __init__(self, loaded_adapters: set[str]) -> None:
+    def __init__(self, loaded_adapters: set[str], recorded: deque[bytes] | None = None) -> None:
         self.loaded_adapters = loaded_adapters  # shared by every connection
+        self.recorded = recorded  # shared too; None: nothing is kept
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -109,6 +113,13 @@ class StubUpstreamProtocol(asyncio.Protocol):
         if request_line.startswith((b"GET /v1/models", b"POST /v1/load_lora_adapter")):
             self._write_json(self._adapter_endpoint(request_line, body))
             return
+        if self.recorded is not None:
+            if request_line.startswith(b"GET /recorded"):
+                bodies = b",".join(self.recorded)
+                self.recorded.clear()
+                self._write_json(b"[" + bodies + b"]")
+                return
+            self.recorded.append(body)
         model_match = _MODEL.search(body)
         model = model_match.group(1) if model_match else b"stub"
         chat = b"/chat/" in request_line
@@ -139,12 +150,13 @@ class StubUpstreamProtocol(asyncio.Protocol):
         )
 
 
-async def serve_stub_upstream(host: str, port: int) -> None:
-    """Serve the stub until cancelled."""
+async def serve_stub_upstream(host: str, port: int, record: bool = False) -> None:
+    """Serve the stub until cancelled; with `record`, keep request bodies for `GET /recorded`."""
     loop = asyncio.get_running_loop()
     loaded_adapters: set[str] = set()
+    recorded: deque[bytes] | None = deque(maxlen=10_000) if record else None
     server = await loop.create_server(
-        lambda: StubUpstreamProtocol(loaded_adapters), host, port, backlog=1024
+        lambda: StubUpstreamProtocol(loaded_adapters, recorded), host, port, backlog=1024
     )
     async with server:
         await server.serve_forever()
@@ -158,8 +170,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--record", action="store_true", help="keep bodies for GET /recorded")
     args = parser.parse_args()
-    uvloop.run(serve_stub_upstream(args.host, args.port))
+    uvloop.run(serve_stub_upstream(args.host, args.port, args.record))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""The request surface against a real vLLM (CPU build) that schedules by priority: what the
+allowlist takes away is real (a request with a lower `priority` overtakes queued ones), and a
+tenant's `priority` never reaches that queue unless the operator opts the route in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.auth import issue_key
+from gateway.config import AdaptersConfig
+from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from tests.conftest import BASE_MODEL, embedded_config, gateway_config, running_gateway
+
+pytestmark = pytest.mark.slow
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def priority_vllm(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM with priority scheduling and one sequence at a time: a queue that `priority` orders."""
+    port = free_port()
+    config = embedded_config(demo_model).model_copy(
+        update={"extra_args": ["--scheduling-policy", "priority", "--max-num-seqs", "1"]}
+    )
+    server = EmbeddedVllm(
+        vllm_command(config, AdaptersConfig(), BASE_MODEL, port, {}),
+        port,
+        tmp_path_factory.mktemp("logs") / "vllm-priority.log",
+    )
+    server.start()
+    try:
+        server.wait_ready(timeout_s=300)
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    priority_vllm: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    folder = tmp_path_factory.mktemp("surface-vllm")
+    tenant = issue_key()
+    keys = {"tenants": {"acme": {"routes": ["*"], "keys": [{"sha256": tenant.sha256}]}}}
+    (folder / "keys.yaml").write_text(yaml.safe_dump(keys))
+    routes = {"chat": {}, "ops": {"requests": {"extra_fields": ["priority"]}}}
+    config = gateway_config(
+        [priority_vllm], routes=routes, auth={"keys_file": str(folder / "keys.yaml")}
+    )
+    with running_gateway(config, folder) as origin:
+        yield origin, tenant.key
+
+
+def finish_order(origin: str, key: str, route: str) -> tuple[list[str], dict[str, float]]:
+    """A long request holds vLLM's one slot while `queued` (priority 0) and then `urgent`
+    (priority -10) wait; the order in which the three finish, and when each was sent."""
+    done: list[str] = []
+    sent: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def send(name: str, max_tokens: int, extra: dict[str, Any]) -> None:
+        body = {
+            "model": route,
+            "messages": [{"role": "user", "content": "Count to a thousand."}],
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+            **extra,
+        }
+        sent[name] = time.monotonic()
+        response = httpx.post(
+            origin + CHAT, json=body, headers={"authorization": f"Bearer {key}"}, timeout=300
+        )
+        assert response.status_code == 200, response.text
+        with lock:
+            done.append(name)
+            sent[f"{name}-done"] = time.monotonic()
+
+    threads = [
+        threading.Thread(target=send, args=("long", 600, {})),
+        threading.Thread(target=send, args=("queued", 8, {"priority": 0})),
+        threading.Thread(target=send, args=("urgent", 8, {"priority": -10})),
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.5)
+    for thread in threads:
+        thread.join()
+    return done, sent
+
+
+def test_vllm_lets_a_lower_priority_overtake_when_the_route_opts_in(
+    gateway: tuple[str, str],
+) -> None:
+    origin, key = gateway
+    for _ in range(3):
+        done, times = finish_order(origin, key, "ops")
+        # Only meaningful if both waited behind the long request (a loaded machine may not
+        # have sent them in time).
+        if times["urgent"] < times["long-done"]:
+            break
+    else:
+        pytest.skip("the long request ended before the others were queued, three times")
+    assert done.index("urgent") < done.index("queued")
+
+
+def test_a_tenant_cannot_send_priority_on_an_ordinary_route(gateway: tuple[str, str]) -> None:
+    origin, key = gateway
+    client = openai.OpenAI(base_url=f"{origin}/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            extra_body={"priority": -10},
+        )
+    assert refused.value.body is not None
+    assert refused.value.body["param"] == "priority"  # type: ignore[index]
+    assert refused.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+    # The same client, the same request without it: served by vLLM.
+    answer = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert answer.choices[0].message.content is not None
+
+
+def test_the_openai_clients_ordinary_calls_work_within_bounds(gateway: tuple[str, str]) -> None:
+    origin, key = gateway
+    client = openai.OpenAI(base_url=f"{origin}/v1", api_key=key, max_retries=0)
+    messages: Any = [{"role": "user", "content": "Say hello."}]
+    chat = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=4,
+        n=2,
+        stop=["\n\n", "###", "END", "."],
+        seed=3,
+        logprobs=True,
+        top_logprobs=20,
+        extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.1, "min_tokens": 1},
+    )
+    assert len(chat.choices) == 2
+    assert chat.choices[0].logprobs is not None
+    content = chat.choices[0].logprobs.content
+    assert content is not None
+    assert len(content[0].top_logprobs) == 20
+    text = client.completions.create(model="chat", prompt="Hello", max_tokens=4, logprobs=5)
+    assert text.choices[0].logprobs is not None
+    stream = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=4, stream=True
+    )
+    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(
+            model="chat", messages=messages, max_tokens=4, logprobs=True, top_logprobs=21
+        )
