@@ -1,5 +1,6 @@
-"""Runs the gateway under uvicorn (uvloop + httptools: the fastest pair measured here), and the
-admin API on its own listener when `server.admin_port` is set."""
+"""Runs the gateway under uvicorn (uvloop + httptools: the fastest pair measured here), the
+admin API on its own listener when `server.admin_port` is set, and `/metrics` on its own when
+`server.metrics_port` is (`gateway.listeners`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import uvloop
 from gateway.app import create_app
 from gateway.config import TurnoutConfig
 from gateway.http_server import CoalescingHttpToolsProtocol
+from gateway.listeners import place_metrics
+
+log = logging.getLogger("turnout.server")
 
 
 def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
@@ -37,16 +41,28 @@ def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
 def serve(config: TurnoutConfig, config_path: Path | None = None) -> None:
     """Serve until SIGINT or SIGTERM; the config file at `config_path` is watched if given."""
     apps = create_app(config, config_path)
+    if place_metrics(config.server, config.auth).nowhere:
+        log.warning(
+            "/metrics is served nowhere: tenant keys are configured and neither "
+            "server.admin_port nor server.metrics_port is set (or set server.public_metrics)"
+        )
     gateway = _server(apps.gateway, config.server.host, config.server.port)
-    if apps.admin is None or config.server.admin_port is None:
+    # The other listeners share the gateway's objects and lifespan. They start first, so the
+    # gateway's signal handlers are the ones installed: a SIGTERM drains the gateway, which
+    # then re-raises the signal, and that reaches the other servers' restored handlers.
+    others = [
+        _server(app, config.server.host, port, lifespan="off")
+        for app, port in (
+            (apps.admin, config.server.admin_port),
+            (apps.metrics, config.server.metrics_port),
+        )
+        if app is not None and port is not None
+    ]
+    if not others:
         gateway.run()
         return
-    # The admin server shares the gateway's objects and lifespan. It starts first, so the
-    # gateway's signal handlers are the ones installed: a SIGTERM drains the gateway, which
-    # then re-raises the signal, and that reaches the admin server's restored handlers.
-    admin = _server(apps.admin, config.server.host, config.server.admin_port, lifespan="off")
 
-    async def both() -> None:
-        await asyncio.gather(admin.serve(), gateway.serve())
+    async def together() -> None:
+        await asyncio.gather(*(server.serve() for server in others), gateway.serve())
 
-    uvloop.run(both())
+    uvloop.run(together())
