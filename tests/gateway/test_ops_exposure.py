@@ -207,7 +207,7 @@ def test_readyz_follows_the_periodic_probes_when_the_backend_fails(
     [
         # The embedded `make run` shape: no keys, no other listener.
         ({}, False, 200, None, None),
-        # Tenant keys and no other listener: the operator must say where.
+        # Tenant keys and no other listener: served nowhere, and the log says so.
         ({}, True, 404, None, None),
         ({"public_metrics": True}, True, 200, None, None),
         ({"admin_port": "ADMIN", "metrics_port": "METRICS"}, True, 404, 404, 200),
@@ -233,6 +233,9 @@ def test_metrics_are_served_where_the_config_says(
         )
         with running_gateway(config, tmp_path) as origin:
             assert httpx.get(f"{origin}/metrics").status_code == public
+            log = (tmp_path / f"gateway-{origin.rsplit(':', 1)[1]}.log").read_text()
+            nowhere = public != 200 and admin is None and metrics is None
+            assert ("/metrics is served nowhere" in log) == nowhere, log
             for port_key, expected in (("admin_port", admin), ("metrics_port", metrics)):
                 if expected is not None:
                     scraped = httpx.get(f"http://127.0.0.1:{server[port_key]}/metrics")
