@@ -19,9 +19,10 @@ from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
 from gateway.api.errors import install_error_handlers
 from gateway.api.feedback import feedback_router
+from gateway.api.fleet import fleet_router
 from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.openapi import install_openapi
-from gateway.api.ops import ops_router
+from gateway.api.ops import health_router, metrics_router
 from gateway.audit import AuditLog
 from gateway.auth import load_admin_keyring, load_tenant_keyring
 from gateway.backends import BackendPool, Http1Upstream, UpstreamClient
@@ -30,6 +31,8 @@ from gateway.config import TurnoutConfig
 from gateway.control import ControlPlane
 from gateway.evidence import Evidence, LocalEvidence, PooledEvidence
 from gateway.guard import RequestGuard
+from gateway.health import Readiness
+from gateway.listeners import place_metrics
 from gateway.outcomes import OutcomeRecorder, SignalBudget
 from gateway.proxy import InferenceProxy
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, connect_redis
@@ -42,6 +45,8 @@ from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
 
 HEALTH_PROBE_S = 5.0
+# Readiness ignores probe results older than this: a stopped probe loop means "not ready".
+HEALTH_STALE_S = 3 * HEALTH_PROBE_S
 
 
 def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
@@ -53,7 +58,8 @@ def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
 
 @dataclass(frozen=True, slots=True)
 class GatewayApps:
-    """The gateway, and the admin API when it has a listener of its own (`server.admin_port`).
+    """The gateway, the admin API when it has a listener of its own (`server.admin_port`), and
+    `/metrics` alone when it has one (`server.metrics_port`).
 
     `start` restores rollout state and loads the routed adapter versions; it raises (having
     closed what it opened) when the gateway cannot serve. A server calls it before it listens,
@@ -63,6 +69,7 @@ class GatewayApps:
     gateway: GatewayASGI
     admin: FastAPI | None
     start: Callable[[], Awaitable[None]]
+    metrics: FastAPI | None = None
 
 
 def create_app(
@@ -187,17 +194,33 @@ def create_app(
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
     api.include_router(feedback_router(capture, guard))
-    api.include_router(ops_router(pool, upstream))
+    readiness = Readiness(pool.health, stale_after_s=HEALTH_STALE_S)
+    api.include_router(health_router(readiness))
+    placement = place_metrics(config.server, config.auth)
+    if placement.public:
+        api.include_router(metrics_router())
     operators = admin_router(controller, admins, control.prepare_candidate)
+    fleet = fleet_router(pool, readiness, admins)
     admin_api = None
     if config.server.admin_port is None:
         api.include_router(operators)
+        api.include_router(fleet)
     else:
         admin_api = FastAPI(
             title="Turnout admin", docs_url=None, redoc_url=None, redirect_slashes=False
         )
         install_error_handlers(admin_api)
         admin_api.include_router(operators)
+        admin_api.include_router(fleet)
+        if placement.admin:
+            admin_api.include_router(metrics_router())
+    metrics_api = None
+    if placement.own_port is not None:
+        metrics_api = FastAPI(
+            title="Turnout metrics", docs_url=None, redoc_url=None, openapi_url=None
+        )
+        install_error_handlers(metrics_api)
+        metrics_api.include_router(metrics_router())
     admission = config.admission
     proxy = InferenceProxy(
         upstream,
@@ -229,4 +252,4 @@ def create_app(
         config.server.max_body_bytes,
     )
     install_openapi(api, inference.models)
-    return GatewayApps(GatewayASGI(inference, api), admin_api, start)
+    return GatewayApps(GatewayASGI(inference, api), admin_api, start, metrics_api)

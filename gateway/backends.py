@@ -24,6 +24,7 @@ from gateway.errors import (
     NoHealthyBackend,
     TurnoutError,
 )
+from gateway.health import BackendHealth
 from gateway.residency import Residency
 from monitoring import metrics
 
@@ -202,6 +203,7 @@ class BackendPool:
         self.urls = tuple(urls)
         self.residency = residency
         self.picker = BackendPicker(self.urls, breakers)
+        self.health = BackendHealth(self.urls)
 
     def serves(self, served_adapter: str) -> bool:
         """Whether some backend is known to hold the adapter."""
@@ -234,17 +236,21 @@ class BackendPool:
             breaker.record_failure()
 
     async def probe_all(self, client: UpstreamClient, timeout_s: float) -> dict[str, bool]:
-        """Each backend's answer to vLLM's /health, probed concurrently."""
-        answers = await asyncio.gather(
-            *(client.probe(url, "/health", timeout_s) for url in self.urls)
-        )
-        health = dict(zip(self.urls, answers, strict=True))
-        for url, up in health.items():
+        """Each backend's answer to vLLM's /health, probed concurrently; each answer is
+        recorded in `health` as it arrives, so a backend that hangs delays no other's."""
+
+        async def probe(url: str) -> bool:
+            up = await client.probe(url, "/health", timeout_s)
+            self.health.record(url, up)
             metrics.BACKEND_UP.labels(url).set(1 if up else 0)
-        return health
+            return up
+
+        answers = await asyncio.gather(*(probe(url) for url in self.urls))
+        return dict(zip(self.urls, answers, strict=True))
 
     async def watch_health(self, client: UpstreamClient, interval_s: float) -> None:
-        """Probe every backend every `interval_s` (for `turnout_backend_up`) until cancelled."""
+        """Probe every backend every `interval_s` (for `health` and `turnout_backend_up`)
+        until cancelled: the only probes the gateway makes."""
         while True:
             await self.probe_all(client, interval_s)
             await asyncio.sleep(interval_s)

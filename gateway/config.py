@@ -58,6 +58,25 @@ class ServerConfig(StrictModel):
         le=65535,
         description="serve /admin on this port only (env TURNOUT_ADMIN_PORT); None: on `port`",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port of its own; None: on the admin listener when "
+        "`admin_port` is set (docs/security.md)",
+    )
+    public_metrics: bool | None = Field(
+        default=None,
+        description="also serve /metrics on `port`, to anyone who reaches it; None: only when "
+        "no tenant keys (auth.keys_file) and neither admin_port nor metrics_port are set",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        ports = [p for p in (self.port, self.admin_port, self.metrics_port) if p]  # 0: any free
+        if len(ports) != len(set(ports)):
+            raise ValueError("port, admin_port and metrics_port must differ")
+        return self
 
 
 class BackendConfig(StrictModel):

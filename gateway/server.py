@@ -1,5 +1,6 @@
-"""Runs the gateway under uvicorn (uvloop + httptools: the fastest pair measured here), and the
-admin API on its own listener when `server.admin_port` is set, on sockets bound beforehand."""
+"""Runs the gateway under uvicorn (uvloop + httptools: the fastest pair measured here), the
+admin API on its own listener when `server.admin_port` is set, and `/metrics` on its own when
+`server.metrics_port` is (`gateway.listeners`), on sockets bound beforehand."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import uvloop
 from gateway.app import create_app
 from gateway.config import TurnoutConfig
 from gateway.http_server import CoalescingHttpToolsProtocol
+from gateway.listeners import place_metrics
 from gateway.startup import Listeners, Say, announce_when_ready, loading_line
+
+log = logging.getLogger("turnout.server")
 
 
 def _server(app: Any, host: str, port: int, **options: Any) -> uvicorn.Server:
@@ -49,6 +53,11 @@ def serve(
     here, with what it opened closed, instead of failing uvicorn's lifespan.
     """
     apps = create_app(config, config_path)
+    if place_metrics(config.server, config.auth).nowhere:
+        log.warning(
+            "/metrics is served nowhere: tenant keys are configured and neither "
+            "server.admin_port nor server.metrics_port is set (or set server.public_metrics)"
+        )
 
     async def run() -> None:
         loading = loading_line(config)
@@ -56,15 +65,18 @@ def serve(
             say(loading)
         await apps.start()
         gateway = _server(apps.gateway, config.server.host, listeners.port)
-        servers = [gateway.serve(sockets=[listeners.gateway])]
-        if apps.admin is not None and listeners.admin is not None:
-            # The admin server shares the gateway's objects and lifespan. It starts first, so
-            # the gateway's signal handlers are the ones installed: a SIGTERM drains the
-            # gateway, which then re-raises the signal, and that reaches the admin server's
-            # restored handlers.
-            admin_port = listeners.admin.getsockname()[1]
-            admin = _server(apps.admin, config.server.host, admin_port, lifespan="off")
-            servers.insert(0, admin.serve(sockets=[listeners.admin]))
+        # The other listeners share the gateway's objects and lifespan. They start first, so
+        # the gateway's signal handlers are the ones installed: a SIGTERM drains the gateway,
+        # which then re-raises the signal, and that reaches the other servers' restored
+        # handlers.
+        servers = [
+            _server(app, config.server.host, sock.getsockname()[1], lifespan="off").serve(
+                sockets=[sock]
+            )
+            for app, sock in ((apps.admin, listeners.admin), (apps.metrics, listeners.metrics))
+            if app is not None and sock is not None
+        ]
+        servers.append(gateway.serve(sockets=[listeners.gateway]))
         announcing = asyncio.create_task(
             announce_when_ready(config, listeners.port, ready_text, say), name="announce"
         )

@@ -229,13 +229,14 @@ def check_redis(url: str, wait_s: float = REDIS_WAIT_S) -> None:
 # --- the sockets ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Listeners:
-    """The gateway's socket, and the admin API's when it has its own port; bound, not yet
-    listening (connections are refused until the gateway serves)."""
+    """The gateway's socket, and the admin API's and `/metrics`' when they have their own
+    ports; bound, not yet listening (connections are refused until the gateway serves)."""
 
     gateway: socket.socket
     admin: socket.socket | None
+    metrics: socket.socket | None = None
 
     @property
     def port(self) -> int:
@@ -243,9 +244,9 @@ class Listeners:
         return port
 
     def close(self) -> None:
-        self.gateway.close()
-        if self.admin is not None:
-            self.admin.close()
+        for sock in (self.gateway, self.admin, self.metrics):
+            if sock is not None:
+                sock.close()
 
 
 def _bind(host: str, port: int, key: str) -> socket.socket:
@@ -277,17 +278,18 @@ def _bind(host: str, port: int, key: str) -> socket.socket:
 
 
 def bind_listeners(server: ServerConfig) -> Listeners:
-    """Bind `server.port` (and `server.admin_port`) now, so a taken port fails the start before
-    anything else is started, naming the key."""
-    gateway = _bind(server.host, server.port, "server.port")
-    if server.admin_port is None:
-        return Listeners(gateway, None)
+    """Bind `server.port` (and `server.admin_port`, `server.metrics_port`) now, so a taken port
+    fails the start before anything else is started, naming the key."""
+    listeners = Listeners(_bind(server.host, server.port, "server.port"), None)
     try:
-        admin = _bind(server.host, server.admin_port, "server.admin_port")
+        if server.admin_port is not None:
+            listeners.admin = _bind(server.host, server.admin_port, "server.admin_port")
+        if server.metrics_port is not None:
+            listeners.metrics = _bind(server.host, server.metrics_port, "server.metrics_port")
     except BaseException:
-        gateway.close()
+        listeners.close()
         raise
-    return Listeners(gateway, admin)
+    return listeners
 
 
 # --- the banner, once ready -----------------------------------------------------------------

@@ -111,16 +111,8 @@ def _candidate_ref(rollout: Rollout, version: str) -> str:
     return ref
 
 
-def admin_router(
-    controller: RolloutController,
-    admins: AdminKeyring | None,
-    before_start: Callable[[str, str], Awaitable[None]],
-) -> APIRouter:
-    """Routes under `/admin`, guarded by the operators' keys (none: every call is refused).
-
-    `before_start(route, candidate)` runs before a rollout starts (the gateway loads the
-    candidate's adapter onto the backends there) and may refuse it by raising.
-    """
+def require_admin(admins: AdminKeyring | None) -> Callable[[Request], None]:
+    """The dependency that guards every `/admin` route (none configured: every call refused)."""
 
     def admin(request: Request) -> None:
         """Refuse non-admin callers; name the caller for the audit log."""
@@ -136,7 +128,21 @@ def admin_router(
             raise AdminKeyRejected("This key may not use the admin API.") from None
         request.state.actor = f"admin:{operator.name}"
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
+    return admin
+
+
+def admin_router(
+    controller: RolloutController,
+    admins: AdminKeyring | None,
+    before_start: Callable[[str, str], Awaitable[None]],
+) -> APIRouter:
+    """Routes under `/admin`, guarded by the operators' keys (none: every call is refused).
+
+    `before_start(route, candidate)` runs before a rollout starts (the gateway loads the
+    candidate's adapter onto the backends there) and may refuse it by raising.
+    """
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin(admins))])
 
     async def list_routes() -> dict[str, Any]:
         return {

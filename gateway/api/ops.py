@@ -1,4 +1,11 @@
-"""Operational endpoints: liveness, readiness (a backend answers) and Prometheus metrics."""
+"""Operational endpoints: liveness and readiness (status only), and Prometheus metrics.
+
+`/healthz` and `/readyz` answer anyone, so they say nothing but a status: no backend address,
+and no probe of their own (readiness is read from the periodic probes, `gateway.health`). The
+per-backend detail is on the admin API (`gateway.api.fleet`). `/metrics` names every route,
+version and backend with its traffic, so it is mounted only where the operator's Prometheus
+scrapes (`gateway.listeners` decides where).
+"""
 
 from __future__ import annotations
 
@@ -7,30 +14,35 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from gateway.backends import BackendPool, UpstreamClient
-
-READINESS_PROBE_TIMEOUT_S = 2.0
+from gateway.health import Readiness
 
 
-def ops_router(pool: BackendPool, client: UpstreamClient) -> APIRouter:
+def health_router(readiness: Readiness) -> APIRouter:
+    """`/healthz` (the process is up) and `/readyz` (some backend answered its last probe)."""
     router = APIRouter()
 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     async def readyz() -> JSONResponse:
-        backends = await pool.probe_all(client, READINESS_PROBE_TIMEOUT_S)
-        ready = any(backends.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "backends": backends},
-            status_code=200 if ready else 503,
-        )
+        if readiness.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    router.add_api_route("/healthz", healthz, methods=["GET"], summary="The process is up")
+    router.add_api_route(
+        "/readyz", readyz, methods=["GET"], summary="A backend answered its last health probe"
+    )
+    return router
+
+
+def metrics_router() -> APIRouter:
+    """`/metrics`: the Prometheus exposition of this process."""
+    router = APIRouter()
 
     async def metrics_text() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    router.add_api_route("/healthz", healthz, methods=["GET"], summary="The process is up")
-    router.add_api_route("/readyz", readyz, methods=["GET"], summary="A backend answers")
     router.add_api_route(
         "/metrics",
         metrics_text,

@@ -12,6 +12,8 @@ import helm_python as helm
 import pytest
 import yaml
 
+from gateway.config import TurnoutConfig, with_environment
+from gateway.listeners import place_metrics
 from tests.deploy.chart import (
     CHART,
     KUBE_VERSIONS,
@@ -74,12 +76,14 @@ def test_production_values_render_every_optional_part(chart: helm.Chart) -> None
 
 # ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: kubernetes-validate has no schema
 # for them, so their structure is checked here against what the operator reads.
-def test_service_monitors_select_the_gateway_and_vllm_services_by_port_name(
+def test_service_monitors_select_the_admin_and_vllm_services_by_port_name(
     chart: helm.Chart,
 ) -> None:
     rendered = render(chart, production_values())
     monitors = rendered.of_kind("ServiceMonitor")
     assert {m["metadata"]["name"] for m in monitors} == {full_name("gateway"), full_name("vllm")}
+    # The gateway serves /metrics on its admin listener: its monitor selects the admin Service.
+    scraped = {full_name("gateway"): full_name("admin"), full_name("vllm"): full_name("vllm")}
     for monitor in monitors:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -88,13 +92,37 @@ def test_service_monitors_select_the_gateway_and_vllm_services_by_port_name(
         services = [
             s
             for s in rendered.of_kind("Service")
-            if wanted.items() <= s["metadata"]["labels"].items() and s["spec"]["selector"] == wanted
+            if wanted.items() <= s["metadata"]["labels"].items()
         ]
-        assert [s["metadata"]["name"] for s in services] == [monitor["metadata"]["name"]]
+        assert [s["metadata"]["name"] for s in services] == [scraped[monitor["metadata"]["name"]]]
         ports = {p["name"] for p in services[0]["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in ports
             assert endpoint["path"] == "/metrics"
+
+
+def test_the_gateway_monitor_scrapes_the_port_that_serves_metrics_and_not_the_public_one(
+    chart: helm.Chart,
+) -> None:
+    rendered = render(chart, production_values())
+    gateway = container(rendered.one("Deployment", full_name("gateway")), "gateway")
+    env = {name: var["value"] for name, var in env_of(gateway).items() if "value" in var}
+    config = with_environment(TurnoutConfig.model_validate(rendered_config(rendered)), env)
+    placement = place_metrics(config.server, config.auth)
+    container_ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+
+    def container_port(service: str, port_name: str) -> int:
+        ports = rendered.one("Service", service)["spec"]["ports"]
+        (port,) = [p for p in ports if p["name"] == port_name]
+        return container_ports[port["targetPort"]]
+
+    (endpoint,) = rendered.one("ServiceMonitor", full_name("gateway"))["spec"]["endpoints"]
+    assert config.auth.keys_file is not None  # production values configure tenant keys
+    assert placement.admin
+    assert placement.own_port is None
+    assert container_port(full_name("admin"), endpoint["port"]) == config.server.admin_port
+    assert not placement.public
+    assert container_port(full_name("gateway"), "http") == config.server.port
 
 
 def test_prometheus_rule_holds_every_group_of_the_chart_rule_files(chart: helm.Chart) -> None:

@@ -156,8 +156,7 @@ def test_a_backend_that_is_down_gives_502_and_not_ready(tmp_path: Path) -> None:
             )
             assert_openai_error(response, 502, "backend_unavailable")
         ready = httpx.get(origin + "/readyz")
-        assert ready.status_code == 503
-        assert set(ready.json()["backends"].values()) == {False}
+        assert (ready.status_code, ready.json()) == (503, {"status": "unavailable"})
         assert httpx.get(origin + "/healthz").status_code == 200
 
 

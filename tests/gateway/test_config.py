@@ -73,6 +73,10 @@ routes:
             "backends.0.url: must be an http(s) origin",
         ),
         ("timeouts: {response_s: 0}\n", "timeouts.response_s: Input should be greater than 0"),
+        (
+            "server: {port: 8080, metrics_port: 8080}\n",
+            "server: port, admin_port and metrics_port must differ",
+        ),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("routes: {a: [}\n", "invalid YAML"),
     ],

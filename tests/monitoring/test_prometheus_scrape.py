@@ -1,12 +1,15 @@
 """A real Prometheus scrapes a gateway driven with real traffic: every dashboard panel has data.
 
 The gateway fronts the session's real vLLM and one backend that is down, so that errors are
-real too (502s, upstream errors). Prometheus also scrapes vLLM, whose own metrics the
-adapters-and-backends dashboard joins with Turnout's, and evaluates the shipped alert rules.
+real too (502s, upstream errors). It is configured as in production: tenant keys, and the admin
+API on a listener of its own, which is where `/metrics` is served and scraped (the public port
+answers 404 there). Prometheus also scrapes vLLM, whose own metrics the adapters-and-backends
+dashboard joins with Turnout's, and evaluates the shipped alert rules.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from adapters.base_model import profile_base_model
 from adapters.demo import DEMO_VERSION
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
+from gateway.auth import issue_key
+from gateway.embedded import free_port
 from tests.conftest import (
     BASE_MODEL,
     closed_port_url,
@@ -66,9 +71,16 @@ def monitored_store(demo_model: Path, folder: Path) -> Path:
     return folder
 
 
-def drive_traffic(origin: str) -> None:
-    """Answers, streams and completions on every route, and a request for an unknown route."""
-    with httpx.Client(base_url=origin, timeout=120) as client:
+END_USERS = itertools.count()
+
+
+def drive_traffic(origin: str, key: str) -> None:
+    """Answers, streams and completions on every route, and a request for an unknown route.
+
+    One tenant key, many end users: assignment to an arm is sticky per caller, and the `user`
+    field names the caller, so both arms of the A/B split get traffic."""
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=origin, timeout=120, headers=headers) as client:
         for route in ROUTES:
             for stream, max_tokens in ((False, 4), (False, 1), (False, 8), (True, 4), (True, 8)):
                 body = {
@@ -76,28 +88,48 @@ def drive_traffic(origin: str) -> None:
                     "messages": [{"role": "user", "content": "Where is my order?"}],
                     "max_tokens": max_tokens,
                     "stream": stream,
+                    "user": f"customer-{next(END_USERS)}",
                 }
                 client.post("/v1/chat/completions", json=body)
-            client.post("/v1/completions", json={"model": route, "prompt": "Hi", "max_tokens": 4})
+            completion = {"model": route, "prompt": "Hi", "max_tokens": 4}
+            client.post(
+                "/v1/completions", json={**completion, "user": f"customer-{next(END_USERS)}"}
+            )
         client.post("/v1/chat/completions", json={"model": "no-such-route", "messages": []})
+
+
+class Scraped(Prometheus):
+    """The running Prometheus, and where the gateway it scrapes serves its API and metrics."""
+
+    def __init__(self, origin: str, gateway: str, gateway_metrics: str) -> None:
+        super().__init__(origin)
+        self.gateway = gateway
+        self.gateway_metrics = gateway_metrics
 
 
 @pytest.fixture(scope="module")
 def prometheus(
     vllm_url: str, demo_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Prometheus]:
+) -> Iterator[Scraped]:
     folder = tmp_path_factory.mktemp("prometheus")
+    tenant = issue_key()
+    keys = {"tenants": {"monitored": {"routes": ["*"], "keys": [{"sha256": tenant.sha256}]}}}
+    (folder / "keys.yaml").write_text(yaml.safe_dump(keys))
+    admin_port = free_port()
     config = gateway_config(
         [vllm_url, closed_port_url()],
         monitored_store(demo_model, folder / "store"),
         routes=ROUTES,
         monitoring=SMALL_DRIFT_WINDOWS,
         state={"dir": str(folder / "state"), "config_poll_s": 0.5},
+        server={"admin_port": admin_port},
+        auth={"keys_file": str(folder / "keys.yaml")},
     )
+    gateway_metrics = f"http://127.0.0.1:{admin_port}"
     with (
         running_gateway(config, folder) as gateway,
         running_prometheus(
-            {"turnout": [gateway], "vllm": [vllm_url]}, folder / "prometheus", [RULES]
+            {"turnout": [gateway_metrics], "vllm": [vllm_url]}, folder / "prometheus", [RULES]
         ) as server,
     ):
         # Series appear on a gateway's first request for them: a rate needs traffic on both
@@ -110,7 +142,7 @@ def prometheus(
         )
 
         def traffic_seen() -> bool:
-            drive_traffic(gateway)
+            drive_traffic(gateway, tenant.key)
             return all(map(server.has_finite_value, ready))
 
         # A config change applied while serving, after Prometheus saw the start-up loads: the
@@ -127,13 +159,18 @@ def prometheus(
         except AssertionError as error:
             seen = {expr: server.query(expr) for expr in ready}
             raise AssertionError(f"{error}; targets {server.targets_health()}; {seen}") from None
-        yield server
+        yield Scraped(server.origin, gateway, gateway_metrics)
 
 
-def test_prometheus_scrapes_the_gateway_and_vllm(prometheus: Prometheus) -> None:
+def test_prometheus_scrapes_the_gateway_and_vllm(prometheus: Scraped) -> None:
     health = prometheus.targets_health()
     assert len(health) == 2
     assert set(health.values()) == {"up"}
+    assert f"{prometheus.gateway_metrics}/metrics" in health
+
+
+def test_the_public_port_serves_no_metrics_to_anyone(prometheus: Scraped) -> None:
+    assert httpx.get(f"{prometheus.gateway}/metrics").status_code == 404
 
 
 def test_shipped_alert_rules_evaluate_without_errors_on_real_series(prometheus: Prometheus) -> None:
@@ -155,4 +192,6 @@ def test_shipped_alert_rules_evaluate_without_errors_on_real_series(prometheus: 
 def test_dashboard_panel_expression_returns_data(prometheus: Prometheus, expr: str) -> None:
     for variable, value in VARIABLES.items():
         expr = expr.replace(variable, value)
-    assert prometheus.has_finite_value(expr), f"no data for: {expr}"
+    assert prometheus.has_finite_value(expr), (
+        f"no data for: {expr}; targets {prometheus.targets_health()}"
+    )
