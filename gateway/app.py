@@ -38,10 +38,16 @@ from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import state_store_for
 from monitoring.drift import DriftConfig, DriftMonitor
+from monitoring.refusal_worker import RefusalWorker, scorer_named
 from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
 
 HEALTH_PROBE_S = 5.0
+
+
+def _refusal_worker(detector: str) -> RefusalWorker | None:
+    """The learned detector's worker thread (the phrase rules run inline, in microseconds)."""
+    return RefusalWorker(scorer_named(detector)) if detector != "phrase" else None
 
 
 def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
@@ -195,6 +201,7 @@ def create_app(
             drift,
             capture,
             SignalBudget(config.monitoring.signals_per_second),
+            _refusal_worker(config.monitoring.refusal_detector),
         ),
         guard,
         config.server.max_body_bytes,
