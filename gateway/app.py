@@ -126,6 +126,7 @@ def create_app(
         _rate_limiter(config),
         config.limits,
     )
+    refusal_worker = _refusal_worker(config.monitoring.refusal_detector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -157,6 +158,9 @@ def create_app(
                 task.cancel()
             await controller.close()
             await evidence.close()
+            if refusal_worker is not None:
+                await asyncio.to_thread(refusal_worker.close)  # judge what is queued
+                await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first
             await asyncio.to_thread(capture.close)  # every queued record is written
             await upstream.close()
 
@@ -201,7 +205,7 @@ def create_app(
             drift,
             capture,
             SignalBudget(config.monitoring.signals_per_second),
-            _refusal_worker(config.monitoring.refusal_detector),
+            refusal_worker,
         ),
         guard,
         config.server.max_body_bytes,
