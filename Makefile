@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 ifeq ($(FLAVOUR),cpu)
 	$(PIP) install -q torch==2.13.0
 endif
-	$(PIP) install -q -e '.[$(FLAVOUR),training,dev]'
+	$(PIP) install -q -e '.[$(FLAVOUR),training,signals,dev]'
 	@# vLLM drags these in; beside the CPU torch they break transformers' imports.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $@

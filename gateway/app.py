@@ -41,12 +41,18 @@ from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import state_store_for
 from monitoring.drift import DriftConfig, DriftMonitor
+from monitoring.refusal_worker import RefusalWorker, scorer_named
 from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
 
 HEALTH_PROBE_S = 5.0
 # Readiness ignores probe results older than this: a stopped probe loop means "not ready".
 HEALTH_STALE_S = 3 * HEALTH_PROBE_S
+
+
+def _refusal_worker(detector: str) -> RefusalWorker | None:
+    """The learned detector's worker thread (the phrase rules run inline, in microseconds)."""
+    return RefusalWorker(scorer_named(detector)) if detector != "phrase" else None
 
 
 def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
@@ -133,12 +139,16 @@ def create_app(
         _rate_limiter(config),
         config.limits,
     )
+    refusal_worker = _refusal_worker(config.monitoring.refusal_detector)
 
     started = asyncio.Event()
 
     async def close() -> None:
         await controller.close()
         await evidence.close()
+        if refusal_worker is not None:
+            await asyncio.to_thread(refusal_worker.close)  # judge what is queued
+            await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first
         await asyncio.to_thread(capture.close)  # every queued record is written
         await upstream.close()
 
@@ -247,6 +257,7 @@ def create_app(
             drift,
             capture,
             SignalBudget(config.monitoring.signals_per_second),
+            refusal_worker,
         ),
         guard,
         config.server.max_body_bytes,

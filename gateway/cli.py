@@ -23,6 +23,7 @@ from gateway.config import (
 )
 from gateway.errors import TurnoutError
 from monitoring import bench as signals_bench
+from monitoring import signals_cli
 from training import cli as training_cli
 
 DEFAULT_CONFIG = Path("turnout.yaml")
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback_bench.add_commands(bench_commands)
     soak_bench.add_commands(bench_commands)
     signals_bench.add_commands(bench_commands)
+    signals_cli.add_commands(commands)
     return parser
 
 

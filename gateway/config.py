@@ -278,6 +278,11 @@ class MonitoringConfig(StrictModel):
         description="answers a second given refusal, drift and capture checks; past it, a "
         "sample (failed answers are always checked)",
     )
+    refusal_detector: Literal["phrase", "learned"] = Field(
+        default="phrase",
+        description="learned: judge answers with the signals extra's encoder and trained head, "
+        "on a worker thread with a bounded queue (docs/monitoring.md)",
+    )
 
 
 class EmbeddedConfig(StrictModel):

@@ -22,6 +22,7 @@ from gateway.contracts import Verdict
 from gateway.routing import Target
 from monitoring import metrics
 from monitoring.drift import DriftMonitor
+from monitoring.refusal_worker import RefusalScore, RefusalWorker
 from monitoring.refusals import RefusalDetector
 from training.capture import CaptureRecord, CaptureSink
 
@@ -178,9 +179,12 @@ class OutcomeRecorder:
         drift: DriftMonitor,
         capture: CaptureSink,
         budget: SignalBudget,
+        refusal_worker: RefusalWorker | None = None,
     ) -> None:
         self._rollouts = rollouts
         self._refusals = refusals
+        # Set: answers are judged on its thread (the learned detector) instead of `refusals`.
+        self._worker = refusal_worker
         self._drift = drift
         self._capture = capture
         self._budget = budget
@@ -227,9 +231,14 @@ class OutcomeRecorder:
         refusal = None
         try:
             if outcome.status == 200 and outcome.answer.text is not None:
-                refusal = self._refusals.is_refusal(outcome.answer.text)
-                metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
-                prompt = prompt_text(outcome.fields)
+                if self._worker is not None:
+                    if self._judge_off_loop(outcome, target):
+                        return  # the worker's verdict finishes the signals (`_judged`)
+                    prompt = None  # queue full: no verdict; drift has seen the prompt
+                else:
+                    refusal = self._refusals.is_refusal(outcome.answer.text)
+                    metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
+                    prompt = prompt_text(outcome.fields)
                 if prompt:
                     self._drift.observe(
                         target.route,
@@ -237,6 +246,39 @@ class OutcomeRecorder:
                         prompt,
                         outcome.answer.prompt_tokens or None,
                     )
+            self._capture_outcome(outcome, target, refusal)
+        except Exception:  # a signal must never take a request down with it
+            log.exception("recording signals for %s failed", target.route)
+        self._tally(outcome, target, refusal)
+
+    def _judge_off_loop(self, outcome: Outcome, target: Target) -> bool:
+        """Hands the answer to the refusal worker; False when its queue is full (the answer
+        then goes on without a refusal verdict)."""
+        assert self._worker is not None
+        assert outcome.answer.text is not None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (called from a thread): finish on the worker thread
+            loop = None
+
+        def on_score(score: RefusalScore) -> None:  # on the worker thread
+            if loop is None:
+                self._judged(outcome, target, score.refusal)
+            else:
+                loop.call_soon_threadsafe(self._judged, outcome, target, score.refusal)
+
+        prompt = prompt_text(outcome.fields)
+        if prompt:
+            self._drift.observe(
+                target.route, target.version_label, prompt, outcome.answer.prompt_tokens or None
+            )
+        return self._worker.submit(outcome.answer.text, on_score)
+
+    def _judged(self, outcome: Outcome, target: Target, refusal: bool) -> None:
+        """The rest of `_signals` once the worker has judged the answer."""
+        labels = (target.route, target.version_label, target.arm)
+        try:
+            metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
             self._capture_outcome(outcome, target, refusal)
         except Exception:  # a signal must never take a request down with it
             log.exception("recording signals for %s failed", target.route)

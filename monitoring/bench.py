@@ -68,8 +68,37 @@ def measure(iterations: int, seed: int = 0) -> dict[str, float]:
     }
 
 
+def measure_learned(answers: int, seed: int = 0) -> dict[str, float]:
+    """Milliseconds per answer of the learned refusal scorer, one at a time and in batches of
+    16 (as the worker takes them), on answers of about 250 characters."""
+    from monitoring.refusal_worker import scorer_named
+
+    rng = random.Random(seed)
+    texts = ["Sure! Here is what I found: " + _prompt(rng, 36) for _ in range(answers)]
+    scorer = scorer_named("learned")
+    scorer.score_batch(texts[:2])  # load the model before timing
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for text in texts:
+        scorer.score_batch([text])
+    single = (time.perf_counter() - started) / answers * 1e3
+    # CPU time: on a shared machine the wall time mostly measures waiting for a core
+    cpu = (time.process_time() - cpu_started) / answers * 1e3
+    started = time.perf_counter()
+    for start in range(0, answers, 16):
+        scorer.score_batch(texts[start : start + 16])
+    batched = (time.perf_counter() - started) / answers * 1e3
+    return {
+        "refusal_learned_ms_per_answer": single,
+        "refusal_learned_cpu_ms_per_answer": cpu,
+        "refusal_learned_batch16_ms_per_answer": batched,
+    }
+
+
 def _run(arguments: argparse.Namespace) -> int:
-    print(json.dumps(measure(arguments.iterations), indent=2))
+    report = measure(arguments.iterations)
+    if arguments.learned:
+        report |= measure_learned(arguments.learned)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -77,6 +106,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     """Register `signals`: the per-request cost of drift and refusal detection, as JSON."""
     parser = subparsers.add_parser("signals", help="cost per request of drift and refusal checks")
     parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument(
+        "--learned", type=int, default=0, metavar="ANSWERS",
+        help="also time the learned refusal scorer on this many answers (needs the signals extra)",
+    )  # fmt: skip
     parser.set_defaults(run=_run)
 
 

@@ -102,6 +102,12 @@ DRIFT_SCORE = Gauge(
     "Divergence of live inputs from the reference profile, by feature and statistic (psi, js).",
     ["route", "version", "feature", "statistic"],
 )
+SEMANTIC_DRIFT_MMD = Gauge(
+    "turnout_semantic_drift_mmd",
+    "MMD² of live prompt embeddings against the reference window, and its permutation "
+    "threshold (statistic: mmd2, threshold); drifted when mmd2 > threshold.",
+    ["route", "version", "statistic"],
+)
 
 # --- rollouts -------------------------------------------------------------------------------
 ROLLOUT_WEIGHT = Gauge(

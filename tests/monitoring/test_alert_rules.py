@@ -16,6 +16,7 @@ REQUIRED_ALERTS = {
     "TurnoutSchemaInvalidRate",
     "TurnoutRefusalRateJump",
     "TurnoutInputDrift",
+    "TurnoutSemanticDrift",
     "TurnoutLatencySLOFastBurn",
     "TurnoutLatencySLOSlowBurn",
     "TurnoutBackendDown",

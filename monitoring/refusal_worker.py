@@ -1,0 +1,144 @@
+"""Score answers for refusal off the request path: named scorers and a bounded worker thread.
+
+A scorer turns a batch of answers into refusal scores in [0, 1] and a verdict. The phrase
+rules score 0 or 1 and cost microseconds; the learned detector embeds each answer (milliseconds
+of numpy and C, which releases the GIL), so it runs on a worker thread fed by a bounded queue:
+the event loop only enqueues, and when the worker falls behind, answers are dropped (counted)
+rather than queued without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from monitoring.refusals import PhraseRefusalDetector
+
+log = logging.getLogger("turnout.refusals")
+
+DETECTORS = ("phrase", "learned")
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalScore:
+    """One answer's verdict and the score it came from."""
+
+    refusal: bool
+    score: float
+
+
+class RefusalScorer(Protocol):
+    """Scores a batch of answers, in order."""
+
+    name: str
+
+    def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]: ...
+
+
+class PhraseScorer:
+    """The phrase rules as a scorer: score 1.0 for a refusal, 0.0 otherwise."""
+
+    name = "phrase"
+
+    def __init__(self) -> None:
+        self._detector = PhraseRefusalDetector()
+
+    def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:
+        verdicts = (self._detector.is_refusal(text) for text in texts)
+        return [RefusalScore(v, 1.0 if v else 0.0) for v in verdicts]
+
+
+class LearnedScorer:
+    """The learned detector (encoder plus trained head) as a scorer."""
+
+    def __init__(self) -> None:
+        from monitoring.learned_refusals import LearnedRefusalDetector
+
+        self._detector = LearnedRefusalDetector()
+        self.name = self._detector.name
+        self._threshold = self._detector.head.threshold
+
+    def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:
+        scores = self._detector.scores(texts)
+        return [RefusalScore(s >= self._threshold, s) for s in scores]
+
+
+def scorer_named(name: str) -> RefusalScorer:
+    """The scorer for a detector name (`phrase` or `learned`)."""
+    if name == "phrase":
+        return PhraseScorer()
+    if name == "learned":
+        return LearnedScorer()
+    raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")
+
+
+OnScore = Callable[[RefusalScore], None]
+
+
+class RefusalWorker:
+    """A thread that scores queued answers in batches and hands each score to its callback.
+
+    `submit` never blocks: it returns False (and counts a drop) when `max_queued` answers are
+    already waiting. Callbacks run on the worker thread; one that must touch event-loop state
+    should hop back with `loop.call_soon_threadsafe`.
+    """
+
+    def __init__(self, scorer: RefusalScorer, max_queued: int = 256, max_batch: int = 16) -> None:
+        self.scorer = scorer
+        self.dropped = 0
+        self.scored = 0
+        self._max_batch = max_batch
+        self._queue: queue.Queue[tuple[str, OnScore] | None] = queue.Queue(max_queued)
+        self._thread = threading.Thread(target=self._run, name="turnout-refusals", daemon=True)
+        self._thread.start()
+
+    def submit(self, text: str, on_score: OnScore) -> bool:
+        try:
+            self._queue.put_nowait((text, on_score))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Score what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[tuple[str, OnScore]] = []
+            stopping = item is None
+            if item is not None:
+                batch.append(item)
+            while not stopping and len(batch) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if batch:
+                self._score(batch)
+            if stopping:
+                return
+
+    def _score(self, batch: list[tuple[str, OnScore]]) -> None:
+        try:
+            scores = self.scorer.score_batch([text for text, _ in batch])
+        except Exception:  # a signal must never take the worker down with it
+            log.exception("scoring %d answers for refusal failed", len(batch))
+            return
+        for (_, on_score), score in zip(batch, scores, strict=True):
+            self.scored += 1
+            try:
+                on_score(score)
+            except Exception:
+                log.exception("a refusal score callback failed")

