@@ -21,6 +21,7 @@ from gateway.config import (
 )
 from gateway.errors import TurnoutError
 from monitoring import bench as signals_bench
+from training import bench as train_bench
 from training import cli as training_cli
 
 DEFAULT_CONFIG = Path("turnout.yaml")
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollback_bench.add_commands(bench_commands)
     soak_bench.add_commands(bench_commands)
     signals_bench.add_commands(bench_commands)
+    train_bench.add_commands(bench_commands)
     return parser
 
 
