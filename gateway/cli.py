@@ -24,6 +24,7 @@ from gateway.config import (
 from gateway.errors import TurnoutError
 from monitoring import bench as signals_bench
 from monitoring import signals_cli
+from training import bench as train_bench
 from training import cli as training_cli
 
 DEFAULT_CONFIG = Path("turnout.yaml")
@@ -245,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     soak_bench.add_commands(bench_commands)
     signals_bench.add_commands(bench_commands)
     signals_cli.add_commands(commands)
+    train_bench.add_commands(bench_commands)
     return parser
 
 

@@ -68,6 +68,17 @@ class TrainConfig(BaseModel):
         default="auto", description="auto: bfloat16 on CUDA, float32 on a CPU"
     )
     gradient_checkpointing: bool = False
+    packing: bool = Field(
+        default=False,
+        description="several examples per row of up to max_seq_len; each attends only to itself",
+    )
+    upcast_frozen_weights: bool = Field(
+        default=False,
+        description="float32 copies of the norms, embeddings and output head (peft's default)",
+    )
+    head_on_labels_only: bool = Field(
+        default=True, description="the output head and loss run only where a token is learnt"
+    )
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,11 @@ class _Position:
     train_seconds: float = 0.0
 
 
-def tokenized_example(tokenizer: Any, example: dict[str, Any]) -> tuple[list[int], list[int]]:
+# One tokenized example: input ids and labels (-100 where nothing is learnt).
+Example = tuple[list[int], list[int]]
+
+
+def tokenized_example(tokenizer: Any, example: dict[str, Any]) -> Example:
     """Input ids and labels (-100 on the prompt) for one chat example; the answer is learnt.
 
     The answer's tokens are what the chat template renders after the generation prompt, so the
@@ -140,10 +155,22 @@ def _load_model(base_model: str, config: TrainConfig, device: Any, dtype: Any) -
     model = AutoModelForCausalLM.from_pretrained(
         base_model, quantization_config=quantization, dtype=dtype, device_map={"": device}
     )
-    if config.load_in_4bit:
+    checkpointing = {"use_reentrant": False}
+    if config.load_in_4bit and config.upcast_frozen_weights:
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-            model, use_gradient_checkpointing=config.gradient_checkpointing
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
         )
+    else:
+        # The frozen weights stay in the compute dtype: in float32 (peft's default) they turn the
+        # whole residual stream, attention included, into float32 on a GPU.
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if config.gradient_checkpointing:
+        model.config.use_cache = False
     lora = LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -154,39 +181,107 @@ def _load_model(base_model: str, config: TrainConfig, device: Any, dtype: Any) -
     return get_peft_model(model, lora)
 
 
-def _batches(
-    rows: list[tuple[list[int], list[int]]], order: list[int], size: int
-) -> list[list[int]]:
-    return [order[i : i + size] for i in range(0, len(order), size)]
+def pack(examples: list[Example], order: list[int], max_len: int) -> list[list[int]]:
+    """Rows of example indices, in `order`, each row's examples together at most `max_len` long."""
+    rows: list[list[int]] = []
+    length = max_len + 1
+    for index in order:
+        size = len(examples[index][0])
+        if length + size > max_len:
+            rows.append([])
+            length = 0
+        rows[-1].append(index)
+        length += size
+    return rows
 
 
-def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any) -> dict[str, Any]:
+def _batches(units: list[list[int]], size: int) -> list[list[list[int]]]:
+    return [units[i : i + size] for i in range(0, len(units), size)]
+
+
+def collate(
+    rows: list[list[Example]], pad_id: int, device: Any, *, packed: bool
+) -> tuple[dict[str, Any], int]:
+    """The model's inputs for rows of one or more examples, and the number of real tokens.
+
+    Packed rows carry position ids that restart at each example and no attention mask:
+    transformers then keeps attention within each example (padding counts as one more).
+    """
     import torch
 
-    width = max(len(ids) for ids, _ in rows)
-    ids = [r[0] + [pad_id] * (width - len(r[0])) for r in rows]
-    labels = [r[1] + [-100] * (width - len(r[1])) for r in rows]
-    mask = [[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows]
-    return {
-        "input_ids": torch.tensor(ids, device=device),
-        "labels": torch.tensor(labels, device=device),
-        "attention_mask": torch.tensor(mask, device=device),
+    ids = [[t for example in row for t in example[0]] for row in rows]
+    labels = [[t for example in row for t in example[1]] for row in rows]
+    positions = [[p for example in row for p in range(len(example[0]))] for row in rows]
+    width = max(map(len, ids))
+    gaps = [width - len(row) for row in ids]
+    inputs = {
+        "input_ids": torch.tensor(
+            [row + [pad_id] * gap for row, gap in zip(ids, gaps, strict=True)], device=device
+        ),
+        "labels": torch.tensor(
+            [row + [-100] * gap for row, gap in zip(labels, gaps, strict=True)], device=device
+        ),
     }
+    if packed:
+        inputs["position_ids"] = torch.tensor(
+            [row + list(range(gap)) for row, gap in zip(positions, gaps, strict=True)],
+            device=device,
+        )
+    else:
+        inputs["attention_mask"] = torch.tensor(
+            [[1] * len(row) + [0] * gap for row, gap in zip(ids, gaps, strict=True)],
+            device=device,
+        )
+    return inputs, sum(map(len, ids))
 
 
-def _validation_loss(
-    model: Any, rows: list[tuple[list[int], list[int]]], config: TrainConfig, pad_id: int
-) -> float:
+def causal_lm_loss(model: Any, inputs: dict[str, Any], *, head_on_labels_only: bool) -> Any:
+    """Mean cross-entropy per learnt token, as transformers computes it.
+
+    With `head_on_labels_only` the output head runs only at the positions whose next token is
+    learnt: with a 128k vocabulary and the prompt masked, most of the head's work and memory is
+    for logits the loss never reads. Models whose head does more than one matrix product
+    (soft-capped or scaled logits) take the ordinary path.
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings()
+    plain_head = all(
+        getattr(base.config, name, None) in (None, 1.0)
+        for name in ("final_logit_softcapping", "logit_scale")
+    )
+    if not (head_on_labels_only and body is not None and head is not None and plain_head):
+        # No cache: with one, transformers would not see packed rows and let them attend across.
+        return model(**inputs, use_cache=False).loss
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = body(**features, use_cache=False).last_hidden_state
+    targets = inputs["labels"][:, 1:]
+    learnt = targets != -100
+    logits = head(hidden[:, :-1][learnt]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[learnt])
+
+
+def _units(examples: list[Example], order: list[int], config: TrainConfig) -> list[list[int]]:
+    if config.packing:
+        return pack(examples, order, config.max_seq_len)
+    return [[index] for index in order]
+
+
+def _validation_loss(model: Any, rows: list[Example], config: TrainConfig, pad_id: int) -> float:
     """Mean loss per answer token over the validation split."""
     import torch
 
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for batch in _batches(rows, list(range(len(rows))), config.batch_size):
-            inputs = _collate([rows[i] for i in batch], pad_id, model.device)
+        for batch in _batches(_units(rows, list(range(len(rows))), config), config.batch_size):
+            units = [[rows[i] for i in unit] for unit in batch]
+            inputs, _ = collate(units, pad_id, model.device, packed=config.packing)
             count = int((inputs["labels"][:, 1:] != -100).sum())
-            total += float(model(**inputs).loss) * count
+            loss = causal_lm_loss(model, inputs, head_on_labels_only=config.head_on_labels_only)
+            total += float(loss) * count
             tokens += count
     model.train()
     return total / max(tokens, 1)
@@ -334,10 +429,14 @@ def train(
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+        trainable,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
     )
+    units_per_epoch = len(_units(rows["train"], list(range(len(rows["train"]))), config))
     steps_per_epoch = math.ceil(
-        math.ceil(len(rows["train"]) / config.batch_size) / config.gradient_accumulation
+        math.ceil(units_per_epoch / config.batch_size) / config.gradient_accumulation
     )
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
@@ -363,6 +462,10 @@ def train(
     bar = tqdm(total=total_steps, initial=position.step, desc="train", disable=not progress)
     stop_at = position.step + stop_after_steps if stop_after_steps is not None else None
     running_loss, segment_started, interrupted = 0.0, time.monotonic(), False
+    # This run's steps (a resumed run's earlier steps are not here): what `bench train` reads.
+    step_seconds: list[float] = []
+    step_losses: list[float] = []
+    step_tokens: list[int] = []
 
     def evaluate_and_checkpoint() -> None:
         val_loss = _validation_loss(model, rows["validation"], config, pad_id)
@@ -380,24 +483,33 @@ def train(
     while position.epoch < config.epochs and not position.stopped_early:
         generator = torch.Generator().manual_seed(config.seed + position.epoch)
         order = torch.randperm(len(rows["train"]), generator=generator).tolist()
-        batches = _batches(rows["train"], order, config.batch_size)
+        batches = _batches(_units(rows["train"], order, config), config.batch_size)
         while position.next_batch < len(batches):
             if position.step >= total_steps or position.stopped_early:
                 break
             group = batches[
                 position.next_batch : position.next_batch + config.gradient_accumulation
             ]
-            step_loss = 0.0
+            step_started = time.monotonic()
+            summed_loss, tokens = torch.zeros((), device=device), 0
             for batch in group:
-                inputs = _collate([rows["train"][i] for i in batch], pad_id, device)
-                loss = model(**inputs).loss / len(group)
+                units = [[rows["train"][i] for i in unit] for unit in batch]
+                inputs, count = collate(units, pad_id, device, packed=config.packing)
+                loss = causal_lm_loss(
+                    model, inputs, head_on_labels_only=config.head_on_labels_only
+                ) / len(group)
                 loss.backward()
-                step_loss += float(loss.detach())
-                position.trained_tokens += int(inputs["attention_mask"].sum())
+                summed_loss += loss.detach()
+                tokens += count
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            step_loss = float(summed_loss)  # waits for the device: the step's time is complete
+            position.trained_tokens += tokens
+            step_seconds.append(time.monotonic() - step_started)
+            step_losses.append(step_loss)
+            step_tokens.append(tokens)
             position.next_batch += len(group)
             position.step += 1
             running_loss = step_loss if position.step == 1 else 0.9 * running_loss + 0.1 * step_loss
@@ -440,6 +552,9 @@ def train(
         "stopped_early": position.stopped_early,
         "resumed_from_step": resumed_from,
         "history": history,
+        "step_seconds": step_seconds,
+        "step_losses": step_losses,
+        "step_tokens": step_tokens,
         "trained_tokens": position.trained_tokens,
         "train_seconds": position.train_seconds,
         "tokens_per_second": position.trained_tokens / max(position.train_seconds, 1e-9),
