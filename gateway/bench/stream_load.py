@@ -29,12 +29,13 @@ class StreamTiming:
     error: str | None = None
 
 
-def _request(host: str, port: int, path: str, model: str) -> bytes:
+def _request(host: str, port: int, path: str, model: str, max_tokens: int) -> bytes:
     body = orjson.dumps(
         {
             "model": model,
             "messages": [{"role": "user", "content": "Tell me a story."}],
-            "max_tokens": 64,
+            # The stub streams its `--chunks` events unless max_tokens is fewer.
+            "max_tokens": max_tokens,
             "stream": True,
         }
     )
@@ -116,12 +117,14 @@ def summarise(timings: list[StreamTiming], wall_s: float) -> dict[str, Any]:
     }
 
 
-async def run_streams(url: str, model: str, streams: int, timeout_s: float) -> dict[str, Any]:
+async def run_streams(
+    url: str, model: str, streams: int, timeout_s: float, max_tokens: int = 1_000_000
+) -> dict[str, Any]:
     """`streams` concurrent streams against `url` (http://host:port/path), summarised."""
     rest = url.removeprefix("http://")
     address, _, path = rest.partition("/")
     host, _, port = address.partition(":")
-    request = _request(host, int(port), "/" + path, model)
+    request = _request(host, int(port), "/" + path, model, max_tokens)
     started = time.perf_counter()
     timings = await asyncio.gather(
         *(one_stream(host, int(port), request, timeout_s) for _ in range(streams))

@@ -2,15 +2,21 @@
 
 It is the instant stub (`gateway.bench.stub_upstream`: health, adapter loading, whole answers)
 except for `"stream": true` requests, which it answers with `--chunks` SSE events, each in its
-own HTTP chunk, `--interval-ms` apart (0: back to back, without pause), then `data: [DONE]`.
+own HTTP chunk, `--interval-ms` apart (0: back to back, yielding to the loop between events and
+waiting while the socket's buffer is full), then `data: [DONE]`. A request whose `max_tokens`
+is smaller gets that many events instead.
 Each event echoes the request's `model`, so the gateway's rewriting runs as against vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 from gateway.bench.stub_upstream import _MODEL, _STREAM, StubUpstreamProtocol
+
+_MAX_TOKENS = re.compile(rb'"max_tokens"\s*:\s*(\d+)')
+_FULL_BYTES = 256 * 1024
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -37,6 +43,19 @@ class PacedStreamProtocol(StubUpstreamProtocol):
         self._chunks = chunks
         self._interval_s = interval_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self._transport is not None
+        self._transport.set_write_buffer_limits(high=_FULL_BYTES)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def _respond(self, head: bytes, body: bytes) -> None:
         if not _STREAM.search(body):
@@ -44,23 +63,29 @@ class PacedStreamProtocol(StubUpstreamProtocol):
             return
         model_match = _MODEL.search(body)
         model = model_match.group(1) if model_match else b"stub"
-        task = asyncio.get_running_loop().create_task(self._stream(model))
+        limit = _MAX_TOKENS.search(body)
+        chunks = min(self._chunks, int(limit.group(1))) if limit else self._chunks
+        task = asyncio.get_running_loop().create_task(self._stream(model, chunks))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _stream(self, model: bytes) -> None:
+    async def _stream(self, model: bytes, chunks: int) -> None:
         transport = self._transport
         assert transport is not None
         transport.write(_HEAD)
-        for index in range(self._chunks):
+        for index in range(chunks):
             if transport.is_closing():
                 return
             transport.write(_chunk(stream_event(model, index)))
             if self._interval_s > 0:
                 await asyncio.sleep(self._interval_s)
+                continue
+            await asyncio.sleep(0)
+            await self._writable.wait()
         transport.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()
         for task in self._tasks:
             task.cancel()
 
