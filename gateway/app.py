@@ -261,6 +261,7 @@ def create_app(
         ),
         guard,
         config.server.max_body_bytes,
+        client_stall_s=config.timeouts.client_stall_s,
     )
     install_openapi(api, inference.models)
     return GatewayApps(GatewayASGI(inference, api), admin_api, start, metrics_api)

@@ -100,6 +100,9 @@ class TimeoutsConfig(StrictModel):
         default=600.0, gt=0, description="whole answer, or the stream's headers"
     )
     stream_idle_s: float = Field(default=60.0, gt=0, description="longest gap between chunks")
+    client_stall_s: float = Field(
+        default=10.0, gt=0, description="longest a streaming client may leave events unread"
+    )
 
 
 class AdaptersConfig(StrictModel):

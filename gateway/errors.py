@@ -219,3 +219,11 @@ class NoHealthyBackend(TurnoutError):
     def __init__(self, message: str, *, retry_after_s: float, param: str | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after_s = retry_after_s
+
+
+class ClientTooSlow(TurnoutError):
+    """A streaming client read nothing for too long: its stream is cut (with this as SSE error)."""
+
+    status = 408
+    error_type = "client_error"
+    code = "client_too_slow"

@@ -15,6 +15,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.stream_guard import TRANSPORT_EXTENSION
+
 
 class CoalescingTransport:
     """A transport whose writes within one event-loop step become one write to the socket."""
@@ -51,7 +53,15 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport`."""
+    """uvicorn's httptools protocol, writing through a `CoalescingTransport`.
+
+    Each request's scope carries the transport (extension `turnout.transport`), so a stream
+    whose client stopped reading can be cut (`gateway.stream_guard`).
+    """
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {TRANSPORT_EXTENSION: self.transport}  # type: ignore[dict-item]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         loop = asyncio.get_running_loop()

@@ -67,6 +67,11 @@ UPSTREAM_ERRORS = Counter(
     "Failures talking to a backend, by kind (unavailable, timeout, status).",
     ["backend", "kind"],
 )
+STREAMS_CUT_SLOW_CLIENT = Counter(
+    "turnout_streams_cut_slow_client_total",
+    "Streams cut because the client read nothing for `timeouts.client_stall_s`.",
+    ROUTE_LABELS,
+)
 BACKEND_UP = Gauge(
     "turnout_backend_up",
     "1 when the backend answered its last health probe, else 0.",

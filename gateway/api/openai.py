@@ -53,6 +53,7 @@ from gateway.proxy import InferenceProxy, OpenStream
 from gateway.request_schemas import contract_for
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
+from gateway.stream_guard import ClientStalled, StallGuard, cut_stream
 from monitoring import metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
@@ -165,6 +166,8 @@ class ProxiedStreamResponse(StreamingResponse):
         transcript: StreamTranscript,
         on_first_chunk: Callable[[], None],
         on_close: Callable[[], None],
+        on_stall: Callable[[], None] = lambda: None,
+        stall_s: float = 10.0,
     ) -> None:
         super().__init__(
             _followed(stream.events, transcript, on_first_chunk),
@@ -173,10 +176,16 @@ class ProxiedStreamResponse(StreamingResponse):
         )
         self._resources: AsyncExitStack = stream.resources
         self._on_close = on_close
+        self._on_stall = on_stall
+        self._stall_s = stall_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, StallGuard(send, self._stall_s))
+        except ClientStalled:
+            # Flow control bounds what is buffered; past the stall limit the stream is cut.
+            self._on_stall()
+            cut_stream(scope, self._stall_s)
         finally:
             await self._resources.aclose()
             self._on_close()
@@ -241,7 +250,9 @@ class InferenceEndpoints:
         outcomes: OutcomeRecorder,
         guard: RequestGuard,
         max_body_bytes: int,
+        client_stall_s: float = 10.0,
     ) -> None:
+        self._client_stall_s = client_stall_s
         self._table = table
         self._proxy = proxy
         self._enforcer = ContractEnforcer(proxy)
@@ -334,7 +345,14 @@ class InferenceEndpoints:
         def on_close() -> None:
             self._finish(exchange, 200, transcript=transcript)
 
-        return ProxiedStreamResponse(opened, headers, transcript, on_first_chunk, on_close)
+        def on_stall() -> None:
+            metrics.STREAMS_CUT_SLOW_CLIENT.labels(
+                target.route, target.version_label, target.arm
+            ).inc()
+
+        return ProxiedStreamResponse(
+            opened, headers, transcript, on_first_chunk, on_close, on_stall, self._client_stall_s
+        )
 
     async def _judged(
         self, exchange: Exchange, target: Target, contract: Contract, headers: dict[str, str]

@@ -43,7 +43,9 @@ def _two_cpus() -> tuple[int, int] | None:
 
 
 @contextmanager
-def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[None]:
+def _process(
+    command: list[str], cpu: int | None, ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     def pin() -> None:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
@@ -51,7 +53,7 @@ def _process(command: list[str], cpu: int | None, ready_url: str) -> Iterator[No
     process = subprocess.Popen(command, preexec_fn=pin, stdout=subprocess.DEVNULL)
     try:
         wait_until_answers(ready_url, 60, process)
-        yield
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=30)

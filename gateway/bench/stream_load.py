@@ -1,0 +1,151 @@
+"""The streaming benchmark's load client: N concurrent SSE streams, timed event by event.
+
+Each stream is its own connection: one POST with `"stream": true`, then every read is scanned
+for the blank line that ends an SSE event. Per stream it records the time from sending the
+request to the first event and the gap between consecutive reads that brought events (events
+that arrive in one read share a timestamp: their gap is 0). `data: [DONE]` ends a stream and is
+not counted. Run as a process of its own (pinned by the caller), it prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class StreamTiming:
+    """What one stream saw."""
+
+    first_event_s: float | None = None
+    gaps_s: list[float] = field(default_factory=list)
+    events: int = 0
+    error: str | None = None
+
+
+def _request(host: str, port: int, path: str, model: str, max_tokens: int) -> bytes:
+    body = orjson.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me a story."}],
+            # The stub streams its `--chunks` events unless max_tokens is fewer.
+            "max_tokens": max_tokens,
+            "stream": True,
+        }
+    )
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def one_stream(host: str, port: int, request: bytes, timeout_s: float) -> StreamTiming:
+    """Send `request`, read its SSE answer to `[DONE]`, and time it."""
+    timing = StreamTiming()
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+            sent = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                timing.error = head.split(b"\r\n", 1)[0].decode("latin-1")
+                return timing
+            tail = b""
+            last = sent
+            while True:
+                data = await reader.read(65536)
+                now = time.perf_counter()
+                if not data:
+                    timing.error = "closed before [DONE]"
+                    return timing
+                scanned = tail + data
+                count = scanned[len(tail) - 1 :].count(b"\n\n") if tail else scanned.count(b"\n\n")
+                done = _DONE in scanned
+                tail = scanned[-len(_DONE) :]
+                events = count - (1 if done else 0)
+                if events > 0:
+                    if timing.first_event_s is None:
+                        timing.first_event_s = now - sent
+                    else:
+                        timing.gaps_s.append(now - last)
+                    timing.gaps_s.extend([0.0] * (events - 1))
+                    timing.events += events
+                    last = now
+                if done:
+                    return timing
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as error:
+        timing.error = type(error).__name__
+        return timing
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summarise(timings: list[StreamTiming], wall_s: float) -> dict[str, Any]:
+    """Figures over all streams: milliseconds, events and events per second."""
+    firsts = [t.first_event_s for t in timings if t.first_event_s is not None]
+    gaps = [gap for t in timings for gap in t.gaps_s]
+    events = sum(t.events for t in timings)
+    errors = [t.error for t in timings if t.error is not None]
+    return {
+        "streams": len(timings),
+        "events": events,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "wall_s": round(wall_s, 3),
+        "events_per_s": round(events / wall_s, 1) if wall_s > 0 else 0.0,
+        "first_event_p50_ms": round(_percentile(firsts, 0.5) * 1000, 3),
+        "first_event_p99_ms": round(_percentile(firsts, 0.99) * 1000, 3),
+        "gap_p50_ms": round(_percentile(gaps, 0.5) * 1000, 3),
+        "gap_p99_ms": round(_percentile(gaps, 0.99) * 1000, 3),
+        "gap_max_ms": round(max(gaps, default=0.0) * 1000, 3),
+    }
+
+
+async def run_streams(
+    url: str, model: str, streams: int, timeout_s: float, max_tokens: int = 1_000_000
+) -> dict[str, Any]:
+    """`streams` concurrent streams against `url` (http://host:port/path), summarised."""
+    rest = url.removeprefix("http://")
+    address, _, path = rest.partition("/")
+    host, _, port = address.partition(":")
+    request = _request(host, int(port), "/" + path, model, max_tokens)
+    started = time.perf_counter()
+    timings = await asyncio.gather(
+        *(one_stream(host, int(port), request, timeout_s) for _ in range(streams))
+    )
+    return summarise(list(timings), time.perf_counter() - started)
+
+
+def main() -> None:
+    import argparse
+
+    import uvloop
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--streams", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    report = uvloop.run(run_streams(args.url, args.model, args.streams, args.timeout))
+    print(orjson.dumps(report).decode())
+
+
+if __name__ == "__main__":
+    main()

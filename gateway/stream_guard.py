@@ -1,0 +1,61 @@
+"""Bounded relaying to a client that stops reading: wait for it a while, then cut the stream.
+
+uvicorn already bounds what one connection buffers: before each body write it waits until the
+socket transport's buffer is below its high-water mark (flow control), and the upstream side
+stops reading from the backend past its own mark (`gateway.http1`). So a client that reads
+nothing holds at most those buffers, but it would hold them, its upstream request and its
+admission slot for ever. `StallGuard` bounds that wait: a body write still blocked after
+`stall_s` raises `ClientStalled`, and `cut_stream` then ends the response itself: a final SSE
+error event (`client_too_slow`) and the chunked terminator are queued behind what the client has
+not read yet, the connection is closed, and aborted if it has not drained `DRAIN_GRACE_S` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.types import Message, Scope, Send
+
+from gateway.errors import ClientTooSlow
+from gateway.proxy import sse_error_event
+
+TRANSPORT_EXTENSION = "turnout.transport"
+# How long a cut connection may take to drain what was queued for it before it is aborted.
+DRAIN_GRACE_S = 30.0
+
+
+class ClientStalled(Exception):
+    """A body write to the client stayed blocked past the stall limit."""
+
+
+class StallGuard:
+    """An ASGI `send` whose body writes may block (flow control) for `stall_s` at most."""
+
+    def __init__(self, send: Send, stall_s: float) -> None:
+        self._send = send
+        self._stall_s = stall_s
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        try:
+            async with asyncio.timeout(self._stall_s):
+                await self._send(message)
+        except TimeoutError:
+            raise ClientStalled from None
+
+
+def cut_stream(scope: Scope, stall_s: float) -> bool:
+    """End a chunked response whose client stalled; False when the server gave no transport."""
+    transport: Any = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+    if transport is None or transport.is_closing():
+        return False
+    error_event = sse_error_event(
+        ClientTooSlow(f"The client read nothing for {stall_s:g} s; the stream was cut.")
+    )
+    transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(error_event), error_event))
+    transport.close()
+    asyncio.get_running_loop().call_later(DRAIN_GRACE_S, transport.abort)
+    return True

@@ -1,0 +1,75 @@
+"""`turnout bench streaming`: its stub paces events as asked, its client counts and times them,
+and the whole command reports real numbers at a tiny scale."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway.bench.stream_load import run_streams
+from gateway.bench.stream_stub import serve
+from gateway.embedded import free_port
+
+
+async def _against_stub(chunks: int, interval_s: float, streams: int) -> dict[str, object]:
+    port = free_port()
+    server = asyncio.create_task(serve("127.0.0.1", port, chunks, interval_s))
+    try:
+        for _ in range(100):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.02)
+        return await run_streams(
+            f"http://127.0.0.1:{port}/v1/chat/completions", "bench@v1", streams, 30
+        )
+    finally:
+        server.cancel()
+
+
+def test_paced_streams_are_counted_and_their_gaps_are_the_interval() -> None:
+    report = asyncio.run(_against_stub(chunks=6, interval_s=0.03, streams=4))
+    assert report["errors"] == 0
+    assert report["events"] == 4 * 6
+    # Gaps are measured, not assumed: paced 30 ms apart, they cannot be shorter than ~25 ms.
+    assert 25 <= report["gap_p50_ms"] <= report["gap_max_ms"]  # type: ignore[operator]
+    assert 0 < report["first_event_p50_ms"] < 30  # type: ignore[operator]
+
+
+def test_unpaced_streams_arrive_back_to_back() -> None:
+    report = asyncio.run(_against_stub(chunks=40, interval_s=0.0, streams=3))
+    assert report["errors"] == 0
+    assert report["events"] == 3 * 40
+    assert report["gap_p50_ms"] < 5  # type: ignore[operator]
+
+
+@pytest.mark.slow
+def test_bench_streaming_reports_every_relayed_event() -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "gateway.cli", "bench", "streaming",
+            "--streams", "1,8", "--chunks", "5", "--interval-ms", "10", "--json",
+        ],
+        capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    levels = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [level["streams"] for level in levels] == [1, 8]
+    for level in levels:
+        for side in ("direct", "gateway"):
+            assert level[side]["errors"] == 0
+            assert level[side]["events"] == level["streams"] * 5
+            assert level[side]["first_event_p99_ms"] >= level[side]["first_event_p50_ms"] > 0
+            # 10 ms apart: no gap of 5 ms or more would mean events were not paced.
+            assert level[side]["gap_max_ms"] >= 5
+        assert level["added_first_event_p50_ms"] == pytest.approx(
+            level["gateway"]["first_event_p50_ms"] - level["direct"]["first_event_p50_ms"],
+            abs=0.002,
+        )
+        assert level["gateway_cpu_s"] >= 0
+        assert level["gateway_kib_per_open_stream"] >= 0
