@@ -17,6 +17,7 @@ from gateway.admission import AdmissionLimits, BackendGates
 from gateway.analysis import RolloutRecorder
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
+from gateway.api.captures import captures_router
 from gateway.api.errors import install_error_handlers
 from gateway.api.feedback import feedback_router
 from gateway.api.openai import InferenceEndpoints, models_router
@@ -159,9 +160,10 @@ def create_app(
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
-    api.include_router(feedback_router(capture, guard))
+    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes))
     api.include_router(ops_router(pool, upstream))
     operators = admin_router(controller, admins, control.prepare_candidate)
+    operators.include_router(captures_router(capture))
     admin_api = None
     if config.server.admin_port is None:
         api.include_router(operators)
