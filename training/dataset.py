@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -297,6 +298,16 @@ class DatasetInputs:
     denied_tenants: frozenset[str] = frozenset()
 
 
+def _index(captures: Path, entry: DatasetEntry) -> None:
+    try:
+        record_dataset(captures, entry)
+    except sqlite3.Error as error:
+        raise DatasetError(
+            f"{captures}: cannot record the dataset in the capture file ({error}); the build"
+            " needs write access to it, so that deleting a tenant can list this dataset"
+        ) from None
+
+
 def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> dict[str, Any]:
     """Write `out/{train,validation,test}.jsonl` and `out/dataset_card.json`; return the card."""
     examples: list[Example] = []
@@ -377,7 +388,7 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
     if inputs.captures is not None:
         # Indexed before any file is written: no dataset exists that a tenant deletion would
         # not list.
-        record_dataset(
+        _index(
             inputs.captures,
             DatasetEntry(
                 path=str(out.resolve()),
