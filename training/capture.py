@@ -1,4 +1,4 @@
-"""Capture answered requests off the request path into an append-only SQLite file.
+"""Capture answered requests off the request path into a SQLite file, each row its tenant's.
 
 The gateway builds a `CaptureRecord` per answered request and calls `offer`: a hash, a policy
 check and a non-blocking append to a bounded in-memory queue, nothing else, so it is safe on the
@@ -8,6 +8,9 @@ process (and a power cut), a half-written one is rolled back on the next open. A
 loses at most the records still in memory: `turnout_capture_queue_depth` says how many that is at
 any moment, and it never exceeds the queue's capacity plus one batch. A full queue drops the
 record and counts it (`turnout_capture_records_total{result="dropped"}`); it never waits.
+
+Rows are only appended, except by a tenant's deletion and the retention purge
+(`training/capture_store.py`), which the same writer thread runs in queue order.
 
 Imports nothing heavy: the gateway process may import this module.
 """
