@@ -51,7 +51,7 @@ def add_commands(subparsers: Any) -> None:
     delete = commands.add_parser(
         "delete", help="delete every capture and feedback row of a tenant (audited)"
     )
-    delete.add_argument("--tenant", required=True)
+    delete.add_argument("--tenant", required=True, help="the tenant, as the keys file names it")
     where = delete.add_mutually_exclusive_group()
     where.add_argument("--captures", type=Path, help="the capture SQLite file")
     where.add_argument(
