@@ -17,6 +17,7 @@ from gateway.admission import AdmissionLimits, BackendGates
 from gateway.analysis import RolloutRecorder
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
+from gateway.api.captures import captures_router
 from gateway.api.errors import install_error_handlers
 from gateway.api.feedback import feedback_router
 from gateway.api.fleet import fleet_router
@@ -203,13 +204,14 @@ def create_app(
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
-    api.include_router(feedback_router(capture, guard))
+    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes))
     readiness = Readiness(pool.health, stale_after_s=HEALTH_STALE_S)
     api.include_router(health_router(readiness))
     placement = place_metrics(config.server, config.auth)
     if placement.public:
         api.include_router(metrics_router())
     operators = admin_router(controller, admins, control.prepare_candidate)
+    operators.include_router(captures_router(capture))
     fleet = fleet_router(pool, readiness, admins)
     admin_api = None
     if config.server.admin_port is None:

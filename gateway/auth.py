@@ -24,6 +24,7 @@ from adapters.names import NAME_PATTERN
 from gateway.config import RouteName, StrictModel, describe_validation_error
 from gateway.errors import ConfigError, Forbidden, Unauthorized
 from gateway.ratelimit import TenantLimits
+from training.capture_store import TrainingUse
 
 API_KEY_PREFIX = "tk-"
 ALL_ROUTES = "*"
@@ -86,11 +87,17 @@ class TenantEntry(StrictModel):
     routes: list[GrantedRoute] = Field(min_length=1)
     keys: list[KeyEntry] = Field(default_factory=list)
     limits: LimitsEntry | None = None
+    training: TrainingUse | None = Field(
+        default=None, description="may its captured traffic train adapters; None: the file's"
+    )
 
 
 class TenantKeysFile(StrictModel):
-    """`auth.keys_file`: tenants by name."""
+    """`auth.keys_file`: tenants by name, and the training policy of those that set none."""
 
+    training: TrainingUse = Field(
+        default="allow", description="the default of tenants without a `training` of their own"
+    )
     tenants: dict[RouteName, TenantEntry]
 
 
@@ -110,6 +117,7 @@ class Tenant:
     name: str
     routes: frozenset[str]
     limits: TenantLimits | None = None
+    training: TrainingUse = "allow"  # `deny`: captured, never in a dataset
 
     def may_call(self, route: str) -> bool:
         return ALL_ROUTES in self.routes or route in self.routes
@@ -191,6 +199,10 @@ class TenantKeyring:
     def tenants(self) -> Mapping[str, Tenant]:
         return self._tenants
 
+    def training_denied(self) -> frozenset[str]:
+        """The tenants whose traffic may not train adapters."""
+        return frozenset(name for name, t in self._tenants.items() if t.training == "deny")
+
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller of an `Authorization` header; Unauthorized (401) for no or wrong key."""
         key = _match(self._keys, authorization)
@@ -249,6 +261,7 @@ def build_tenant_keyring(keys_file: TenantKeysFile, source: str = "keys") -> Ten
                 if limits is not None
                 else None
             ),
+            training=entry.training or keys_file.training,
         )
     keys = _stored_keys(
         {name: entry.keys for name, entry in keys_file.tenants.items()}, f"{source}: tenants"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import AdminKeyring, Caller, TenantKeyring, authorize
+from gateway.auth import Admin, AdminKeyring, Caller, TenantKeyring, authorize
 from gateway.config import LimitsConfig
-from gateway.errors import InvalidRequest, TurnoutError
+from gateway.errors import InvalidRequest, TurnoutError, Unauthorized
 from gateway.ratelimit import RateLimiter, TenantLimits, TokenCharge, estimate_tokens
 
 ANONYMOUS = "anonymous"  # the one tenant when authentication is off
@@ -40,6 +40,29 @@ class RequestGuard:
     def caller(self, authorization: str | None) -> Caller | None:
         """The caller of a request (401 for no or a wrong key); None when auth is off."""
         return None if self._tenants is None else self._tenants.authenticate(authorization)
+
+    def caller_or_admin(self, authorization: str | None) -> Caller | Admin | None:
+        """A tenant's caller, else an operator (admin key); None when auth is off; 401 for
+        anyone else."""
+        if self._tenants is None:
+            return None
+        try:
+            return self._tenants.authenticate(authorization)
+        except Unauthorized as not_a_tenant:
+            if self._admins is None:
+                raise
+            try:
+                return self._admins.authenticate(authorization)
+            except Unauthorized:
+                raise not_a_tenant from None
+
+    async def charge(self, caller: Caller | None, tokens: int) -> None:
+        """Take one request and `tokens` from the tenant's budget (429 past it); for calls
+        that are not inferences (feedback), so nothing is settled afterwards."""
+        tenant = caller.tenant.name if caller is not None else ANONYMOUS
+        limits = (caller.tenant.limits if caller is not None else None) or self._default
+        if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
+            await self._limiter.acquire(tenant, limits, tokens)
 
     def is_admin(self, authorization: str | None) -> bool:
         if self._admins is None:

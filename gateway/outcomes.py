@@ -18,6 +18,7 @@ import orjson
 from prometheus_client import Counter, Histogram
 
 from gateway.analysis import RequestOutcome, RolloutRecorder
+from gateway.auth import Caller
 from gateway.contracts import Verdict
 from gateway.routing import Target
 from monitoring import metrics
@@ -55,6 +56,8 @@ class Outcome:
     verdict: Verdict | None = None
     answer: Answer = Answer()
     request_id: str = ""
+    client_request_id: str | None = None
+    caller: Caller | None = None
     endpoint: Literal["chat", "completions"] = "chat"
     fields: Mapping[str, Any] = field(default_factory=dict)
 
@@ -307,6 +310,7 @@ class OutcomeRecorder:
             return
         messages = outcome.fields.get("messages")
         prompt = outcome.fields.get("prompt")
+        caller = outcome.caller
         self._capture.offer(
             CaptureRecord(
                 request_id=outcome.request_id,
@@ -325,5 +329,9 @@ class OutcomeRecorder:
                 ),
                 refusal=refusal,
                 latency_s=outcome.latency_s,
+                tenant=caller.tenant.name if caller is not None else None,
+                key_id=caller.key_id if caller is not None else None,
+                client_request_id=outcome.client_request_id,
+                training=caller.tenant.training if caller is not None else "allow",
             )
         )

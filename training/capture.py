@@ -1,4 +1,4 @@
-"""Capture answered requests off the request path into an append-only SQLite file.
+"""Capture answered requests off the request path into a SQLite file, each row its tenant's.
 
 The gateway builds a `CaptureRecord` per answered request and calls `offer`: a hash, a policy
 check and a non-blocking append to a bounded in-memory queue, nothing else, so it is safe on the
@@ -8,6 +8,9 @@ process (and a power cut), a half-written one is rolled back on the next open. A
 loses at most the records still in memory: `turnout_capture_queue_depth` says how many that is at
 any moment, and it never exceeds the queue's capacity plus one batch. A full queue drops the
 record and counts it (`turnout_capture_records_total{result="dropped"}`); it never waits.
+
+Rows are only appended, except by a tenant's deletion and the retention purge
+(`training/capture_store.py`), which the same writer thread runs in queue order.
 
 Imports nothing heavy: the gateway process may import this module.
 """
@@ -23,19 +26,43 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.errors import TurnoutError
 from monitoring.metrics import CAPTURE_QUEUE_DEPTH, CAPTURE_RECORDS
+from training.capture_store import (
+    SCHEMA_VERSION,
+    FeedbackResult,
+    ResolvedRequest,
+    TenantDeletion,
+    TrainingUse,
+    columns_of,
+    connect,
+    delete_tenant,
+    purge_older_than,
+    resolve_request,
+)
 from training.redaction import redact
+
+__all__ = ["SCHEMA_VERSION", "connect"]  # re-exported: they lived here before capture_store
 
 log = logging.getLogger(__name__)
 
 SchemaVerdict = Literal["valid", "invalid", "truncated", "none"]
-SCHEMA_VERSION = 1
+
+
+class CaptureUnavailable(TurnoutError):
+    """The capture queue is full or closed, or its writer failed; nothing was recorded."""
+
+    status = 503
+    error_type = "server_error"
+    code = "capture_unavailable"
+    retry_after_s = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,12 @@ class CaptureRecord:
     schema_errors: tuple[str, ...] = ()
     refusal: bool | None = None
     latency_s: float = 0.0
+    # Whose request it was: the key's tenant and key id (never the key); None without auth.
+    tenant: str | None = None
+    key_id: str | None = None
+    # The client's own `x-request-id`, kept beside `request_id` (the gateway's, unique).
+    client_request_id: str | None = None
+    training: TrainingUse = "allow"
 
     @property
     def failed(self) -> bool:
@@ -69,12 +102,33 @@ class CaptureRecord:
 
 @dataclass(frozen=True)
 class Feedback:
-    """A human verdict on a captured request: a rating (>0 good, <0 bad) and maybe a fix."""
+    """A human verdict on a captured request: a rating (>0 good, <0 bad) and maybe a fix.
+
+    `request_id` is the gateway's id of the request or the client's `x-request-id`; only
+    requests of `tenant` match (None: anyone's, for admins or without auth). `author` names
+    who gave it (`tenant:NAME`, `admin:NAME`, or empty without auth).
+    """
 
     request_id: str
     rating: int
     correction: str | None
     created_at: float
+    tenant: str | None = None
+    author: str = ""
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class _PendingFeedback:
+    feedback: Feedback
+    result: Future[FeedbackResult]
+
+
+@dataclass(frozen=True)
+class _PendingDeletion:
+    tenant: str
+    actor: str
+    result: Future[TenantDeletion]
 
 
 class CapturePolicy(BaseModel):
@@ -111,6 +165,13 @@ class CaptureSettings(BaseModel):
     default: CapturePolicy = CapturePolicy()
     routes: dict[str, CapturePolicy] = Field(default_factory=dict)
     redact_feedback: bool = True
+    feedback_max_bytes: int = Field(
+        default=131_072, gt=0, description="largest `POST /v1/feedback` body (413 past it)"
+    )
+    retention_days: float | None = Field(
+        default=None, gt=0, description="captures and feedback older than this are deleted"
+    )
+    purge_interval_s: float = Field(default=3600.0, gt=0, description="how often to purge")
 
     def policy(self, route: str) -> CapturePolicy:
         return self.routes.get(route, self.default)
@@ -123,8 +184,22 @@ class CaptureSink(Protocol):
         """Queue `record` if the route's policy wants it; False if skipped or dropped."""
         ...
 
-    def add_feedback(self, request_id: str, rating: int, correction: str | None = None) -> bool:
-        """Queue a verdict on a captured request; False if the queue is full or closed."""
+    def add_feedback(
+        self,
+        request_id: str,
+        rating: int,
+        correction: str | None = None,
+        *,
+        tenant: str | None = None,
+        author: str = "",
+        key_id: str | None = None,
+    ) -> Future[FeedbackResult]:
+        """Queue a verdict on a captured request of `tenant` (None: anyone's); the future says
+        whether it was written, matched no such request, or could not be queued or written."""
+        ...
+
+    def delete_tenant(self, tenant: str, actor: str) -> Future[TenantDeletion]:
+        """Delete every capture and feedback row of `tenant`, after what is queued before it."""
         ...
 
     def close(self) -> None:
@@ -149,48 +224,6 @@ class CaptureStats:
 
 
 _STOP = object()
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS captures (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL,
-    route TEXT NOT NULL,
-    version TEXT NOT NULL,
-    arm TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    messages TEXT,
-    prompt TEXT,
-    output TEXT NOT NULL,
-    finish_reason TEXT,
-    schema_verdict TEXT NOT NULL,
-    schema_errors TEXT NOT NULL,
-    refusal INTEGER,
-    latency_s REAL NOT NULL,
-    redacted INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS captures_by_route ON captures (route, seq);
-CREATE INDEX IF NOT EXISTS captures_by_request ON captures (request_id);
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL,
-    rating INTEGER NOT NULL,
-    correction TEXT,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_by_request ON feedback (request_id, seq);
-"""
-
-
-def connect(path: Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
-    """A connection to a capture file in WAL mode, creating its tables if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.executescript(_SCHEMA)
-    connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return connection
 
 
 def _redact_message(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,11 +264,39 @@ def _row(record: CaptureRecord, redacted: bool) -> tuple[Any, ...]:
         None if record.refusal is None else int(record.refusal),
         record.latency_s,
         int(redacted),
+        record.client_request_id,
+        record.tenant,
+        record.key_id,
+        record.training,
     )
 
 
+_Queued = CaptureRecord | _PendingFeedback | _PendingDeletion
+
+_INSERT_CAPTURES = (
+    "INSERT INTO captures (request_id, route, version, arm, created_at, endpoint, messages,"
+    " prompt, output, finish_reason, schema_verdict, schema_errors, refusal, latency_s, redacted,"
+    " client_request_id, tenant, key_id, training)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_FEEDBACK = (
+    "INSERT INTO feedback (request_id, rating, correction, created_at, tenant, author, key_id)"
+    " VALUES (?,?,?,?,?,?,?)"
+)
+
+
+def _resolved(result: Future[Any], value: Any) -> None:
+    if not result.done():
+        result.set_result(value)
+
+
 class SqliteCaptureSink:
-    """The `CaptureSink` behind a bounded queue and one writer thread."""
+    """The `CaptureSink` behind a bounded queue and one writer thread.
+
+    Feedback and deletions go through the same queue as records, so each sees every record
+    offered before it: feedback right after an answer finds it, and a deletion leaves nothing
+    of the tenant that was queued before it.
+    """
 
     def __init__(self, settings: CaptureSettings) -> None:
         self.settings = settings
@@ -243,6 +304,7 @@ class SqliteCaptureSink:
         self.stats = CaptureStats()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.settings.queue_capacity)
         self._closed = threading.Event()
+        self._last_purge = float("-inf")
         connect(self.path).close()
         self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
         self._writer.start()
@@ -259,14 +321,33 @@ class SqliteCaptureSink:
             log.exception("capture: offer failed")
             return False
 
-    def add_feedback(self, request_id: str, rating: int, correction: str | None = None) -> bool:
+    def add_feedback(
+        self,
+        request_id: str,
+        rating: int,
+        correction: str | None = None,
+        *,
+        tenant: str | None = None,
+        author: str = "",
+        key_id: str | None = None,
+    ) -> Future[FeedbackResult]:
+        result: Future[FeedbackResult] = Future()
+        feedback = Feedback(request_id, rating, correction, time.time(), tenant, author, key_id)
         try:
-            return self._enqueue(Feedback(request_id, rating, correction, time.time()))
+            if not self._enqueue(_PendingFeedback(feedback, result)):
+                result.set_result("unavailable")
         except Exception:
             log.exception("capture: add_feedback failed")
-            return False
+            _resolved(result, "unavailable")
+        return result
 
-    def _enqueue(self, item: CaptureRecord | Feedback) -> bool:
+    def delete_tenant(self, tenant: str, actor: str) -> Future[TenantDeletion]:
+        result: Future[TenantDeletion] = Future()
+        if not self._enqueue(_PendingDeletion(tenant, actor, result)):
+            result.set_exception(CaptureUnavailable("The capture queue is full or closed."))
+        return result
+
+    def _enqueue(self, item: _Queued) -> bool:
         if self._closed.is_set():
             accepted = False
         else:
@@ -300,26 +381,64 @@ class SqliteCaptureSink:
         connection = connect(self.path)
         try:
             while True:
+                self._purge_if_due(connection)
                 batch = self._next_batch()
                 if batch is None:
                     return
-                if batch:
-                    self._write(connection, batch)
+                run: list[CaptureRecord | _PendingFeedback] = []
+                for item in batch:
+                    if isinstance(item, _PendingDeletion):
+                        self._write(connection, run)
+                        run = []
+                        self._delete(connection, item)
+                    else:
+                        run.append(item)
+                self._write(connection, run)
                 CAPTURE_QUEUE_DEPTH.set(self._queue.qsize())
         finally:
             connection.close()
 
-    def _next_batch(self) -> list[CaptureRecord | Feedback] | None:
+    def _purge_if_due(self, connection: sqlite3.Connection) -> None:
+        days = self.settings.retention_days
+        now = time.time()
+        if days is None or now - self._last_purge < self.settings.purge_interval_s:
+            return
+        self._last_purge = now
+        try:
+            captures, feedback = purge_older_than(connection, now - days * 86_400)
+        except Exception:
+            log.exception("capture: the retention purge failed")
+            return
+        if captures or feedback:
+            log.info("capture: purged %d captures, %d feedback past retention", captures, feedback)
+
+    def _delete(self, connection: sqlite3.Connection, item: _PendingDeletion) -> None:
+        try:
+            deletion = delete_tenant(connection, item.tenant, item.actor)
+        except Exception as error:
+            log.exception("capture: deleting tenant %s failed", item.tenant)
+            item.result.set_exception(CaptureUnavailable(f"The deletion failed: {error}"))
+            return
+        log.info(
+            "capture: deleted tenant %s (%d captures, %d feedback) for %s",
+            item.tenant,
+            deletion.captures,
+            deletion.feedback,
+            item.actor,
+        )
+        item.result.set_result(deletion)
+
+    def _next_batch(self) -> list[_Queued] | None:
         """Up to one batch of queued items; None once closed and drained."""
         if self._closed.is_set() and self._queue.empty():
             return None
-        batch: list[CaptureRecord | Feedback] = []
+        batch: list[_Queued] = []
         try:
             item = self._queue.get(timeout=self.settings.flush_interval_s)
         except queue.Empty:
             return batch
         while True:
-            if isinstance(item, CaptureRecord | Feedback):
+            if isinstance(item, CaptureRecord | _PendingFeedback | _PendingDeletion):
                 batch.append(item)
             if len(batch) >= self.settings.batch_size:
                 return batch
@@ -328,45 +447,57 @@ class SqliteCaptureSink:
             except queue.Empty:
                 return batch
 
+    def _correction(self, feedback: Feedback) -> str | None:
+        if feedback.correction is not None and self.settings.redact_feedback:
+            return redact(feedback.correction)
+        return feedback.correction
+
     def _write(
-        self, connection: sqlite3.Connection, batch: Sequence[CaptureRecord | Feedback]
+        self, connection: sqlite3.Connection, batch: Sequence[CaptureRecord | _PendingFeedback]
     ) -> None:
+        if not batch:
+            return
         records = [item for item in batch if isinstance(item, CaptureRecord)]
-        feedback = [item for item in batch if isinstance(item, Feedback)]
+        pending = [item for item in batch if isinstance(item, _PendingFeedback)]
+        results: list[FeedbackResult] = []
         try:
             rows = [_row(r, self.settings.policy(r.route).redact_pii) for r in records]
-            notes = [
-                (
-                    f.request_id,
-                    f.rating,
-                    redact(f.correction)
-                    if f.correction is not None and self.settings.redact_feedback
-                    else f.correction,
-                    f.created_at,
-                )
-                for f in feedback
-            ]
             with connection:
-                connection.executemany(
-                    "INSERT INTO captures (request_id, route, version, arm, created_at, endpoint,"
-                    " messages, prompt, output, finish_reason, schema_verdict, schema_errors,"
-                    " refusal, latency_s, redacted) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                connection.executemany(
-                    "INSERT INTO feedback (request_id, rating, correction, created_at)"
-                    " VALUES (?,?,?,?)",
-                    notes,
-                )
+                connection.executemany(_INSERT_CAPTURES, rows)
+                # Each piece of feedback is bound to a captured request of its tenant, found
+                # now that every record queued before it is in the file.
+                for item in pending:
+                    f = item.feedback
+                    found = resolve_request(connection, f.request_id, f.tenant)
+                    if not isinstance(found, ResolvedRequest):
+                        results.append(found)
+                        continue
+                    connection.execute(
+                        _INSERT_FEEDBACK,
+                        (
+                            found.request_id,
+                            f.rating,
+                            self._correction(f),
+                            f.created_at,
+                            found.tenant,
+                            f.author,
+                            f.key_id,
+                        ),
+                    )
+                    results.append("written")
         except Exception:
             log.exception("capture: a batch of %d records could not be written", len(records))
             self.stats.failed_batches += 1
             self.stats.write_failed += len(records)
             CAPTURE_RECORDS.labels(result="dropped").inc(len(records))
+            for item in pending:
+                _resolved(item.result, "unavailable")
             return
         self.stats.written += len(records)
-        self.stats.feedback_written += len(feedback)
+        self.stats.feedback_written += results.count("written")
         CAPTURE_RECORDS.labels(result="written").inc(len(records))
+        for item, result in zip(pending, results, strict=True):
+            _resolved(item.result, result)
 
 
 @dataclass(frozen=True)
@@ -380,16 +511,29 @@ class StoredCapture:
     feedback_count: int = field(default=0)
 
 
+_READ_COLUMNS = (
+    "request_id, route, version, arm, created_at, endpoint, messages, prompt, output,"
+    " finish_reason, schema_verdict, schema_errors, refusal, latency_s, redacted"
+)
+_V2_COLUMNS = ("client_request_id", "tenant", "key_id", "training")
+
+
 def read_captures(path: Path, route: str | None = None) -> list[StoredCapture]:
-    """Every captured request (of `route`, if given) in write order, joined to its feedback."""
+    """Every captured request (of `route`, if given) in write order, joined to its feedback.
+
+    Reads a file of any schema version without changing it (rows from before version 2 have
+    no tenant and count as training `allow`).
+    """
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        present = columns_of(connection, "captures")
+        added = ", ".join(
+            name if name in present else ("'allow'" if name == "training" else "NULL")
+            for name in _V2_COLUMNS
+        )
         where, args = ("WHERE route = ?", (route,)) if route is not None else ("", ())
         rows = connection.execute(
-            "SELECT request_id, route, version, arm, created_at, endpoint, messages, prompt,"
-            " output, finish_reason, schema_verdict, schema_errors, refusal, latency_s, redacted"
-            f" FROM captures {where} ORDER BY seq",
-            args,
+            f"SELECT {_READ_COLUMNS}, {added} FROM captures {where} ORDER BY seq", args
         ).fetchall()
         latest: dict[str, tuple[int, str | None, int]] = {}
         for request_id, rating, correction in connection.execute(
@@ -416,6 +560,10 @@ def read_captures(path: Path, route: str | None = None) -> list[StoredCapture]:
             schema_errors=tuple(json.loads(row[11])),
             refusal=None if row[12] is None else bool(row[12]),
             latency_s=row[13],
+            client_request_id=row[15],
+            tenant=row[16],
+            key_id=row[17],
+            training="deny" if row[18] == "deny" else "allow",
         )
         rating, correction, count = latest.get(record.request_id, (None, None, 0))
         stored.append(StoredCapture(record, bool(row[14]), rating, correction, count))

@@ -1,4 +1,5 @@
-"""The flywheel's `turnout` commands: `dataset build`, `train`, `eval`, `flywheel-demo`.
+"""The flywheel's `turnout` commands: `dataset build`, `train`, `eval`, `flywheel-demo`,
+`captures delete`.
 
 `add_commands` registers them on the main parser's subcommands; model code is imported inside
 the command functions, so registering them costs the gateway nothing.
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ConfigError
+from training import captures_cli
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -60,7 +62,14 @@ def cmd_dataset_build(args: argparse.Namespace) -> int:
     from training.dataset import DatasetConfig, DatasetInputs, build_dataset
 
     config = load_yaml_model(args.config, DatasetConfig)
-    inputs = DatasetInputs(args.route, args.captures, args.seed_file, _read_schema(args.schema))
+    denied: frozenset[str] = frozenset()
+    if args.keys_file is not None:
+        from gateway.auth import load_tenant_keyring
+
+        denied = load_tenant_keyring(args.keys_file).training_denied()
+    inputs = DatasetInputs(
+        args.route, args.captures, args.seed_file, _read_schema(args.schema), denied
+    )
     card = build_dataset(inputs, args.out, config)
     splits = ", ".join(f"{name}: {split['examples']}" for name, split in card["splits"].items())
     print(f"Wrote {args.out} ({splits}; removed {card['removed']}; sha256 {card['sha256']})")
@@ -136,7 +145,11 @@ def add_commands(subparsers: Any) -> None:
     build.add_argument("--schema", type=Path, help="the route's JSON Schema (labels, validity)")
     build.add_argument("--config", type=Path, help="dataset.yaml (DatasetConfig)")
     build.add_argument("--out", type=Path, required=True)
+    build.add_argument(
+        "--keys-file", type=Path, help="tenants' keys file: leave out tenants with training: deny"
+    )
     build.set_defaults(run=cmd_dataset_build)
+    captures_cli.add_commands(subparsers)
 
     train = subparsers.add_parser("train", help="train a QLoRA adapter for a route")
     train.add_argument("route")

@@ -4,7 +4,10 @@ Steps, in order: collect examples (a correction beats a seed example beats an ap
 redact, drop answers that break the route's schema, drop exact duplicates (same normalised
 prompt), drop near-duplicates (MinHash estimate >= `dedup_threshold`), group what is still
 similar (>= `group_threshold`) and split by group so no group straddles two splits, then balance
-the training split's labels. The card beside the files records counts, sources and hashes.
+the training split's labels. The card beside the files records counts, sources and hashes,
+and per tenant how many examples its captured traffic gave. Captures of tenants whose training
+policy is `deny` never become examples; the capture file keeps an index of the datasets built
+from it, so deleting a tenant lists the datasets to rebuild.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import TurnoutError
 from training.capture import StoredCapture, read_captures
+from training.capture_store import UNATTRIBUTED, DatasetEntry, record_dataset
 from training.minhash import MinHasher, clusters, normalise
 from training.redaction import redact
 
@@ -75,6 +80,7 @@ class Example:
     answer: str
     source: Source
     label: str | None = None
+    tenant: str | None = None  # whose captured request it came from (None: the seed file)
 
     @property
     def text(self) -> str:
@@ -114,17 +120,37 @@ def from_captures(
             )
         else:
             messages = ({"role": "user", "content": record.prompt or ""},)
+        tenant = record.tenant or UNATTRIBUTED
         if stored.correction is not None:
-            examples.append(Example(messages, stored.correction, "correction"))
+            examples.append(Example(messages, stored.correction, "correction", tenant=tenant))
         elif (
             include_approved
             and (stored.rating or 0) > 0
             and record.schema_verdict in ("valid", "none")
         ):
-            examples.append(Example(messages, record.output, "approved"))
+            examples.append(Example(messages, record.output, "approved", tenant=tenant))
         else:
             skipped["failure_without_correction" if record.failed else "unrated"] += 1
     return examples, skipped
+
+
+def allowed_for_training(
+    captured: Iterable[StoredCapture], denied_tenants: frozenset[str] = frozenset()
+) -> tuple[list[StoredCapture], Counter[str]]:
+    """The captures that may train adapters, and per tenant how many may not: those whose
+    tenant said `training: deny` when captured, or says so now (`denied_tenants`)."""
+    allowed, denied = [], Counter[str]()
+    for stored in captured:
+        tenant = stored.record.tenant
+        if stored.record.training == "deny" or (tenant is not None and tenant in denied_tenants):
+            denied[tenant or UNATTRIBUTED] += 1
+        else:
+            allowed.append(stored)
+    return allowed, denied
+
+
+def _per_tenant(examples: Iterable[Example]) -> dict[str, int]:
+    return dict(sorted(Counter(e.tenant for e in examples if e.tenant is not None).items()))
 
 
 def from_seed_file(path: Path) -> list[Example]:
@@ -267,6 +293,19 @@ class DatasetInputs:
     captures: Path | None = None
     seed_file: Path | None = None
     schema: Mapping[str, Any] | None = None
+    # Tenants whose traffic may not train now (the keys file's `training: deny`), on top of
+    # the policy each capture recorded when it was made.
+    denied_tenants: frozenset[str] = frozenset()
+
+
+def _index(captures: Path, entry: DatasetEntry) -> None:
+    try:
+        record_dataset(captures, entry)
+    except sqlite3.Error as error:
+        raise DatasetError(
+            f"{captures}: cannot record the dataset in the capture file ({error}); the build"
+            " needs write access to it, so that deleting a tenant can list this dataset"
+        ) from None
 
 
 def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> dict[str, Any]:
@@ -276,13 +315,21 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
     skipped: Counter[str] = Counter()
     if inputs.captures is not None:
         captured = read_captures(inputs.captures, inputs.route)
-        from_capture, skipped = from_captures(captured, config.include_approved)
+        allowed, denied = allowed_for_training(captured, inputs.denied_tenants)
+        from_capture, skipped = from_captures(allowed, config.include_approved)
         examples += from_capture
         sources["captures"] = {
             "path": str(inputs.captures),
             "records": len(captured),
             "used": dict(Counter(e.source for e in from_capture)),
             "skipped": dict(skipped),
+            "training_denied": dict(sorted(denied.items())),
+            "tenants": {
+                tenant: {"records": records, "used": _per_tenant(from_capture).get(tenant, 0)}
+                for tenant, records in sorted(
+                    Counter(s.record.tenant or UNATTRIBUTED for s in allowed).items()
+                )
+            },
         }
     if inputs.seed_file is not None:
         seeded = from_seed_file(inputs.seed_file)
@@ -310,15 +357,16 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
             f" {', '.join(empty)} empty; add data or change the fractions"
         )
 
-    out.mkdir(parents=True, exist_ok=True)
     split_cards: dict[str, dict[str, Any]] = {}
+    texts = {name: "".join(map(_chat_line, splits[name])) for name in SPLITS}
     digests = []
     for name in SPLITS:
-        digest = _write_atomic(out / f"{name}.jsonl", "".join(map(_chat_line, splits[name])))
+        digest = hashlib.sha256(texts[name].encode()).hexdigest()
         split_cards[name] = {
             "examples": len(splits[name]),
             "labels": dict(sorted(Counter(e.label for e in splits[name] if e.label).items())),
             "sources": dict(sorted(Counter(e.source for e in splits[name]).items())),
+            "tenants": _per_tenant(splits[name]),
             "sha256": digest,
         }
         digests.append(digest)
@@ -333,8 +381,26 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
         "removed": dict(sorted(removed.items())),
         "groups": len(set(groups)),
         "splits": split_cards,
+        # Whose captured traffic each example of the dataset came from, for provenance.
+        "tenants": _per_tenant(e for name in SPLITS for e in splits[name]),
         "sha256": hashlib.sha256("".join(digests).encode()).hexdigest(),
     }
+    if inputs.captures is not None:
+        # Indexed before any file is written: no dataset exists that a tenant deletion would
+        # not list.
+        _index(
+            inputs.captures,
+            DatasetEntry(
+                path=str(out.resolve()),
+                route=inputs.route,
+                created_at=card["created_at"],
+                sha256=card["sha256"],
+                tenants=card["tenants"],
+            ),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        _write_atomic(out / f"{name}.jsonl", texts[name])
     _write_atomic(out / CARD_FILE, json.dumps(card, indent=2, sort_keys=True) + "\n")
     return card
 

@@ -32,4 +32,6 @@ def provenance(dataset: Path, run: Path, report: Mapping[str, Any]) -> dict[str,
         ),
         "test_examples": report["test_examples"],
     }
-    return {"dataset_card": card, "training": training, "gate": gate}
+    # Whose captured traffic trained it, per tenant (examples), readable without the card.
+    tenants = card.get("tenants", {})
+    return {"dataset_card": card, "tenants": tenants, "training": training, "gate": gate}

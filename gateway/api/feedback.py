@@ -1,24 +1,40 @@
 """`POST /v1/feedback`: an application attaches a human verdict or a corrected answer to a
-request the gateway answered (by its `x-request-id`), for the training flywheel."""
+request the gateway answered and captured, for the training flywheel.
+
+A tenant may rate only its own requests: any other id, whether it exists or not, is the same
+404 `not_found`. Admin keys may rate any tenant's (reviewers). Without authentication anyone
+who reaches the gateway may rate any captured request. The body is bounded
+(`capture.feedback_max_bytes`) and each call is charged to the tenant's rate limits.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from gateway.errors import TurnoutError
+from gateway.api.openai import read_body
+from gateway.auth import Admin
+from gateway.errors import InvalidJSON, NotFound, RequestValidationFailed, TurnoutError
 from gateway.guard import RequestGuard
-from training.capture import CaptureSink
+from training.capture import CaptureSink, CaptureUnavailable
 
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]
+
+# The writer answers within a batch; past this the capture file is stuck (locked, full disk).
+FEEDBACK_TIMEOUT_S = 10.0
+
+__all__ = ["CaptureUnavailable", "feedback_router"]
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: RequestId = Field(description="the x-request-id of the answer")
+    request_id: RequestId = Field(
+        description="the answer's x-turnout-request-id, or the x-request-id the client sent"
+    )
     rating: int = Field(ge=-1, le=1, description="-1 bad, 0 neutral, 1 good")
     correction: str | None = Field(
         default=None, max_length=100_000, description="the answer it should have been"
@@ -28,28 +44,81 @@ class FeedbackRequest(BaseModel):
 class FeedbackAccepted(BaseModel):
     object: Literal["turnout.feedback"] = "turnout.feedback"
     request_id: str
-    status: Literal["queued"] = "queued"
+    status: Literal["recorded"] = "recorded"
 
 
-class CaptureUnavailable(TurnoutError):
-    """The capture queue is full or closed; the feedback was not recorded."""
+class AmbiguousRequestId(TurnoutError):
+    """A client request id that several tenants used; the gateway's own id is unambiguous."""
 
-    status = 503
-    error_type = "server_error"
-    code = "capture_unavailable"
-    retry_after_s = 1.0
+    status = 409
+    error_type = "invalid_request_error"
+    code = "ambiguous_request_id"
 
 
-def feedback_router(sink: CaptureSink, guard: RequestGuard) -> APIRouter:
+def _parse(raw: bytes) -> FeedbackRequest:
+    try:
+        return FeedbackRequest.model_validate_json(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise InvalidJSON("The request body is not valid JSON.") from None
+        where = ".".join(str(part) for part in first["loc"])
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
+        raise RequestValidationFailed(message, param=where or None) from None
+
+
+def feedback_router(sink: CaptureSink, guard: RequestGuard, max_body_bytes: int) -> APIRouter:
     router = APIRouter()
 
-    async def give_feedback(body: FeedbackRequest, request: Request) -> FeedbackAccepted:
-        guard.caller(request.headers.get("authorization"))  # 401 for strangers when keyed
-        if not sink.add_feedback(body.request_id, body.rating, body.correction):
-            raise CaptureUnavailable("Feedback could not be queued; retry shortly.")
+    async def give_feedback(request: Request) -> FeedbackAccepted:
+        who = guard.caller_or_admin(request.headers.get("authorization"))  # 401 for strangers
+        raw = await read_body(request, max_body_bytes)
+        if not isinstance(who, Admin):
+            await guard.charge(who, len(raw) // 4 + 1)  # 429 past the tenant's budget
+        body = _parse(raw)
+        if isinstance(who, Admin):
+            tenant, author, key_id = None, f"admin:{who.name}", who.key_id
+        elif who is not None:
+            tenant, author, key_id = who.tenant.name, f"tenant:{who.tenant.name}", who.key_id
+        else:
+            tenant, author, key_id = None, "", None
+        written = sink.add_feedback(
+            body.request_id,
+            body.rating,
+            body.correction,
+            tenant=tenant,
+            author=author,
+            key_id=key_id,
+        )
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(written), FEEDBACK_TIMEOUT_S)
+        except TimeoutError:
+            result = "unavailable"
+        if result == "not_found":
+            raise NotFound(
+                f"No captured answer with the request id `{body.request_id}` for this API key.",
+                param="request_id",
+            )
+        if result == "ambiguous":
+            raise AmbiguousRequestId(
+                f"Several tenants sent `{body.request_id}` as x-request-id; give the answer's"
+                " x-turnout-request-id instead.",
+                param="request_id",
+            )
+        if result != "written":
+            raise CaptureUnavailable("Feedback could not be recorded; retry shortly.")
         return FeedbackAccepted(request_id=body.request_id)
 
     router.add_api_route(
-        "/v1/feedback", give_feedback, methods=["POST"], summary="Rate or correct an answer"
+        "/v1/feedback",
+        give_feedback,
+        methods=["POST"],
+        summary="Rate or correct an answer",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}},
+            }
+        },
     )
     return router

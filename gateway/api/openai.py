@@ -94,12 +94,16 @@ def parse_request(raw: bytes, model: type[BaseModel]) -> dict[str, Any]:
     return fields
 
 
-def request_id_of(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    if _REQUEST_ID.fullmatch(given):
-        return given
+def new_request_id() -> str:
+    """The gateway's own id of a request: unique, so it joins captures and feedback."""
     # Unique, not secret: the Mersenne Twister costs no system call, unlike os.urandom.
     return f"{random.getrandbits(128):032x}"
+
+
+def client_request_id_of(request: Request) -> str | None:
+    """The client's well-formed `x-request-id`, if it sent one; echoed, never a join key."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else None
 
 
 def sticky_key_of(request: Request, fields: dict[str, Any], caller: Caller | None) -> str | None:
@@ -119,11 +123,12 @@ def sticky_key_of(request: Request, fields: dict[str, Any], caller: Caller | Non
     return None
 
 
-def _turnout_headers(target: Target, request_id: str) -> dict[str, str]:
+def _turnout_headers(target: Target, request_id: str, client_id: str | None) -> dict[str, str]:
     headers = {
         "x-turnout-route": target.route,
         "x-turnout-arm": target.arm,
-        "x-request-id": request_id,
+        "x-request-id": client_id or request_id,
+        "x-turnout-request-id": request_id,
     }
     if target.adapter is not None:
         headers["x-turnout-adapter"] = target.adapter.ref
@@ -216,6 +221,7 @@ class Exchange:
     fields: dict[str, Any] = field(default_factory=dict)
     target: Target | None = None
     request_id: str = ""
+    client_request_id: str | None = None
     admitted: Admitted | None = None
     verdicts: list[Verdict] = field(default_factory=list)
 
@@ -230,6 +236,8 @@ class Exchange:
             verdict=self.verdicts[-1] if self.verdicts else None,
             answer=answer,
             request_id=self.request_id,
+            client_request_id=self.client_request_id,
+            caller=self.admitted.caller if self.admitted is not None else None,
             endpoint="chat" if self.path.endswith("/chat/completions") else "completions",
             fields=self.fields,
         )
@@ -311,8 +319,9 @@ class InferenceEndpoints:
             exchange.admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
             target = exchange.target = self._choose(entry, request, fields, caller)
             contract = _request_contract(fields, target)
-            request_id = exchange.request_id = request_id_of(request)
-            headers = _turnout_headers(target, request_id)
+            request_id = exchange.request_id = new_request_id()
+            exchange.client_request_id = client_request_id_of(request)
+            headers = _turnout_headers(target, request_id, exchange.client_request_id)
             streamed = fields.get("stream") is True
             if contract is None:
                 if streamed:

@@ -241,3 +241,33 @@ def test_keys_create_prints_a_working_key_and_the_entry_to_store(
     path = write_yaml(tmp_path, "tenants.yaml", entry)
     caller = load_tenant_keyring(path).authenticate(f"Bearer {key}")
     assert caller.tenant.name == "acme"
+
+
+def test_each_tenant_has_a_training_policy_defaulting_to_the_files(
+    tmp_path: Path, keys: dict[str, IssuedKey]
+) -> None:
+    def tenants(default: str | None, acme: str | None) -> dict[str, Any]:
+        acme_entry: dict[str, Any] = {"routes": ["*"], "keys": [{"sha256": keys["acme"].sha256}]}
+        if acme is not None:
+            acme_entry["training"] = acme
+        content: dict[str, Any] = {
+            "tenants": {"acme": acme_entry, "globex": {"routes": ["*"]}},
+        }
+        if default is not None:
+            content["training"] = default
+        return content
+
+    cases = {
+        (None, None): {"acme": "allow", "globex": "allow"},
+        ("deny", None): {"acme": "deny", "globex": "deny"},
+        ("deny", "allow"): {"acme": "allow", "globex": "deny"},
+        (None, "deny"): {"acme": "deny", "globex": "allow"},
+    }
+    for (default, acme), expected in cases.items():
+        keyring = load_tenant_keyring(write_yaml(tmp_path, "t.yaml", tenants(default, acme)))
+        assert {name: t.training for name, t in keyring.tenants.items()} == expected
+        assert keyring.training_denied() == {n for n, p in expected.items() if p == "deny"}
+        caller = keyring.authenticate(f"Bearer {keys['acme'].key}")
+        assert caller.tenant.training == expected["acme"]
+    with pytest.raises(ConfigError, match="training"):
+        load_tenant_keyring(write_yaml(tmp_path, "t.yaml", tenants(None, "sometimes")))

@@ -70,6 +70,8 @@ def test_sigterm_drains_a_running_stream_and_refuses_new_connections(
     usage = [line for line in lines if '"usage"' in line and '"completion_tokens":600' in line]
     assert usage, "the stream was cut short"
     # The answer's capture record was written before the process exited: nothing lost.
-    (stored,) = [c for c in read_captures(captures) if c.record.request_id == "drained-stream"]
+    (stored,) = [
+        c for c in read_captures(captures) if c.record.client_request_id == "drained-stream"
+    ]
     assert stored.record.finish_reason == "length"
     assert len(stored.record.output) > 100

@@ -179,9 +179,10 @@ def test_personal_data_never_reaches_the_disk_when_redaction_is_on(tmp_path: Pat
             schema_errors=(f"{secret!r} is not valid",),
         )
     )
-    assert sink.add_feedback(
+    written = sink.add_feedback(
         "pii", rating=-1, correction='{"label": "billing"} jane.doe@example.com'
     )
+    assert written.result(timeout=10) == "written"
     sink.close()
 
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
@@ -198,8 +199,8 @@ def test_feedback_attaches_the_latest_rating_and_correction_to_its_capture(tmp_p
     db = tmp_path / "captures.db"
     sink = SqliteCaptureSink(_settings(db))
     assert sink.offer(_answer("r1", verdict="invalid"))
-    assert sink.add_feedback("r1", rating=-1)
-    assert sink.add_feedback("r1", rating=1, correction='{"label": "bug"}')
+    assert sink.add_feedback("r1", rating=-1).result(timeout=10) == "written"
+    assert sink.add_feedback("r1", rating=1, correction='{"label": "bug"}').result(10) == "written"
     sink.close()
 
     (stored,) = read_captures(db)
@@ -210,7 +211,7 @@ def test_a_closed_sink_refuses_records_and_never_raises(tmp_path: Path) -> None:
     sink = SqliteCaptureSink(_settings(tmp_path / "captures.db"))
     sink.close()
     assert not sink.offer(_answer("late", verdict="invalid"))
-    assert not sink.add_feedback("late", rating=1)
+    assert sink.add_feedback("late", rating=1).result(timeout=1) == "unavailable"
     # A record the writer cannot serialise fails its batch, not the sink or the caller.
     broken = SqliteCaptureSink(_settings(tmp_path / "other.db"))
     assert broken.offer(_answer("odd", verdict="invalid", messages=({"content": object()},)))

@@ -180,3 +180,63 @@ def test_too_little_data_is_an_error_that_says_why(tmp_path: Path) -> None:
     seed = _seed(tmp_path, generate_tickets(2, seed=1, resend_rate=0.0))
     with pytest.raises(DatasetError, match="empty"):
         build_dataset(DatasetInputs(ROUTE, None, seed, SCHEMA), tmp_path / "ds", DatasetConfig())
+
+
+def test_a_tenant_denied_now_or_when_captured_gives_no_examples_and_the_card_counts_tenants(
+    tmp_path: Path,
+) -> None:
+    from training.capture_store import connect, datasets_with_tenant
+
+    captures = tmp_path / "captures.db"
+    sink = SqliteCaptureSink(CaptureSettings(path=str(captures), flush_interval_s=0.02))
+    tickets = generate_tickets(30, seed=21, resend_rate=0.0)
+    # acme allowed training when captured; globex denied it; initech had no tenant (no auth).
+    owners = [("acme", "allow"), ("globex", "deny"), (None, "allow")]
+    for index, ticket in enumerate(tickets):
+        tenant, policy = owners[index % 3]
+        sink.offer(
+            CaptureRecord(
+                request_id=f"r{index}",
+                route=ROUTE,
+                version=f"{ROUTE}@v1",
+                arm="stable",
+                created_at=time.time(),
+                endpoint="chat",
+                messages=tuple(prompt_messages(ticket.text)),
+                output="not json",
+                finish_reason="stop",
+                schema_verdict="invalid",
+                tenant=tenant,
+                training=policy,  # type: ignore[arg-type]
+            )
+        )
+        sink.add_feedback(f"r{index}", rating=-1, correction=answer(ticket.label))
+    sink.close()
+    seed = _seed(tmp_path, generate_tickets(200, seed=22, resend_rate=0.0))
+    config = DatasetConfig(balance_labels=False)
+
+    card = build_dataset(DatasetInputs(ROUTE, captures, seed, SCHEMA), tmp_path / "a", config)
+    assert card["tenants"] == {"(unattributed)": 10, "acme": 10}
+    assert card["sources"]["captures"]["training_denied"] == {"globex": 10}
+    assert card["sources"]["captures"]["tenants"]["acme"] == {"records": 10, "used": 10}
+
+    # acme says `deny` now (the keys file): its earlier captures leave the next dataset too.
+    later = DatasetInputs(ROUTE, captures, seed, SCHEMA, denied_tenants=frozenset({"acme"}))
+    card = build_dataset(later, tmp_path / "b", config)
+    assert card["tenants"] == {"(unattributed)": 10}
+    assert card["sources"]["captures"]["training_denied"] == {"acme": 10, "globex": 10}
+    from training.redaction import redact
+
+    texts = {t for s in SPLITS for t in _user_texts(tmp_path / "b", s)}
+    assert not texts & {redact(t.text) for i, t in enumerate(tickets) if i % 3 != 2}
+    assert texts >= {redact(t.text) for i, t in enumerate(tickets) if i % 3 == 2}
+
+    # The capture file lists the datasets each tenant is in.
+    connection = connect(captures)
+    try:
+        assert [e.path for e in datasets_with_tenant(connection, "acme")] == [
+            str((tmp_path / "a").resolve())
+        ]
+        assert datasets_with_tenant(connection, "globex") == []
+    finally:
+        connection.close()
