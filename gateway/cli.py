@@ -20,6 +20,7 @@ from gateway.config import (
     with_environment,
 )
 from gateway.errors import TurnoutError
+from gateway.extras import missing_extra_message
 from monitoring import bench as signals_bench
 from training import cli as training_cli
 
@@ -231,7 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as error:
         print(f"turnout: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        message = missing_extra_message(error, " ".join(_command_words(args)))
+        if message is None:
+            raise
+        print(f"turnout: {message}", file=sys.stderr)
+        return 2
     return code
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    """The subcommand as typed (`flywheel run`), from argparse's `dest`s."""
+    names = ["command", *(k for k in vars(args) if k.endswith("_command") and k != "command")]
+    return [str(getattr(args, name)) for name in names if getattr(args, name, None)]
 
 
 if __name__ == "__main__":
