@@ -59,7 +59,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 USER 10001:10001
 WORKDIR /var/lib/turnout
 EXPOSE 8080 8081
+# TURNOUT_HEALTHCHECK_URL: for a gateway configured on another port than 8080.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('TURNOUT_HEALTHCHECK_URL', 'http://127.0.0.1:8080/healthz'), timeout=2)"]
 ENTRYPOINT ["turnout"]
 CMD ["serve", "--config", "/etc/turnout/config/turnout.yaml"]
