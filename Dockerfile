@@ -39,10 +39,10 @@ COPY constraints/training.txt /tmp/training.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --constraint /tmp/training.txt \
         torch peft transformers bitsandbytes accelerate safetensors numpy tqdm httpx
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels --constraint /tmp/training.txt \
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels --constraint /tmp/training.txt \
         "turnout[training]" \
-    && rm /tmp/training.txt
+    && rm -rf /wheels /tmp/training.txt
 USER 10001:10001
 WORKDIR /var/lib/turnout
 ENTRYPOINT ["turnout"]
@@ -54,8 +54,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 turnout \
     && useradd --system --uid 10001 --gid turnout --home-dir /var/lib/turnout \
        --create-home --shell /usr/sbin/nologin turnout
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels turnout
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels turnout && rm -rf /wheels
 USER 10001:10001
 WORKDIR /var/lib/turnout
 EXPOSE 8080 8081

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ["pyproject.toml", "README.md", "gateway", "adapters", "monitoring", "training"]
+
+
+def isolated_env() -> dict[str, str]:
+    """This environment without PYTHONPATH: the venv must see its own install, not this tree."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
 
 
 def build_wheel(folder: Path) -> Path:
@@ -38,7 +44,8 @@ def fresh_venv(folder: Path, requirement: str, constraints: Path) -> Path:
     done = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--constraint",
          str(constraints), requirement],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=1800, env=isolated_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    assert (bin_dir / "turnout").is_file(), f"pip installed no `turnout`:\n{done.stdout[-4000:]}"
     return bin_dir

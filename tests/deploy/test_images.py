@@ -40,8 +40,8 @@ from tests.deploy.images import (
     running_container,
     tools_missing,
 )
+from training.flywheel_demo import DEMO_GATE, DEMO_TRAIN_CONFIG, drive_traffic
 from training.flywheel_demo import _wait_for_captures as wait_for_captures
-from training.flywheel_demo import drive_traffic
 from training.tickets import ROUTE, SCHEMA, generate_tickets, write_seed_file
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,8 @@ def test_the_gateway_image_serves_the_charts_config_as_non_root_and_stops_on_sig
                 "the gateway container",
             )
             assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
-            assert "10001" in podman("top", name, "user").stdout
+            # Every process in the container runs as the image's user, uid 10001.
+            assert set(podman("top", name, "user").stdout.split()[1:]) == {"turnout"}
             health = podman("healthcheck", "run", name, check=False)
             assert health.returncode == 0, health.stdout + health.stderr
 
@@ -268,3 +269,33 @@ def test_the_retrain_job_refuses_when_there_is_too_little_data(
     assert f"too little data for {ROUTE}" in done.stderr
     assert "Traceback" not in done.stderr
     assert [m.version for m in AdapterRegistry(str(retrain_site["store"])).list(ROUTE)] == ["v1"]
+
+
+@pytest.mark.timeout(2400)
+def test_the_retrain_job_in_the_training_image_pushes_a_gated_version_and_starts_its_canary(
+    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any], demo_model: Path
+) -> None:
+    shared = retrain_site["shared"]
+    # The flywheel demo's training config: measured to take the demo route past the gate.
+    (shared / "train.yaml").write_text(yaml.safe_dump(DEMO_TRAIN_CONFIG.model_dump(mode="json")))
+    (shared / "gate.yaml").write_text(yaml.safe_dump(DEMO_GATE.model_dump(mode="json")))
+    write_seed_file(shared / "seed.jsonl", generate_tickets(800, 7))
+    extra = ["--seed-file", str(shared / "seed.jsonl"),
+             "--train-config", str(shared / "train.yaml"),
+             "--gate-config", str(shared / "gate.yaml"), "--canary-steps", "50,100"]  # fmt: skip
+    options, args = job_container(chart, retrain_site, demo_model, extra)
+
+    done = run_container(TRAINING_IMAGE, args, options=options, timeout=2300)
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert f"pushed {ROUTE}@v2" in done.stdout
+    manifest = AdapterRegistry(str(retrain_site["store"])).manifest(ROUTE, "v2")
+    assert manifest.created_by == "turnout flywheel run"
+    assert manifest.provenance["gate"]["passed"]
+    assert manifest.provenance["dataset_card"]["sources"]["captures"]["used"]
+    state = httpx.get(
+        f"{retrain_site['admin']}/admin/routes/{ROUTE}",
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    ).json()
+    assert state["candidate"] == f"{ROUTE}@v2"

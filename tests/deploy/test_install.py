@@ -20,7 +20,7 @@ import yaml
 
 from gateway.embedded import free_port
 from tests.conftest import answers, wait_until
-from tests.deploy.packaging import REPO, build_wheel, fresh_venv
+from tests.deploy.packaging import REPO, build_wheel, fresh_venv, isolated_env
 
 pytestmark = pytest.mark.slow
 CONSTRAINTS = REPO / "constraints"
@@ -41,14 +41,17 @@ def base_bin(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(bin_dir: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(bin_dir / "turnout"), *args], capture_output=True, text=True, timeout=900, cwd=cwd
-    )
+        [str(bin_dir / "turnout"), *args],
+        capture_output=True, text=True, timeout=900, cwd=cwd, env=isolated_env(),
+    )  # fmt: skip
 
 
 @contextmanager
 def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as output:
-        started = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
+        started = subprocess.Popen(
+            args, stdout=output, stderr=subprocess.STDOUT, env=isolated_env()
+        )
     try:
         yield started
     finally:
@@ -58,7 +61,9 @@ def process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 def test_the_base_install_has_no_model_stack_and_no_httpx(base_bin: Path) -> None:
     for module in ["httpx", "torch", "numpy", "transformers"]:
-        done = subprocess.run([str(base_bin / "python"), "-c", f"import {module}"], check=False)
+        done = subprocess.run(
+            [str(base_bin / "python"), "-c", f"import {module}"], check=False, env=isolated_env()
+        )
         assert done.returncode != 0, f"{module} is in the base install"
 
 
@@ -147,7 +152,7 @@ def test_the_training_extra_runs_one_qlora_step_on_the_demo_model(
          "import sys; from pathlib import Path; from training.tickets import generate_tickets, "
          "write_seed_file; write_seed_file(Path(sys.argv[1]), generate_tickets(120, 1))",
          str(tmp_path / "seed.jsonl")],
-        check=True,
+        check=True, env=isolated_env(),
     )  # fmt: skip
     built = run(bin_dir, "dataset", "build", "support-triage", "--seed-file",
                 str(tmp_path / "seed.jsonl"), "--out", str(tmp_path / "ds"))  # fmt: skip
