@@ -6,6 +6,7 @@ gateway: tests/deploy/test_images.py.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import pytest
 import yaml
 
 from adapters.registry import AdapterRegistry
-from gateway.cli import main
+from gateway.cli import build_parser, main
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from tests.training.capture_writer import record
 from training.capture import CaptureSettings, SqliteCaptureSink
+from training.cli import _default_retrain_command
 from training.retrain import RetrainInputs, RetrainRefused, retrain
 from training.tickets import ROUTE, SCHEMA
 
@@ -85,3 +87,22 @@ def test_flywheel_run_for_an_unknown_route_is_a_config_error(
                  "--admin-url", "http://127.0.0.1:9"])  # fmt: skip
     assert code == 2
     assert "no route 'nope'" in capsys.readouterr().err
+
+
+def test_flywheel_watch_retrains_with_flywheel_run_unless_told_otherwise() -> None:
+    args = build_parser().parse_args(
+        ["flywheel", "watch", ROUTE, "--gateway", "http://127.0.0.1:9", "--captures", "c.db",
+         "--config", "site.yaml", "--base-model", "/models/base"]
+    )  # fmt: skip
+    command = shlex.split(_default_retrain_command(args))
+    assert command[1:] == ["-m", "gateway.cli", "flywheel", "run", "--route", ROUTE,
+                           "--config", "site.yaml", "--base-model", "/models/base"]  # fmt: skip
+
+
+def test_flywheel_watch_without_a_command_or_a_base_model_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["flywheel", "watch", ROUTE, "--gateway", "http://127.0.0.1:9",
+                 "--captures", "c.db", "--rounds", "1"])  # fmt: skip
+    assert code == 2
+    assert "--base-model" in capsys.readouterr().err
