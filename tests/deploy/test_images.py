@@ -40,9 +40,10 @@ from tests.deploy.images import (
     running_container,
     tools_missing,
 )
+from training.capture import read_captures
 from training.flywheel_demo import DEMO_GATE, DEMO_TRAIN_CONFIG, drive_traffic
 from training.flywheel_demo import _wait_for_captures as wait_for_captures
-from training.tickets import ROUTE, SCHEMA, generate_tickets, write_seed_file
+from training.tickets import ROUTE, SCHEMA, answer, generate_tickets, write_seed_file
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "tk-retrain-job-admin"
@@ -158,6 +159,8 @@ def retrain_site(
     shared = tmp_path / "shared"
     store = shared / "adapters"
     shutil.copytree(demo_model / "adapters", store)
+    # The weights the job trains on (the session's folder is private to root: mode 0700).
+    shutil.copytree(demo_model / "base", shared / "base")
     admins = shared / "admin-keys.yaml"
     admins.write_text(
         yaml.safe_dump({"admins": {"retrain": [{"sha256": hash_api_key(ADMIN_KEY)}]}})
@@ -175,8 +178,23 @@ def retrain_site(
     # The admin API on a listener of its own, as the chart's Deployment runs it.
     monkeypatch.setenv("TURNOUT_ADMIN_PORT", str(admin_port))
     with running_gateway(config, tmp_path) as origin:
-        asyncio.run(drive_traffic(origin, generate_tickets(40, 5)))
+        wrong, _ = asyncio.run(drive_traffic(origin, generate_tickets(40, 5)))
         wait_for_captures(shared / "captures.db", ROUTE, 40)
+        # A reviewer corrects every wrong answer: the corrections are what the job learns from.
+        for request_id, label in wrong.items():
+            httpx.post(
+                f"{origin}/v1/feedback",
+                json={"request_id": request_id, "rating": -1, "correction": answer(label)},
+                timeout=10,
+            ).raise_for_status()
+        wait_until(
+            lambda: (
+                sum(c.correction is not None for c in read_captures(shared / "captures.db"))
+                == len(wrong)
+            ),
+            30,
+            "the corrections on disk",
+        )
         write_seed_file(shared / "seed.jsonl", generate_tickets(300, 6))
         yield {
             "config": config, "shared": shared, "store": store, "origin": origin,
@@ -185,7 +203,7 @@ def retrain_site(
 
 
 def job_container(
-    chart: helm.Chart, site: dict[str, Any], demo_model: Path, extra: list[str]
+    chart: helm.Chart, site: dict[str, Any], extra: list[str]
 ) -> tuple[list[str], list[str]]:
     """The chart's retraining Job for ROUTE: (podman options, the container's args)."""
     admin_port = int(site["admin"].rsplit(":", 1)[1])
@@ -194,7 +212,7 @@ def job_container(
         "gateway": {"adminPort": admin_port},
         "retrain": {
             "enabled": True, "routes": [ROUTE], "schedule": "",
-            "baseModel": str(demo_model / "base"),
+            "baseModel": str(site["shared"] / "base"),
             "adminKey": {"existingSecret": "turnout-retrain", "key": "admin-key"},
             "workRoot": str(site["shared"] / "retrain"),
             "extraArgs": extra,
@@ -210,7 +228,6 @@ def job_container(
     options = [
         "--volume", f"{config_dir}:/etc/turnout/config:ro",
         "--volume", f"{site['shared']}:{site['shared']}",
-        "--volume", f"{demo_model}:{demo_model}:ro",
         # The admin Service's name, as the cluster's DNS would resolve it.
         "--add-host", f"{full_name('admin')}:127.0.0.1",
         "--env", f"TURNOUT_ADMIN_KEY={ADMIN_KEY}",  # the Secret's value
@@ -219,7 +236,7 @@ def job_container(
 
 
 def test_the_retrain_job_in_the_training_image_refuses_a_candidate_the_gate_fails(
-    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any], demo_model: Path
+    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any]
 ) -> None:
     shared = retrain_site["shared"]
     # Two optimiser steps: the candidate still answers no valid JSON, and the gate says so.
@@ -230,7 +247,7 @@ def test_the_retrain_job_in_the_training_image_refuses_a_candidate_the_gate_fail
     extra = ["--seed-file", str(shared / "seed.jsonl"),
              "--train-config", str(shared / "train.yaml"),
              "--gate-config", str(shared / "gate.yaml")]  # fmt: skip
-    options, args = job_container(chart, retrain_site, demo_model, extra)
+    options, args = job_container(chart, retrain_site, extra)
     assert args[:4] == ["flywheel", "run", "--route", ROUTE]
 
     done = run_container(TRAINING_IMAGE, args, options=options, timeout=1500)
@@ -251,17 +268,15 @@ def test_the_retrain_job_in_the_training_image_refuses_a_candidate_the_gate_fail
     # The run's dataset came from the route's captures (and the seed file), with its card.
     (run,) = (shared / "retrain" / ROUTE).iterdir()
     card = json.loads((run / "dataset" / "dataset_card.json").read_text())
-    assert card["sources"]["captures"]["used"]
+    assert card["sources"]["captures"]["used"]["correction"] > 0
     report = json.loads((run / "report" / "report.json").read_text())
     assert not report["passed"]
 
 
 def test_the_retrain_job_refuses_when_there_is_too_little_data(
-    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any], demo_model: Path
+    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any]
 ) -> None:
-    options, args = job_container(
-        chart, retrain_site, demo_model, ["--min-train-examples", "100000"]
-    )
+    options, args = job_container(chart, retrain_site, ["--min-train-examples", "100000"])
 
     done = run_container(TRAINING_IMAGE, args, options=options, timeout=600)
 
@@ -273,7 +288,7 @@ def test_the_retrain_job_refuses_when_there_is_too_little_data(
 
 @pytest.mark.timeout(2400)
 def test_the_retrain_job_in_the_training_image_pushes_a_gated_version_and_starts_its_canary(
-    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any], demo_model: Path
+    training_image: Build, chart: helm.Chart, retrain_site: dict[str, Any]
 ) -> None:
     shared = retrain_site["shared"]
     # The flywheel demo's training config: measured to take the demo route past the gate.
@@ -283,7 +298,7 @@ def test_the_retrain_job_in_the_training_image_pushes_a_gated_version_and_starts
     extra = ["--seed-file", str(shared / "seed.jsonl"),
              "--train-config", str(shared / "train.yaml"),
              "--gate-config", str(shared / "gate.yaml"), "--canary-steps", "50,100"]  # fmt: skip
-    options, args = job_container(chart, retrain_site, demo_model, extra)
+    options, args = job_container(chart, retrain_site, extra)
 
     done = run_container(TRAINING_IMAGE, args, options=options, timeout=2300)
 
