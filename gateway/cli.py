@@ -23,6 +23,7 @@ from gateway.config import (
     with_environment,
 )
 from gateway.errors import TurnoutError
+from gateway.extras import missing_extra_message
 from monitoring import bench as signals_bench
 from monitoring import signals_cli
 from training import bench as train_bench
@@ -267,13 +268,30 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as error:
         print(f"turnout: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        message = missing_extra_message(error, " ".join(_command_words(args)))
+        if message is None:
+            return _unexpected(error, debug)
+        print(f"turnout: {message}", file=sys.stderr)
+        return 2
     except Exception as error:
-        if debug:
-            traceback.print_exception(error)
-        hint = "" if debug else " (--debug or TURNOUT_DEBUG=1 shows the traceback)"
-        print(f"turnout: {type(error).__name__}: {error}{hint}", file=sys.stderr)
-        return 1
+        return _unexpected(error, debug)
     return code
+
+
+def _unexpected(error: Exception, debug: bool) -> int:
+    """An error nothing expected: one line (the traceback with --debug), exit 1."""
+    if debug:
+        traceback.print_exception(error)
+    hint = "" if debug else " (--debug or TURNOUT_DEBUG=1 shows the traceback)"
+    print(f"turnout: {type(error).__name__}: {error}{hint}", file=sys.stderr)
+    return 1
+
+
+def _command_words(args: argparse.Namespace) -> list[str]:
+    """The subcommand as typed (`flywheel run`), from argparse's `dest`s."""
+    names = ["command", *(k for k in vars(args) if k.endswith("_command") and k != "command")]
+    return [str(getattr(args, name)) for name in names if getattr(args, name, None)]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 The admin URL and key come from `--url`/`--key` or `TURNOUT_ADMIN_URL`/`TURNOUT_ADMIN_KEY`.
 Each command prints the answer as JSON; an error prints the API's message and exits with 1.
+It speaks HTTP with the standard library, so the base install (no extras) runs it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import argparse
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
-
-import httpx
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
 
@@ -23,25 +24,27 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     if not key:
         print("turnout: an admin key is needed: --key or TURNOUT_ADMIN_KEY", file=sys.stderr)
         return 2
+    request = urllib.request.Request(
+        f"{url}/admin/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
     try:
-        response = httpx.request(
-            method,
-            f"{url}/admin/{path}",
-            json=body,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=args.timeout,
-        )
-    except httpx.HTTPError as error:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = response.read()
+    except urllib.error.HTTPError as error:
+        text = error.read().decode(errors="replace")
+        try:
+            message = json.loads(text)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = text
+        print(f"turnout: {error.code}: {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as error:
         print(f"turnout: cannot reach the admin API at {url}: {error}", file=sys.stderr)
         return 1
-    if response.is_error:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        print(f"turnout: {response.status_code}: {message}", file=sys.stderr)
-        return 1
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(json.loads(answer), indent=2))
     return 0
 
 

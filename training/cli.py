@@ -1,5 +1,5 @@
-"""The flywheel's `turnout` commands: `dataset build`, `train`, `eval`, `flywheel-demo`,
-`captures delete`.
+"""The flywheel's `turnout` commands: `dataset build`, `train`, `eval`, `flywheel run|watch`,
+`flywheel-demo`, `captures delete`.
 
 `add_commands` registers them on the main parser's subcommands; model code is imported inside
 the command functions, so registering them costs the gateway nothing.
@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,13 +53,12 @@ def _read_schema(path: Path | None) -> dict[str, Any] | None:
     return schema
 
 
-def _adapter(text: str) -> Any:
-    from training.evaluate import AdapterUnderTest
-
+def _adapter(text: str) -> tuple[str, Path]:
+    # Parsed without training.evaluate: argparse runs this before the extras check can.
     ref, separator, folder = text.partition("=")
     if not separator or "@" not in ref:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME@VERSION=FOLDER")
-    return AdapterUnderTest(ref, Path(folder).resolve())
+    return ref, Path(folder).resolve()
 
 
 def cmd_dataset_build(args: argparse.Namespace) -> int:
@@ -93,7 +96,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import asyncio
 
-    from training.evaluate import GateConfig, evaluate, markdown_summary, read_suite, write_report
+    from training.evaluate import (
+        AdapterUnderTest,
+        GateConfig,
+        evaluate,
+        markdown_summary,
+        read_suite,
+        write_report,
+    )
 
     gate = load_yaml_model(args.gate, GateConfig)
     schema = _read_schema(args.schema)
@@ -102,7 +112,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     suite = read_suite(args.suite) if args.suite else []
     report = asyncio.run(
         evaluate(
-            args.vllm, args.route, args.candidate, args.stable, args.dataset, schema, suite, gate
+            args.vllm,
+            args.route,
+            AdapterUnderTest(*args.candidate),
+            AdapterUnderTest(*args.stable) if args.stable else None,
+            args.dataset,
+            schema,
+            suite,
+            gate,
         )
     )
     write_report(report, args.report)
@@ -116,6 +133,54 @@ def cmd_flywheel_demo(args: argparse.Namespace) -> int:
     return main([*(["--work", str(args.work)] if args.work else []), "--seed", str(args.seed)])
 
 
+def cmd_flywheel_run(args: argparse.Namespace) -> int:
+    from gateway.config import load_config, with_environment
+    from training.dataset import DatasetConfig
+    from training.evaluate import GateConfig, read_suite
+    from training.qlora import TrainConfig
+    from training.retrain import RetrainInputs, RetrainRefused, retrain
+
+    config = with_environment(load_config(args.config))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    inputs = RetrainInputs(
+        route=args.route,
+        base_model=args.base_model,
+        work=args.work or args.work_root / args.route / stamp,
+        vllm_url=args.vllm,
+        admin_url=args.admin_url or os.environ.get("TURNOUT_ADMIN_URL"),
+        admin_key=args.admin_key or os.environ.get("TURNOUT_ADMIN_KEY"),
+        seed_file=args.seed_file,
+        dataset=load_yaml_model(args.dataset_config, DatasetConfig),
+        train=load_yaml_model(args.train_config, TrainConfig) if args.train_config else None,
+        gate=load_yaml_model(args.gate_config, GateConfig),
+        suite=read_suite(args.suite) if args.suite else (),
+        min_train_examples=args.min_train_examples,
+        canary={"steps": [float(s) for s in args.canary_steps.split(",")]}
+        if args.canary_steps
+        else None,
+    )
+    try:
+        result = retrain(config, inputs)
+    except RetrainRefused as refused:
+        print(f"turnout: flywheel run: {refused.message}", file=sys.stderr)
+        return 1
+    print(
+        f"pushed {result.ref} (gate passed on {result.report['test_examples']} held-out examples)"
+        f" and started its canary on {args.route}: {json.dumps(result.rollout)}",
+        flush=True,
+    )
+    return 0
+
+
+def _default_retrain_command(args: argparse.Namespace) -> str:
+    if not args.base_model:
+        raise ConfigError("flywheel watch: give --command, or --base-model for `flywheel run`")
+    return shlex.join(
+        [sys.executable, "-m", "gateway.cli", "flywheel", "run", "--route", args.route,
+         "--config", str(args.config), "--base-model", args.base_model]
+    )  # fmt: skip
+
+
 def cmd_flywheel_watch(args: argparse.Namespace) -> int:
     from training.trigger import TriggerConfig, watch
 
@@ -126,7 +191,13 @@ def cmd_flywheel_watch(args: argparse.Namespace) -> int:
         min_new_failures=args.min_new_failures,
     )
     for decision in watch(
-        args.gateway, args.route, args.captures, args.command, config, args.interval, args.rounds
+        args.gateway,
+        args.route,
+        args.captures,
+        args.on_retrain or _default_retrain_command(args),
+        config,
+        args.interval,
+        args.rounds,
     ):
         print(("retrain: " if decision.retrain else "wait: ") + decision.reason, flush=True)
     return 0
@@ -187,7 +258,13 @@ def add_commands(subparsers: Any) -> None:
     watcher.add_argument("route")
     watcher.add_argument("--gateway", required=True, help="the gateway's origin (/metrics)")
     watcher.add_argument("--captures", type=Path, required=True, help="the capture SQLite file")
-    watcher.add_argument("--command", required=True, help="what retraining runs (a process)")
+    watcher.add_argument(
+        "--command",
+        dest="on_retrain",
+        help="what retraining runs (a process); default: `turnout flywheel run` for the route",
+    )
+    watcher.add_argument("--config", type=Path, default=Path("turnout.yaml"), help="for run")
+    watcher.add_argument("--base-model", help="for `flywheel run`: the base model's weights")
     watcher.add_argument("--schema-invalid-rate", type=float, default=0.2)
     watcher.add_argument("--refusal-rate", type=float, default=0.2)
     watcher.add_argument("--drift-psi", type=float, default=0.25)
@@ -195,3 +272,28 @@ def add_commands(subparsers: Any) -> None:
     watcher.add_argument("--interval", type=float, default=60.0, help="seconds between reads")
     watcher.add_argument("--rounds", type=int, help="stop after this many reads")
     watcher.set_defaults(run=cmd_flywheel_watch)
+
+    cycle = flywheel_commands.add_parser(
+        "run",
+        help="one retraining cycle: captures -> dataset -> train -> gate -> push -> canary",
+    )
+    cycle.add_argument("--route", required=True)
+    cycle.add_argument("--config", type=Path, default=Path("turnout.yaml"), help="the gateway's")
+    cycle.add_argument("--base-model", required=True, help="the base model's weights (folder)")
+    cycle.add_argument("--work", type=Path, help="the run's folder (default: under --work-root)")
+    cycle.add_argument(
+        "--work-root", type=Path, default=Path(".turnout/retrain"), help="ROUTE/TIME under it"
+    )
+    cycle.add_argument("--vllm", help="the vLLM that gates (default: the first backend)")
+    cycle.add_argument("--admin-url", help="the gateway's admin API (env TURNOUT_ADMIN_URL)")
+    cycle.add_argument("--admin-key", help="an admin key (env TURNOUT_ADMIN_KEY)")
+    cycle.add_argument("--seed-file", type=Path, help="chat JSONL added to the captures")
+    cycle.add_argument("--dataset-config", type=Path, help="dataset.yaml (DatasetConfig)")
+    cycle.add_argument(
+        "--train-config", type=Path, help="train.yaml (default: the stable version's recorded)"
+    )
+    cycle.add_argument("--gate-config", type=Path, help="gate.yaml (GateConfig)")
+    cycle.add_argument("--suite", type=Path, help="regression suite JSONL")
+    cycle.add_argument("--min-train-examples", type=int, default=50)
+    cycle.add_argument("--canary-steps", help="comma-separated weights (default: the route's)")
+    cycle.set_defaults(run=cmd_flywheel_run)

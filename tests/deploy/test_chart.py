@@ -413,13 +413,23 @@ def test_vllm_is_reachable_only_from_the_gateway_and_prometheus(chart: helm.Char
     }
 
 
+# What every enabled retraining needs besides its routes.
+RETRAIN = {
+    "enabled": True,
+    "baseModel": "Qwen/Qwen2.5-0.5B-Instruct",
+    "adminKey": {"existingSecret": "turnout-retrain", "key": "admin-key"},
+}
+
+
 def test_retraining_is_off_by_default(chart: helm.Chart) -> None:
     rendered = render(chart)
     assert rendered.of_kind("CronJob") == []
     assert rendered.of_kind("Job") == []
 
 
-def test_retraining_runs_turnout_train_per_route_on_the_training_image(chart: helm.Chart) -> None:
+def test_retraining_runs_the_whole_flywheel_cycle_per_route_on_the_training_image(
+    chart: helm.Chart,
+) -> None:
     values = production_values()
     rendered = render(chart, values)
     cronjobs = rendered.of_kind("CronJob")
@@ -430,17 +440,27 @@ def test_retraining_runs_turnout_train_per_route_on_the_training_image(chart: he
         pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         (train,) = pod["containers"]
         assert train["image"] == f"{values['image']['repository']}:0.1.0-training"
-        assert train["args"] == ["train", route]
+        assert train["args"] == [
+            "flywheel", "run", "--route", route,
+            "--config", "/etc/turnout/config/turnout.yaml",
+            "--base-model", values["retrain"]["baseModel"],
+            "--work-root", "/var/lib/turnout/retrain",
+            "--admin-url", f"http://{full_name('admin')}:8081",
+            "--min-train-examples", "50",
+        ]  # fmt: skip
         assert train["resources"]["limits"]["nvidia.com/gpu"] == 1
         env = env_of(train)
         assert env["TURNOUT_REDIS_URL"]["value"] == values["redis"]["externalUrl"]
         assert "AWS_ACCESS_KEY_ID" in env
+        assert env["TURNOUT_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "turnout-retrain", "key": "admin-key",
+        }  # fmt: skip
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["capture"]["persistentVolumeClaim"]["claimName"] == "turnout-capture"
 
 
 def test_retraining_without_a_schedule_is_a_job_per_release_revision(chart: helm.Chart) -> None:
-    values = {"retrain": {"enabled": True, "routes": ["chat"], "schedule": ""}}
+    values = {"retrain": {**RETRAIN, "routes": ["chat"], "schedule": ""}}
     files = chart.render(values, name="demo", namespace=NAMESPACE, revision=7)
     jobs = [
         doc
@@ -453,8 +473,19 @@ def test_retraining_without_a_schedule_is_a_job_per_release_revision(chart: helm
 
 
 def test_retraining_a_route_that_is_not_configured_is_refused(chart: helm.Chart) -> None:
-    values = {"retrain": {"enabled": True, "routes": ["nope"]}}
+    values = {"retrain": {**RETRAIN, "routes": ["nope"]}}
     with pytest.raises(helm.HelmRenderError, match='"nope" is not a route'):
+        render(chart, values)
+
+
+@pytest.mark.parametrize("missing", ["baseModel", "adminKey"])
+def test_retraining_without_a_base_model_or_an_admin_key_is_refused(
+    chart: helm.Chart, missing: str
+) -> None:
+    empty = {"baseModel": "", "adminKey": {"existingSecret": ""}}[missing]
+    values = {"retrain": {**RETRAIN, "routes": ["chat"], missing: empty}}
+    # values.schema.json refuses it before any template runs.
+    with pytest.raises(helm.HelmValuesError, match=missing):
         render(chart, values)
 
 

@@ -1,4 +1,8 @@
-"""The Dockerfile, checked as text: no Docker engine here can build it (docs/deploy.md says so)."""
+"""The Dockerfile, checked as text: pins, layers, no model stack in the gateway image.
+
+tests/deploy/test_images.py builds and runs both images with podman; these checks say what a
+build could not show by itself (what is pinned, what a layer may contain).
+"""
 
 from __future__ import annotations
 
@@ -86,8 +90,9 @@ def test_gateway_image_installs_only_pinned_wheels_and_no_model_stack(
     dockerfile: Dockerfile,
 ) -> None:
     build, gateway = dockerfile.stage("build"), dockerfile.stage("gateway")
-    (wheel,) = build.all("RUN")
-    assert "--constraint constraints/gateway.txt" in wheel
+    dependencies, package = build.all("RUN")
+    assert "--requirement constraints/gateway.txt" in dependencies
+    assert "--no-deps" in package
     install = " ".join(gateway.all("RUN"))
     assert "--no-index --find-links /wheels turnout" in install
     words = set(re.findall(r"[A-Za-z0-9_.-]+", " ".join(build.all("RUN") + gateway.all("RUN"))))
@@ -106,8 +111,12 @@ def test_project_dependencies_hold_no_model_stack() -> None:
 
 
 def test_training_image_installs_torch_peft_and_bitsandbytes_pinned(dockerfile: Dockerfile) -> None:
-    (install,) = dockerfile.stage("training").all("RUN")[1:]
-    assert "--constraint /tmp/training.txt" in install
+    model_stack, package = dockerfile.stage("training").all("RUN")[1:]
+    install = f"{model_stack} {package}"
+    assert "--constraint /tmp/training.txt" in model_stack
+    assert "--constraint /tmp/training.txt" in package
+    # The package with the extra its commands import (httpx, numpy, ...), from the built wheels.
+    assert '"turnout[training]"' in package
     training_pins = pins(CONSTRAINTS / "training.txt")
     for package in ["turnout", "torch", "peft", "bitsandbytes", "transformers"]:
         assert re.search(rf"\b{package}\b", install), package

@@ -1,4 +1,5 @@
-{{/* The retraining pod template: `turnout train ROUTE` on the training image. */}}
+{{/* The retraining pod template: `turnout flywheel run --route ROUTE` on the training image:
+captures -> dataset -> QLoRA -> gate against the stable version -> push -> canary. */}}
 {{- define "turnout.retrainPod" -}}
 {{- $root := .root }}
 {{- $retrain := $root.Values.retrain }}
@@ -22,12 +23,16 @@ spec:
       image: {{ include "turnout.trainingImage" $root | quote }}
       imagePullPolicy: {{ $retrain.image.pullPolicy }}
       args:
-        - train
-        - {{ .route | quote }}
+        {{- include "turnout.retrainArgs" . | nindent 8 }}
         {{- with $retrain.extraArgs }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
       env:
+        - name: TURNOUT_ADMIN_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ $retrain.adminKey.existingSecret | quote }}
+              key: {{ $retrain.adminKey.key | quote }}
         {{- include "turnout.sharedEnv" $root | trim | nindent 8 }}
         {{- with $retrain.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -55,4 +60,28 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The retraining command's arguments (after the image's `turnout` entrypoint). */}}
+{{- define "turnout.retrainArgs" -}}
+{{- $root := .root }}
+{{- $retrain := $root.Values.retrain }}
+- flywheel
+- run
+- --route
+- {{ .route | quote }}
+- --config
+- /etc/turnout/config/turnout.yaml
+- --base-model
+- {{ $retrain.baseModel | quote }}
+- --work-root
+- {{ $retrain.workRoot | quote }}
+- --admin-url
+- {{ printf "http://%s:%d" (include "turnout.componentName" (dict "root" $root "component" "admin")) (int $root.Values.gateway.adminPort) | quote }}
+- --min-train-examples
+- {{ $retrain.minTrainExamples | quote }}
+{{- with $retrain.vllmUrl }}
+- --vllm
+- {{ . | quote }}
+{{- end }}
 {{- end }}
