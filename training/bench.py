@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from training.bench_runs import OURS, TRAINER_PEFT, RunSpec, spec_json
-from training.qlora import TrainingError, tokenized_example
 from training.tickets import KEYWORDS, SYSTEM_PROMPT, generate_tickets
 
 # The guides' reference run: 10,000 examples x 512 tokens x 3 epochs.
@@ -126,6 +125,7 @@ def _example(
     tokenizer: Any, words: list[str], label: str, length: int, answer_share: float
 ) -> dict[str, Any] | None:
     """A chat example of exactly `length` tokens whose answer is about `answer_share` of them."""
+    from training.qlora import tokenized_example
 
     def build(prompt_words: int, note_words: int, fill: int = 0) -> dict[str, Any]:
         answer = json.dumps({"label": label, "note": " ".join(words[len(words) - note_words :])})
@@ -168,6 +168,8 @@ def write_dataset(
 
     Returns the number of training examples and the share of their tokens that are learnt.
     """
+    from training.qlora import TrainingError, tokenized_example
+
     rng = random.Random(seed)
     vocabulary = [w for t in generate_tickets(200, seed, resend_rate=0.0) for w in t.text.split()]
     written: list[dict[str, Any]] = []

@@ -13,9 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.dataset import read_split
-from training.qlora import ALL_PROJECTIONS, TrainConfig, tokenized_example, train
-
 OURS = "ours"
 TRAINER_PEFT = "trainer-peft"
 TRAINERS = (OURS, TRAINER_PEFT)
@@ -73,6 +70,8 @@ def _peak_memory() -> dict[str, int]:
 
 def run_ours(spec: RunSpec) -> dict[str, Any]:
     """`training.qlora.train` for `spec.steps` steps; validation once, at the end (not timed)."""
+    from training.qlora import TrainConfig, train  # torch: only when a run starts
+
     config = TrainConfig(
         rank=spec.rank,
         alpha=spec.alpha,
@@ -113,6 +112,9 @@ def run_trainer_peft(spec: RunSpec) -> dict[str, Any]:
         TrainerCallback,
         TrainingArguments,
     )
+
+    from training.dataset import read_split
+    from training.qlora import ALL_PROJECTIONS, tokenized_example
 
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda else torch.float32

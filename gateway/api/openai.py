@@ -450,6 +450,6 @@ def models_router(table: PublishedTable, guard: RequestGuard) -> APIRouter:
 
     router.add_api_route("/v1/models", list_models, methods=["GET"], summary="List the routes")
     router.add_api_route(
-        "/v1/models/{route:path}", show_model, methods=["GET"], summary="One route and its schema"
+        "/v1/models/{route}", show_model, methods=["GET"], summary="One route and its schema"
     )
     return router
