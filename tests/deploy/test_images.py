@@ -122,9 +122,11 @@ def test_the_gateway_image_serves_the_charts_config_as_non_root_and_stops_on_sig
             )
             assert answer.http_response.status_code == 200
             assert answer.parse().choices[0].message.content
-            metrics = httpx.get(f"{origin}/metrics", timeout=5)
+            # With the admin port set (as the chart sets it), /metrics is served there only.
+            metrics = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5)
             assert metrics.status_code == 200
             assert "turnout_requests_total{" in metrics.text
+            assert httpx.get(f"{origin}/metrics", timeout=5).status_code == 404
 
             started = time.monotonic()
             podman("kill", "--signal", "TERM", name)
