@@ -51,6 +51,7 @@ def gateway() -> Iterator[tuple[str, int]]:
             "adapters": {"store": str(folder / "adapters")},
             "routes": {"bench": {"stable": "bench@v1"}},
             "timeouts": {"client_stall_s": STALL_S},
+            "limits": {"max_tokens": None},  # the slow stream asks for SLOW_EVENTS tokens
         }
         (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "gateway.cli", "serve", "--config"]
