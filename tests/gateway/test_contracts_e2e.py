@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.schemas import CLIENT_TRIAGE
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +26,6 @@ TRIAGE = {
     "properties": {"label": {"enum": LABELS}},
     "required": ["label"],
     "additionalProperties": False,
-}
-# The client's own idea of the answer, which the route's schema does not keep (no `priority`).
-CLIENT_TRIAGE = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["bug", "feature", "question"]},
-        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["label", "priority"],
 }
 # Differs from the label-only routes' schema, but every answer that one accepts meets it.
 ANY_LABEL = {"type": "string", "minLength": 1}

@@ -17,22 +17,8 @@ from gateway.contracts import Contract, check_schema, make_contract, request_con
 from gateway.errors import ConfigError, SchemaConflict
 from gateway.request_schemas import CACHE_SIZE, compatible, contract_for, normal_form
 from gateway.routing import build_routing_table
+from tests.support.schemas import CLIENT_TRIAGE, TRIAGE
 
-TRIAGE = {
-    "type": "object",
-    "properties": {"label": {"enum": ["billing", "bug", "account"]}},
-    "required": ["label"],
-    "additionalProperties": False,
-}
-# The example: what a client wanted from the `triage-json` route.
-CLIENT_TRIAGE = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["bug", "feature", "question"]},
-        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["label", "priority"],
-}
 TRIAGE_WITH_REFS = {
     "title": "Triage",
     "$defs": {

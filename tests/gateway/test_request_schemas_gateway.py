@@ -16,21 +16,8 @@ import yaml
 
 from gateway.auth import issue_key
 from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.schemas import CLIENT_TRIAGE, TRIAGE
 
-TRIAGE = {
-    "type": "object",
-    "properties": {"label": {"enum": ["billing", "bug", "account"]}},
-    "required": ["label"],
-    "additionalProperties": False,
-}
-CLIENT_TRIAGE = {
-    "type": "object",
-    "properties": {
-        "label": {"enum": ["bug", "feature", "question"]},
-        "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-    },
-    "required": ["label", "priority"],
-}
 ANSWER = (
     b'{"id":"c","object":"chat.completion","created":1,"model":"tiny","choices":[{"index":0,'
     b'"message":{"role":"assistant","content":"{\\"label\\": \\"billing\\"}"},'
