@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from gateway.errors import TurnoutError
+from gateway.errors import Failure, TurnoutError
 
 
 class AdapterError(TurnoutError):
     """Base of the registry's errors."""
 
-    status = 400
-    error_type = "invalid_request_error"
+    failure = Failure.INVALID
     code = "adapter_error"
 
 
@@ -26,35 +25,33 @@ class AdapterRefused(AdapterError):
 class AdapterNotFound(AdapterError):
     """No such adapter version in the store."""
 
-    status = 404
+    failure = Failure.NOT_FOUND
     code = "adapter_not_found"
 
 
 class AdapterStoreUnreadable(AdapterError):
     """The store could not be read (permissions, network): nothing is known about the version."""
 
-    status = 503
-    error_type = "server_error"
+    failure = Failure.UNAVAILABLE
     code = "adapter_store_unreadable"
 
 
 class AdapterExists(AdapterError):
     """The version is already in the store; versions are immutable."""
 
-    status = 409
+    failure = Failure.CONFLICT
     code = "adapter_exists"
 
 
 class AdapterInUse(AdapterError):
     """A route still references the version."""
 
-    status = 409
+    failure = Failure.CONFLICT
     code = "adapter_in_use"
 
 
 class AdapterLoadFailed(AdapterError):
     """A backend refused to load a version."""
 
-    status = 502
-    error_type = "upstream_error"
+    failure = Failure.UPSTREAM_FAILED
     code = "adapter_load_failed"

@@ -17,7 +17,7 @@ from pathlib import Path
 from adapters.errors import AdapterStoreUnreadable
 from adapters.loader import AdapterLoader
 from gateway.config import TurnoutConfig, load_config
-from gateway.errors import ConfigError, RolloutConflict, TurnoutError
+from gateway.errors import ConfigError, Failure, RolloutConflict, TurnoutError
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import Rollout
 from gateway.routing import (
@@ -41,7 +41,7 @@ _RESTART_ONLY = (
 class CandidateRejected(RolloutConflict):
     """A rollout's candidate cannot be served (missing, invalid, or a backend refused it)."""
 
-    status = 422
+    failure = Failure.INVALID_VALUE
     code = "candidate_rejected"
 
 

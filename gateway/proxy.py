@@ -17,7 +17,13 @@ import orjson
 from gateway.admission import BackendGates
 from gateway.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
 from gateway.breaker import RetryBudget
-from gateway.errors import AdapterNotReady, BackendTimeout, BackendUnavailable, TurnoutError
+from gateway.errors import (
+    AdapterNotReady,
+    BackendTimeout,
+    BackendUnavailable,
+    TurnoutError,
+    error_object,
+)
 from gateway.routing import Target
 from monitoring import metrics
 
@@ -53,8 +59,7 @@ def upstream_body(fields: dict[str, Any], target: Target) -> bytes:
 
 def sse_error_event(error: TurnoutError) -> bytes:
     """An SSE event the OpenAI clients raise as an APIError: how a started stream fails."""
-    payload = {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import TurnoutError
+from gateway.errors import Failure, TurnoutError
 from monitoring.metrics import CAPTURE_QUEUE_DEPTH, CAPTURE_RECORDS
 from training.capture_store import (
     SCHEMA_VERSION,
@@ -59,8 +59,7 @@ SchemaVerdict = Literal["valid", "invalid", "truncated", "none"]
 class CaptureUnavailable(TurnoutError):
     """The capture queue is full or closed, or its writer failed; nothing was recorded."""
 
-    status = 503
-    error_type = "server_error"
+    failure = Failure.UNAVAILABLE
     code = "capture_unavailable"
     retry_after_s = 1.0
 

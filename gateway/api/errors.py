@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP: OpenAI-style JSON bodies with the right status."""
+"""The one place where errors become HTTP: each kind of failure's status, OpenAI-style bodies."""
 
 from __future__ import annotations
 
@@ -11,23 +11,43 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from gateway.errors import MethodNotAllowed, NotFound, RequestValidationFailed, TurnoutError
+from gateway.errors import (
+    Failure,
+    MethodNotAllowed,
+    NotFound,
+    RequestValidationFailed,
+    TurnoutError,
+    error_object,
+)
 
 log = logging.getLogger("turnout.errors")
 
 
+HTTP_STATUS: dict[Failure, int] = {
+    Failure.INVALID: 400,
+    Failure.INVALID_VALUE: 422,
+    Failure.NOT_FOUND: 404,
+    Failure.METHOD_NOT_ALLOWED: 405,
+    Failure.TOO_LARGE: 413,
+    Failure.CONFLICT: 409,
+    Failure.UNAUTHENTICATED: 401,
+    Failure.FORBIDDEN: 403,
+    Failure.RATE_LIMITED: 429,
+    Failure.CLIENT_TOO_SLOW: 408,
+    Failure.UNAVAILABLE: 503,
+    Failure.UPSTREAM_FAILED: 502,
+    Failure.UPSTREAM_TIMEOUT: 504,
+    Failure.UPSTREAM_UNAVAILABLE: 503,
+    Failure.INTERNAL: 500,
+}
+
+
+def http_status(error: TurnoutError) -> int:
+    return HTTP_STATUS[error.failure]
+
+
 def error_body(error: TurnoutError) -> bytes:
-    return orjson.dumps(
-        {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "code": error.code,
-                "param": error.param,
-                **error.details,
-            }
-        }
-    )
+    return orjson.dumps(error_object(error))
 
 
 def retry_after_header(retry_after_s: float) -> str:
@@ -35,12 +55,15 @@ def retry_after_header(retry_after_s: float) -> str:
     return str(max(1, math.ceil(retry_after_s)))
 
 
-def error_response(error: TurnoutError, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    error: TurnoutError, headers: dict[str, str] | None = None, *, status: int | None = None
+) -> Response:
+    """The error's JSON body, with its failure's status (or `status`, for Starlette's own)."""
     if error.retry_after_s is not None:
         headers = {**(headers or {}), "retry-after": retry_after_header(error.retry_after_s)}
     return Response(
         error_body(error),
-        status_code=error.status,
+        status_code=status or http_status(error),
         media_type="application/json",
         headers=headers,
     )
@@ -57,9 +80,7 @@ async def _http_error(request: Request, error: Exception) -> Response:
         return error_response(MethodNotAllowed(f"{request.method} is not allowed here."))
     if error.status_code == 404:
         return error_response(NotFound(f"No endpoint {request.scope['path']}."))
-    generic = TurnoutError(str(error.detail))
-    generic.status = error.status_code
-    return error_response(generic)
+    return error_response(TurnoutError(str(error.detail)), status=error.status_code)
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:

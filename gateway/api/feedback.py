@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from gateway.api.openai import read_body
 from gateway.auth import Admin
-from gateway.errors import InvalidJSON, NotFound, RequestValidationFailed, TurnoutError
+from gateway.errors import Failure, InvalidJSON, NotFound, RequestValidationFailed, TurnoutError
 from gateway.guard import RequestGuard
 from training.capture import CaptureSink, CaptureUnavailable
 
@@ -50,8 +50,7 @@ class FeedbackAccepted(BaseModel):
 class AmbiguousRequestId(TurnoutError):
     """A client request id that several tenants used; the gateway's own id is unambiguous."""
 
-    status = 409
-    error_type = "invalid_request_error"
+    failure = Failure.CONFLICT
     code = "ambiguous_request_id"
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api.errors import error_response, unexpected_error_response
+from gateway.api.errors import error_response, http_status, unexpected_error_response
 from gateway.api.protocol import (
     RESERVED_FIELDS,
     ChatCompletionRequest,
@@ -338,7 +338,7 @@ class InferenceEndpoints:
             else:
                 return await self._judged(exchange, target, contract, headers)
         except TurnoutError as error:
-            self._finish(exchange, error.status)
+            self._finish(exchange, http_status(error))
             raise
         if isinstance(opened, UpstreamReply):
             self._finish(exchange, opened.status, opened.body)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.api.errors import http_status
 from gateway.config import parse_config
 from gateway.contracts import Contract, check_schema, make_contract, request_contract
 from gateway.errors import ConfigError, SchemaConflict
@@ -172,7 +173,7 @@ def test_reject_refuses_a_conflict_naming_the_route_and_the_fix() -> None:
     with pytest.raises(SchemaConflict) as refused:
         contract_for(route_contract(TRIAGE), asked(CLIENT_TRIAGE), "triage-json")
     error = refused.value
-    assert (error.status, error.error_type, error.code, error.param) == (
+    assert (http_status(error), error.failure.openai_type, error.code, error.param) == (
         400, "invalid_request_error", "schema_conflict", "response_format",
     )  # fmt: skip
     assert "`triage-json`" in error.message
