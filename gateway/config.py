@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
+from gateway.config_paths import CONFIG_FOLDER, ConfigPath
 from gateway.contracts import (
     OnInvalid,
     RequestSchemaPolicy,
@@ -105,11 +106,16 @@ class TimeoutsConfig(StrictModel):
     )
 
 
+# The ranks vLLM's --max-lora-rank accepts (vllm/config/lora.py, MaxLoRARanks, vLLM 0.32).
+MaxLoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+
+
 class AdaptersConfig(StrictModel):
     """The adapter registry, and what the backends accept (their vLLM LoRA flags)."""
 
-    store: str = Field(
+    store: ConfigPath = Field(
         default="./.turnout/demo/adapters",
+        validate_default=True,
         description="a folder or an fsspec URL such as s3://bucket/prefix (credentials from env)",
     )
     backend_path: str | None = Field(
@@ -117,7 +123,9 @@ class AdaptersConfig(StrictModel):
         description="the store's folder as the vLLM servers see it; None: the store itself "
         "(which must then be a local folder)",
     )
-    max_lora_rank: int = Field(default=16, gt=0, description="vLLM --max-lora-rank")
+    max_lora_rank: MaxLoraRank = Field(
+        default=16, description="vLLM --max-lora-rank: one of the ranks vLLM accepts"
+    )
     max_loras: int = Field(default=4, gt=0, description="vLLM --max-loras: adapters per batch")
     max_cpu_loras: int | None = Field(
         default=None, gt=0, description="vLLM --max-cpu-loras: adapters in memory; None: max_loras"
@@ -125,6 +133,15 @@ class AdaptersConfig(StrictModel):
     reconcile_interval_s: float = Field(
         default=2.0, gt=0, description="how often backends are checked for missing adapters"
     )
+
+    @model_validator(mode="after")
+    def _cpu_holds_a_batch(self) -> AdaptersConfig:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be at least max_loras "
+                f"({self.max_loras}): vLLM keeps every adapter of a batch in CPU memory too"
+            )
+        return self
 
     @property
     def capacity(self) -> int:
@@ -200,8 +217,10 @@ class RouteConfig(StrictModel):
 class StateConfig(StrictModel):
     """Where runtime state lives: rollout state and the audit log, shared through Redis or not."""
 
-    dir: str = Field(
-        default="./.turnout/state", description="rollout state file and audit log (one process)"
+    dir: ConfigPath = Field(
+        default="./.turnout/state",
+        validate_default=True,
+        description="rollout state file and audit log (one process)",
     )
     redis_url: str | None = Field(
         default=None,
@@ -214,12 +233,12 @@ class StateConfig(StrictModel):
 class AuthConfig(StrictModel):
     """API keys: tenants and the routes granted to them, operators apart (docs/security.md)."""
 
-    keys_file: str | None = Field(
+    keys_file: ConfigPath | None = Field(
         default=None,
         description="tenants' key hashes and routes (env TURNOUT_API_KEYS_FILE); "
         "None: no authentication (the local embedded default)",
     )
-    admin_keys_file: str | None = Field(
+    admin_keys_file: ConfigPath | None = Field(
         default=None,
         description="operators' key hashes for /admin (env TURNOUT_ADMIN_KEYS_FILE); "
         "None: the admin API refuses every call",
@@ -291,7 +310,7 @@ class MonitoringConfig(StrictModel):
 class EmbeddedConfig(StrictModel):
     """The local vLLM that `turnout up` starts (ignored by `turnout serve`)."""
 
-    model: str = "./.turnout/demo/base"
+    model: ConfigPath = Field(default="./.turnout/demo/base", validate_default=True)
     dtype: str | None = Field(
         default=None, description="None: float32 on the CPU build of vLLM, auto on CUDA"
     )
@@ -308,19 +327,20 @@ class TurnoutConfig(StrictModel):
     base_model: RouteName = Field(default="tiny", description="the name vLLM serves the base under")
     backends: list[BackendConfig] = Field(default_factory=list)
     timeouts: TimeoutsConfig = TimeoutsConfig()
-    adapters: AdaptersConfig = AdaptersConfig()
+    adapters: AdaptersConfig = Field(default_factory=dict, validate_default=True)
     routes: dict[RouteName, RouteConfig] = Field(default_factory=dict)
-    state: StateConfig = StateConfig()
+    state: StateConfig = Field(default_factory=dict, validate_default=True)
     monitoring: MonitoringConfig = MonitoringConfig()
-    auth: AuthConfig = AuthConfig()
+    auth: AuthConfig = Field(default_factory=dict, validate_default=True)
     limits: LimitsConfig = LimitsConfig()
     admission: AdmissionConfig = AdmissionConfig()
     breaker: BreakerConfig = BreakerConfig()
     capture: CaptureSettings = Field(
-        default_factory=lambda: CaptureSettings(path="./.turnout/state/captures.db"),
+        default_factory=lambda: {"path": "./.turnout/state/captures.db"},
+        validate_default=True,
         description="what the flywheel captures (training/capture.py)",
     )
-    embedded: EmbeddedConfig = EmbeddedConfig()
+    embedded: EmbeddedConfig = Field(default_factory=dict, validate_default=True)
     requests: RequestsConfig = Field(
         default_factory=RequestsConfig,
         description="what one request may contain: fields, media, bounds (routes may override)",
@@ -359,22 +379,16 @@ def describe_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(raw: Any, source: str = "config") -> TurnoutConfig:
-    """Validate an already-parsed YAML document."""
+def parse_config(raw: Any, source: str = "config", folder: Path | None = None) -> TurnoutConfig:
+    """Validate an already-parsed YAML document; relative paths resolve against `folder`."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        return TurnoutConfig.model_validate(raw)
+        return TurnoutConfig.model_validate(raw, context={CONFIG_FOLDER: folder})
     except ValidationError as error:
         raise ConfigError(f"{source}:\n{describe_validation_error(error)}") from None
-
-
-def _relative_to(folder: Path, location: str) -> str:
-    if "://" in location or Path(location).is_absolute():
-        return location
-    return str((folder / location).resolve())
 
 
 def _with_schema_files(raw: Any, folder: Path, source: Path) -> Any:
@@ -413,30 +427,7 @@ def load_config(path: Path) -> TurnoutConfig:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     folder = path.resolve().parent
-    config = parse_config(_with_schema_files(raw, folder, path), source=str(path))
-    return config.model_copy(
-        update={
-            "adapters": config.adapters.model_copy(
-                update={"store": _relative_to(folder, config.adapters.store)}
-            ),
-            "embedded": config.embedded.model_copy(
-                update={"model": _relative_to(folder, config.embedded.model)}
-            ),
-            "state": config.state.model_copy(
-                update={"dir": _relative_to(folder, config.state.dir)}
-            ),
-            "capture": config.capture.model_copy(
-                update={"path": _relative_to(folder, config.capture.path)}
-            ),
-            "auth": config.auth.model_copy(
-                update={
-                    key: _relative_to(folder, value)
-                    for key, value in config.auth.model_dump().items()
-                    if value is not None
-                }
-            ),
-        }
-    )
+    return parse_config(_with_schema_files(raw, folder, path), source=str(path), folder=folder)
 
 
 def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ) -> TurnoutConfig:

@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.config_paths import ConfigPath
 from gateway.errors import Failure, TurnoutError
 from monitoring.metrics import CAPTURE_QUEUE_DEPTH, CAPTURE_RECORDS
 from training.capture_store import (
@@ -157,7 +158,7 @@ class CaptureSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = ".turnout/captures.db"
+    path: ConfigPath = Field(default=".turnout/captures.db", validate_default=True)
     queue_capacity: int = Field(default=10_000, gt=0, description="records held in memory")
     batch_size: int = Field(default=256, gt=0, description="records per transaction")
     flush_interval_s: float = Field(default=0.5, gt=0, description="longest wait for a batch")

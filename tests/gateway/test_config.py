@@ -77,6 +77,11 @@ routes:
             "server: {port: 8080, metrics_port: 8080}\n",
             "server: port, admin_port and metrics_port must differ",
         ),
+        (
+            "adapters: {max_loras: 4, max_cpu_loras: 2}\n",
+            "adapters: max_cpu_loras (2) must be at least max_loras (4)",
+        ),
+        ("adapters: {max_lora_rank: 12}\n", "adapters.max_lora_rank: Input should be 1, 8, 16"),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("routes: {a: [}\n", "invalid YAML"),
     ],
@@ -120,3 +125,26 @@ def test_config_schema_is_a_json_schema_that_describes_routes(
 def test_the_schema_accepts_the_shipped_config() -> None:
     document = yaml.safe_load((REPO / "turnout.yaml").read_text())
     jsonschema.validate(document, TurnoutConfig.model_json_schema())
+
+
+def test_relative_paths_are_relative_to_the_config_file_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    path = write(
+        folder,
+        "adapters: {store: store}\nstate: {dir: ../state}\nembedded: {model: m}\n"
+        "capture: {path: c.db}\nauth: {keys_file: keys.yaml, admin_keys_file: /abs/admin.yaml}\n",
+    )
+    config = load_config(path)
+    assert config.adapters.store == str(folder / "store")
+    assert config.state.dir == str(tmp_path / "state")
+    assert config.embedded.model == str(folder / "m")
+    assert config.capture.path == str(folder / "c.db")
+    assert config.auth.keys_file == str(folder / "keys.yaml")
+    assert config.auth.admin_keys_file == "/abs/admin.yaml"
+    untouched = load_config(write(folder, "adapters: {store: 's3://bucket/prefix'}\n"))
+    assert untouched.adapters.store == "s3://bucket/prefix"
+    assert untouched.state.dir == str(folder / ".turnout" / "state")  # defaults resolve too
