@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,9 @@ from adapters.names import parse_ref
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import TurnoutConfig, load_config
+from gateway.environment import STORE, Environment
 from gateway.errors import ConfigError
 from gateway.state import stored_rollouts
-
-STORE_ENV = "TURNOUT_STORE"
 
 
 def _config(args: argparse.Namespace) -> TurnoutConfig | None:
@@ -27,9 +25,9 @@ def _config(args: argparse.Namespace) -> TurnoutConfig | None:
 
 def _registry(args: argparse.Namespace, config: TurnoutConfig | None) -> AdapterRegistry:
     """The store from --store, else the config file, else $TURNOUT_STORE."""
-    store = args.store or (config.adapters.store if config else os.environ.get(STORE_ENV))
+    store = args.store or (config.adapters.store if config else Environment.read().store)
     if not store:
-        raise ConfigError(f"no adapter store: pass --store, set {STORE_ENV}, or use --config")
+        raise ConfigError(f"no adapter store: pass --store, set {STORE}, or use --config")
     return AdapterRegistry(store)
 
 
@@ -131,9 +129,7 @@ def add_commands(commands: Any) -> None:
     def command(name: str, run: Any, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         parser.add_argument("--config", type=Path, default=Path("turnout.yaml"))
-        parser.add_argument(
-            "--store", help=f"a folder or fsspec URL (default: config, ${STORE_ENV})"
-        )
+        parser.add_argument("--store", help=f"a folder or fsspec URL (default: config, ${STORE})")
         parser.set_defaults(run=run)
         return parser
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -22,6 +21,7 @@ from gateway.config import (
     load_config,
     with_environment,
 )
+from gateway.environment import Environment
 from gateway.errors import TurnoutError
 from gateway.extras import missing_extra_message
 from monitoring import bench as signals_bench
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("TURNOUT_DEBUG", "") not in ("", "0")
+    debug = args.debug or Environment.read().debug
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         code: int = args.run(args)

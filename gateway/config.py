@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from gateway.contracts import (
     StreamValidation,
     check_schema,
 )
+from gateway.environment import Environment
 from gateway.errors import ConfigError
 from gateway.request_config import RequestsConfig
 from gateway.rollouts import (
@@ -430,27 +430,19 @@ def load_config(path: Path) -> TurnoutConfig:
     return parse_config(_with_schema_files(raw, folder, path), source=str(path), folder=folder)
 
 
-def with_environment(config: TurnoutConfig, env: Mapping[str, str] = os.environ) -> TurnoutConfig:
-    """Secrets and deployment wiring that arrive as environment variables (see docs/deploy.md):
-    `TURNOUT_REDIS_URL` sets `state.redis_url`, `TURNOUT_API_KEYS_FILE` and
-    `TURNOUT_ADMIN_KEYS_FILE` set `auth.keys_file` and `auth.admin_keys_file`,
-    `TURNOUT_ADMIN_PORT` sets `server.admin_port`."""
-    redis_url = env.get("TURNOUT_REDIS_URL")
-    if redis_url:
-        state = config.state.model_copy(update={"redis_url": redis_url})
-        config = config.model_copy(update={"state": state})
-    files = {
-        "keys_file": env.get("TURNOUT_API_KEYS_FILE"),
-        "admin_keys_file": env.get("TURNOUT_ADMIN_KEYS_FILE"),
-    }
-    files = {key: value for key, value in files.items() if value}
-    admin_port = env.get("TURNOUT_ADMIN_PORT")
-    if admin_port:
-        server = config.server.model_copy(update={"admin_port": int(admin_port)})
-        config = config.model_copy(update={"server": server})
-    if files:
-        config = config.model_copy(update={"auth": config.auth.model_copy(update=files)})
-    return config
+def with_environment(config: TurnoutConfig, env: Mapping[str, str] | None = None) -> TurnoutConfig:
+    """The config with what the environment sets (`gateway.environment` lists the variables)."""
+    found = Environment.read(env)
+    updates: dict[str, StrictModel] = {}
+    if found.redis_url:
+        updates["state"] = config.state.model_copy(update={"redis_url": found.redis_url})
+    if found.admin_port is not None:
+        updates["server"] = config.server.model_copy(update={"admin_port": found.admin_port})
+    files = {"keys_file": found.api_keys_file, "admin_keys_file": found.admin_keys_file}
+    if any(files.values()):
+        set_files = {key: value for key, value in files.items() if value}
+        updates["auth"] = config.auth.model_copy(update=set_files)
+    return config.model_copy(update=updates) if updates else config
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
+from gateway.environment import Environment
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8080"
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None) -> int:
-    url = (args.url or os.environ.get("TURNOUT_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
-    key = args.key or os.environ.get("TURNOUT_ADMIN_KEY")
+    env = Environment.read()
+    url = (args.url or env.admin_url or DEFAULT_ADMIN_URL).rstrip("/")
+    key = args.key or env.admin_key
     if not key:
         print("turnout: an admin key is needed: --key or TURNOUT_ADMIN_KEY", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -135,20 +134,22 @@ def cmd_flywheel_demo(args: argparse.Namespace) -> int:
 
 def cmd_flywheel_run(args: argparse.Namespace) -> int:
     from gateway.config import load_config, with_environment
+    from gateway.environment import Environment
     from training.dataset import DatasetConfig
     from training.evaluate import GateConfig, read_suite
     from training.qlora import TrainConfig
     from training.retrain import RetrainInputs, RetrainRefused, retrain
 
     config = with_environment(load_config(args.config))
+    env = Environment.read()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     inputs = RetrainInputs(
         route=args.route,
         base_model=args.base_model,
         work=args.work or args.work_root / args.route / stamp,
         vllm_url=args.vllm,
-        admin_url=args.admin_url or os.environ.get("TURNOUT_ADMIN_URL"),
-        admin_key=args.admin_key or os.environ.get("TURNOUT_ADMIN_KEY"),
+        admin_url=args.admin_url or env.admin_url,
+        admin_key=args.admin_key or env.admin_key,
         seed_file=args.seed_file,
         dataset=load_yaml_model(args.dataset_config, DatasetConfig),
         train=load_yaml_model(args.train_config, TrainConfig) if args.train_config else None,
