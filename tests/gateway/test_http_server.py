@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvloop
 
+from gateway.embedded import free_port
 from gateway.http_server import CoalescingTransport
+from gateway.server import _server
+from gateway.stream_guard import TRANSPORT_EXTENSION
 
 
 class _Replier(asyncio.Protocol):
@@ -88,3 +92,39 @@ def test_close_sends_what_was_written_first() -> None:
 def test_abort_drops_what_was_not_sent() -> None:
     _, received = _exchange("abort")
     assert received == b""
+
+
+def test_uvicorn_serves_through_the_coalescing_protocol_with_the_transport_in_scope() -> None:
+    """The subclass leans on uvicorn's httptools internals (pyproject pins the tested range):
+    run it through `uvicorn.Server` as the gateway does and check both of its hooks took."""
+    seen: list[object] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(scope["extensions"].get(TRANSPORT_EXTENSION))
+        length = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": length})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    async def scenario() -> bytes:
+        port = free_port()
+        server = _server(app, "127.0.0.1", port, lifespan="off")
+        serving = asyncio.create_task(server.serve())
+        try:
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+                await asyncio.sleep(0.01)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+        finally:
+            server.should_exit = True
+            await serving
+
+    answer = _run(scenario)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nhello")
+    assert len(seen) == 1
+    assert isinstance(seen[0], CoalescingTransport)
