@@ -123,7 +123,9 @@ def create_app(
         else LocalEvidence(recorder)
     )
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
-    capture = SqliteCaptureSink(config.capture)
+    capture = SqliteCaptureSink(
+        config.capture, review={name: route.review for name, route in config.routes.items()}
+    )
     drift_settings = config.monitoring.drift
     drift = DriftMonitor(
         DriftConfig(

@@ -35,6 +35,7 @@ from gateway.rollouts import (
     DEFAULT_STEPS,
 )
 from training.capture import CaptureSettings
+from training.review.policy import ReviewPolicy
 
 RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
@@ -178,6 +179,10 @@ class RouteConfig(StrictModel):
     )
     requests: RequestsConfig | None = Field(
         default=None, description="this route's fields, media and bounds: replaces the keys it sets"
+    )
+    review: ReviewPolicy = Field(
+        default_factory=ReviewPolicy,
+        description="what goes to the human review queue (training/review/policy.py)",
     )
 
     @field_validator("json_schema")
