@@ -237,3 +237,80 @@ def test_items_are_json_ready(tmp_path: Path) -> None:
     view = json.loads(json.dumps(item.as_dict()))
     assert view["flags"] == ["schema_invalid"]
     assert view["second_answer"] is None
+
+
+def test_review_corrections_enter_the_dataset_with_provenance_and_bad_answers_stay_out(
+    tmp_path: Path,
+) -> None:
+    from training.dataset import SPLITS, DatasetConfig, DatasetInputs, build_dataset, read_split
+    from training.tickets import (
+        ROUTE,
+        SCHEMA,
+        answer,
+        generate_tickets,
+        prompt_messages,
+        write_seed_file,
+    )
+
+    db = tmp_path / "captures.db"
+    sink = SqliteCaptureSink(
+        CaptureSettings(path=str(db), flush_interval_s=0.01),
+        review={ROUTE: ReviewPolicy(sample_rate=1.0)},
+    )
+    tickets = generate_tickets(6, seed=31, resend_rate=0.0)
+    for index, ticket in enumerate(tickets):
+        sink.offer(
+            CaptureRecord(
+                request_id=f"t{index}",
+                route=ROUTE,
+                version=f"{ROUTE}@v2",
+                arm="candidate",
+                created_at=1_700_000_000.0,
+                endpoint="chat",
+                messages=tuple(prompt_messages(ticket.text)),
+                output=answer("other" if ticket.label != "other" else "billing"),
+                finish_reason="stop",
+                schema_verdict="valid",
+            )
+        )
+    # A user liked t1's answer; the reviewer's "bad" outranks it.
+    sink.add_feedback("t1", rating=1)
+    sink.close()
+    queue = ReviewQueue(db)
+    items = {}
+    while (item := queue.next_item(ROUTE)) is not None:
+        items[item.request_id] = item
+        if item.request_id == "t0":
+            queue.judge(item, "bad", "wrong_answer", answer(tickets[0].label), "reviewer:ann")
+        elif item.request_id == "t1":
+            queue.judge(item, "bad", "wrong_answer", None, "reviewer:ann")
+        else:
+            queue.judge(item, "good", "correct", None, "admin:ops")
+    seed = tmp_path / "seed.jsonl"
+    write_seed_file(seed, generate_tickets(200, seed=32, resend_rate=0.0))
+
+    out = tmp_path / "ds"
+    card = build_dataset(
+        DatasetInputs(ROUTE, db, seed, SCHEMA), out, DatasetConfig(balance_labels=False)
+    )
+    review = card["sources"]["captures"]["review"]
+    assert review == {
+        "judged": 6,
+        "judged_bad": 2,
+        "corrections": 1,
+        "approved": 4,
+        "reviewers": {"admin:ops": 4, "reviewer:ann": 2},
+    }
+    lines = [line for name in SPLITS for line in read_split(out, name)]
+    # Reviewed examples that survive deduplication (a seed example outranks an approval).
+    reviewed = [line for line in lines if "review" in line]
+    assert sum(card["splits"][name]["reviewed"] for name in SPLITS) == len(reviewed) >= 1
+    corrected = [line for line in lines if line.get("review", {}).get("request_id") == "t0"]
+    assert len(corrected) == 1
+    assert corrected[0]["messages"][-1]["content"] == answer(tickets[0].label)
+    assert corrected[0]["source"] == "correction"
+    provenance = corrected[0]["review"]
+    assert provenance["reviewer"] == "reviewer:ann"
+    assert provenance["version"] == f"{ROUTE}@v2"
+    assert provenance["judged_at"] > 1_700_000_000
+    assert not [line for line in lines if line.get("review", {}).get("request_id") == "t1"]

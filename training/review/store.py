@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from training.capture_store import columns_of, connect
+from training.redaction import redact
 from training.review.stats import Share, wilson
 
 Verdict = Literal["good", "bad"]
@@ -220,8 +221,10 @@ _NEXT = (
 class ReviewQueue:
     """Reviewers' side of the queue in a capture file; thread-safe, every call a transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, redact_corrections: bool = True) -> None:
+        """`redact_corrections`: corrections are redacted as feedback is (`redact_feedback`)."""
         self.path = path
+        self._redact = redact_corrections
         self._connection = connect(path)
         self._lock = threading.Lock()
 
@@ -300,6 +303,8 @@ class ReviewQueue:
         reviewer: str,
     ) -> Judgement:
         """Record a verdict on `item` (a later one replaces it for every reader)."""
+        if correction is not None and self._redact:
+            correction = redact(correction)
         judgement = Judgement(
             item.id,
             item.request_id,
