@@ -114,6 +114,7 @@ def review_api_router(queue: ReviewQueue, access: ReviewAccess, schema_of: Schem
     def reviewer(request: Request) -> Reviewer:
         who = access.authenticate(request.headers.get("authorization"))
         request.state.actor = who.label
+        request.state.reviewer = who
         return who
 
     router = APIRouter(prefix="/review/api", dependencies=[Depends(reviewer)])
@@ -136,7 +137,8 @@ def review_api_router(queue: ReviewQueue, access: ReviewAccess, schema_of: Schem
         stratum = (item.route, item.version, item.arm)
         REVIEW_QUEUE_DEPTH.labels(*stratum).set(depths.get(stratum, 0))
 
-    async def me(who: Annotated[Reviewer, Depends(reviewer)]) -> dict[str, Any]:
+    async def me(request: Request) -> dict[str, Any]:
+        who: Reviewer = request.state.reviewer
         return {
             "object": "turnout.reviewer",
             "reviewer": who.label,
@@ -153,9 +155,8 @@ def review_api_router(queue: ReviewQueue, access: ReviewAccess, schema_of: Schem
     async def show(item_id: int) -> dict[str, Any]:
         return view(await found(item_id))
 
-    async def judge(
-        item_id: int, request: Request, who: Annotated[Reviewer, Depends(reviewer)]
-    ) -> dict[str, Any]:
+    async def judge(item_id: int, request: Request) -> dict[str, Any]:
+        who: Reviewer = request.state.reviewer
         body = _parse(await request.body())
         item = await found(item_id)
         if body.reason is not None and body.reason not in REASONS:

@@ -141,8 +141,8 @@ async function judge(verdict) {
     await api(`/items/${item.id}/judgement`, { verdict, reason: state.reason,
       correction: correction.trim() ? correction : null });
     state.history.push(item.id);
-    say(`Item ${item.id} judged ${verdict}.`, "notice");
     await next();
+    say(`Item ${item.id} judged ${verdict}.`, "notice");
   } catch (error) { say(error.message); }
 }
 
@@ -152,9 +152,9 @@ async function skip() {
   try {
     await api(`/items/${item.id}/skip`, {});
     state.history.push(item.id);
-    say(`Item ${item.id} skipped.`, "notice");
     const data = await api(`/next?exclude=${item.id}${routeFilter() ? `&${routeFilter()}` : ""}`);
     render(data.item);
+    say(`Item ${item.id} skipped.`, "notice");
   } catch (error) { say(error.message); }
 }
 
