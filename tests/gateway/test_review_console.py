@@ -158,6 +158,12 @@ def test_review_api_needs_a_reviewer_or_admin_key_and_reviewer_keys_open_nothing
         headers={"authorization": f"Bearer {console.reviewer}"},
     )
     assert chat.status_code == 401
+    feedback = httpx.post(
+        f"{console.origin}/v1/feedback",
+        json={"request_id": "anything", "rating": -1},
+        headers={"authorization": f"Bearer {console.reviewer}"},
+    )
+    assert feedback.status_code == 401
     # The page itself holds no data and loads nothing from elsewhere.
     page = _get(console, "/review", None)
     assert page.status_code == 200
@@ -378,3 +384,21 @@ def test_a_reviewer_works_through_the_queue_by_keyboard_and_the_correction_reach
     assert reviewed[0]["review"]["reviewer"] == "reviewer:rita"
     assert reviewed[0]["review"]["version"] == judged["version"]
     assert reviewed[0]["review"]["judged_at"] > 0
+
+
+def test_keys_create_prints_a_reviewer_entry_for_the_admin_keys_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from gateway.auth import hash_api_key, load_admin_keyring, load_reviewer_keyring
+    from gateway.cli import main
+
+    assert main(["keys", "create", "rita", "--reviewer"]) == 0
+    printed = capsys.readouterr().out
+    key = printed.split("): ", 1)[1].split()[0]
+    entry = yaml.safe_load(printed.split("as 'rita':\n", 1)[1])
+    assert entry["reviewers"]["rita"][0]["sha256"] == hash_api_key(key)
+    path = tmp_path / "admins.yaml"
+    path.write_text(yaml.safe_dump({"admins": {}, **entry}))
+    assert load_reviewer_keyring(path).authenticate(f"Bearer {key}").name == "rita"
+    with pytest.raises(Exception, match="Incorrect API key"):
+        load_admin_keyring(path).authenticate(f"Bearer {key}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,27 @@ def test_deleting_a_tenant_deletes_its_review_items_and_corrections(tmp_path: Pa
     connection.close()
     assert rows == [("other-1",)]
     assert items == [("other-1",)]
+
+
+def test_the_retention_purge_deletes_the_review_rows_of_purged_captures(tmp_path: Path) -> None:
+    from training.capture_store import purge_older_than
+
+    db = tmp_path / "captures.db"
+    sink = _sink(db, ReviewPolicy(sample_rate=1.0), success_sample_rate=1.0)
+    sink.offer(_answer("old"))
+    sink.offer(replace(_answer("new"), created_at=1_800_000_000.0))
+    sink.close()
+    queue = ReviewQueue(db)
+    for item_id in (1, 2):
+        item = queue.item(item_id)
+        assert item is not None
+        queue.judge(item, "bad", "other", '{"label": "fix"}', "reviewer:ann")
+    connection = connect(db)
+    assert purge_older_than(connection, 1_750_000_000.0) == (1, 0)
+    judged = connection.execute("SELECT request_id FROM review_judgements").fetchall()
+    connection.close()
+    assert judged == [("new",)]
+    assert queue.item(1) is None
 
 
 def test_a_capture_file_from_before_the_queue_reads_as_no_judgements(tmp_path: Path) -> None:
