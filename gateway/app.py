@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from adapters.loader import AdapterLoader, VllmAdapterAdmin
 from adapters.registry import AdapterRegistry
 from gateway.admission import AdmissionLimits, BackendGates
-from gateway.analysis import RolloutRecorder
+from gateway.analysis import RolloutRecorder, default_signals, signals_with_review
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
 from gateway.api.captures import captures_router
@@ -41,6 +41,7 @@ from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, c
 from gateway.residency import Residency
 from gateway.review.access import ReviewAccess
 from gateway.review.api import console_router, review_api_router
+from gateway.review.rollouts import RolloutReviews
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import state_store_for
@@ -127,7 +128,9 @@ def create_app(
         AuditLog(Path(config.state.dir) / "audit.jsonl"),
         control.publish,
     )
-    recorder = RolloutRecorder()
+    recorder = RolloutRecorder(
+        signals_with_review if config.state.review_verdicts_in_analysis else default_signals
+    )
     evidence: Evidence = (
         PooledEvidence(recorder, config.state.redis_url)
         if config.state.redis_url
@@ -232,7 +235,10 @@ def create_app(
     operators.include_router(captures_router(capture))
     fleet = fleet_router(pool, readiness, admins)
     review = review_api_router(
-        review_queue, ReviewAccess(admins, reviewers), lambda route: _route_schema(table, route)
+        review_queue,
+        ReviewAccess(admins, reviewers),
+        lambda route: _route_schema(table, route),
+        RolloutReviews(table, recorder).judged,
     )
     admin_api = None
     if config.server.admin_port is None:

@@ -213,6 +213,10 @@ class StateConfig(StrictModel):
         description="share rollout state between gateway replicas (env TURNOUT_REDIS_URL)",
     )
     analysis_interval_s: float = Field(default=1.0, gt=0, description="canary analysis period")
+    review_verdicts_in_analysis: bool = Field(
+        default=False,
+        description="reviewers' bad/good verdicts are a canary signal too (docs/review.md)",
+    )
     config_poll_s: float = Field(default=1.0, gt=0, description="how often the file is checked")
 
 

@@ -29,6 +29,8 @@ from monitoring.metrics import REVIEW_JUDGEMENTS, REVIEW_QUEUE_DEPTH
 from training.review.store import REASONS, ReviewItem, ReviewQueue
 
 SchemaOf = Callable[[str], Mapping[str, Any] | None]
+# Called with route, version, arm and "judged bad" on an item's first judgement.
+OnFirstJudgement = Callable[[str, str, str, bool], object]
 _STATIC: dict[str, str] = {
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
@@ -108,8 +110,14 @@ def console_router() -> APIRouter:
     return router
 
 
-def review_api_router(queue: ReviewQueue, access: ReviewAccess, schema_of: SchemaOf) -> APIRouter:
-    """The JSON API, every route behind a reviewer or admin key."""
+def review_api_router(
+    queue: ReviewQueue,
+    access: ReviewAccess,
+    schema_of: SchemaOf,
+    on_first_judgement: OnFirstJudgement | None = None,
+) -> APIRouter:
+    """The JSON API, every route behind a reviewer or admin key; `on_first_judgement` hears
+    each item's first verdict (the canary analysis, when reviews are one of its signals)."""
 
     def reviewer(request: Request) -> Reviewer:
         who = access.authenticate(request.headers.get("authorization"))
@@ -168,6 +176,8 @@ def review_api_router(queue: ReviewQueue, access: ReviewAccess, schema_of: Schem
             check_correction(correction, schema_of(item.route))
         await asyncio.to_thread(queue.judge, item, body.verdict, body.reason, correction, who.label)
         REVIEW_JUDGEMENTS.labels(item.route, item.version, item.arm, body.verdict).inc()
+        if on_first_judgement is not None and item.judgement is None:
+            on_first_judgement(item.route, item.version, item.arm, body.verdict == "bad")
         await refresh_depth(item)
         return view(await found(item_id))
 

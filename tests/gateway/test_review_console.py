@@ -86,7 +86,7 @@ def _config(folder: Path, upstream: str) -> tuple[dict[str, Any], dict[str, str]
             "keys_file": str(folder / "keys.yaml"),
             "admin_keys_file": str(folder / "admins.yaml"),
         },
-        state={"dir": str(folder / "state")},
+        state={"dir": str(folder / "state"), "review_verdicts_in_analysis": True},
         capture={
             "path": str(folder / "captures.db"),
             "flush_interval_s": 0.05,
@@ -352,6 +352,19 @@ def test_a_reviewer_works_through_the_queue_by_keyboard_and_the_correction_reach
     judged = _get(console, f"/review/api/items/{third}", console.reviewer).json()["item"]
     assert judged["judgement"]["correction"] == correction
     assert judged["judgement"]["reviewer"] == "reviewer:rita"
+
+    # The verdicts are a canary signal too (state.review_verdicts_in_analysis): each arm's
+    # counts, in the route's latest analysis.
+    def analysed() -> dict[str, float]:
+        route = _get(console, f"/admin/routes/{ROUTE}", console.admin).json()
+        return (route["analysis"] or {}).get("numbers", {})
+
+    wait_until(lambda: analysed().get("review_bad.candidate_trials", 0) > 0, 10, "an analysis")
+    numbers = analysed()
+    arms = {arm: (numbers[f"review_bad.{arm}_events"], numbers[f"review_bad.{arm}_trials"])
+            for arm in ("stable", "candidate")}  # fmt: skip
+    assert sum(trials for _, trials in arms.values()) == 3
+    assert sum(events for events, _ in arms.values()) == 2
 
     # The next dataset build takes the correction, with who judged it, when, and which version
     # gave the original answer.
