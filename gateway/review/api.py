@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import jsonschema
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
@@ -28,6 +28,8 @@ from gateway.review.access import ReviewAccess, Reviewer
 from monitoring.metrics import REVIEW_JUDGEMENTS, REVIEW_QUEUE_DEPTH
 from training.review.store import REASONS, ReviewItem, ReviewQueue
 
+# Item ids are SQLite integers: larger ones are no item (and would overflow the driver).
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 SchemaOf = Callable[[str], Mapping[str, Any] | None]
 # Called with route, version, arm and "judged bad" on an item's first judgement.
 OnFirstJudgement = Callable[[str, str, str, bool], object]
@@ -156,14 +158,14 @@ def review_api_router(
 
     async def next_item(
         route: Annotated[str | None, Query(max_length=128)] = None,
-        exclude: Annotated[int | None, Query(ge=0)] = None,
+        exclude: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     ) -> dict[str, Any]:
         return view(await asyncio.to_thread(queue.next_item, route, exclude))
 
-    async def show(item_id: int) -> dict[str, Any]:
+    async def show(item_id: ItemId) -> dict[str, Any]:
         return view(await found(item_id))
 
-    async def judge(item_id: int, request: Request) -> dict[str, Any]:
+    async def judge(item_id: ItemId, request: Request) -> dict[str, Any]:
         who: Reviewer = request.state.reviewer
         body = _parse(await request.body())
         item = await found(item_id)
@@ -181,7 +183,7 @@ def review_api_router(
         await refresh_depth(item)
         return view(await found(item_id))
 
-    async def skip(item_id: int) -> dict[str, Any]:
+    async def skip(item_id: ItemId) -> dict[str, Any]:
         item = await found(item_id)
         await asyncio.to_thread(queue.skip, item)
         REVIEW_JUDGEMENTS.labels(item.route, item.version, item.arm, "skipped").inc()
