@@ -4,7 +4,12 @@ redaction, restarts, tenant deletion, and the Wilson interval of the share judge
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +21,8 @@ from training.capture_store import connect, delete_tenant
 from training.review.policy import ReviewPolicy, sample_bucket
 from training.review.stats import wilson
 from training.review.store import ReviewQueue, latest_judgements
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _answer(
@@ -222,6 +229,35 @@ def test_the_retention_purge_deletes_the_review_rows_of_purged_captures(tmp_path
     connection.close()
     assert judged == [("new",)]
     assert queue.item(1) is None
+
+
+def test_a_killed_writer_leaves_a_review_item_for_every_capture_it_committed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "captures.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.training.capture_writer", str(db), "1000", "64"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TURNOUT_TEST_REVIEW": "1"},
+    )
+    assert writer.stdout is not None
+    written, deadline = 0, time.monotonic() + 60
+    while written < 2000:
+        assert time.monotonic() < deadline, "the writer made no progress"
+        line = writer.stdout.readline()
+        assert line, "the writer exited early"
+        written = json.loads(line)["written"]
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=10)
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        captured = {row[0] for row in connection.execute("SELECT request_id FROM captures")}
+        queued = {row[0] for row in connection.execute("SELECT request_id FROM review_items")}
+    # Items are written in their captures' transactions: all of a batch or none of it.
+    assert len(captured) >= 2000
+    assert queued == captured
 
 
 def test_a_capture_file_from_before_the_queue_reads_as_no_judgements(tmp_path: Path) -> None:
