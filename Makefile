@@ -33,9 +33,9 @@ run: install $(DEMO)/base
 # Debian packages the tests run for real: wrk (load), redis-server (shared state, rate limits),
 # prometheus and promtool (scraping, alert rules), podman, runc and debootstrap (the images are
 # built and run: tests/deploy/test_images.py).
-SYSTEM_DEPS := wrk redis-server prometheus podman runc debootstrap
+SYSTEM_DEPS := wrk redis-server prometheus podman runc debootstrap chromium chromium-driver
 system-deps:
-	@missing=""; for tool in wrk redis-server prometheus promtool podman debootstrap; do \
+	@missing=""; for tool in wrk redis-server prometheus promtool podman debootstrap chromium chromedriver; do \
 	  command -v $$tool >/dev/null || missing=yes; done; \
 	  [ -x /usr/sbin/runc ] || missing=yes; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_DEPS); fi

@@ -108,6 +108,25 @@ def default_signals() -> list[Signal]:
     return [ErrorSignal(), SchemaInvalidSignal(), RefusalSignal(), SlowerThanStableP95Signal()]
 
 
+class ReviewBadSignal:
+    """A reviewer judged an answer of the arm bad (the review console, docs/review.md).
+
+    Requests never classify as it: reviewers' first judgements of answers given during the
+    rollout are counted through `RolloutRecorder.record_review`. Optional
+    (`state.review_verdicts_in_analysis`): with it the signals share alpha five ways.
+    """
+
+    name = "review_bad"
+
+    def classify(self, arm: Arm, outcome: RequestOutcome) -> bool | None:
+        return None
+
+
+def signals_with_review() -> list[Signal]:
+    """The default signals and reviewers' verdicts."""
+    return [*default_signals(), ReviewBadSignal()]
+
+
 @dataclass(frozen=True, slots=True)
 class BinomialCounts:
     """`events` bad requests out of `trials` counted ones."""
@@ -197,6 +216,16 @@ class RolloutTally:
                 cell[0] += bad
                 cell[1] += 1
 
+    def record_verdict(self, signal_name: str, arm: Arm, bad: bool) -> bool:
+        """Count one verdict for the signal `signal_name` alone; False if it is not tested."""
+        for signal, counts in zip(self._signals, self._counts, strict=True):
+            if signal.name == signal_name:
+                cell = counts[arm]
+                cell[0] += bad
+                cell[1] += 1
+                return True
+        return False
+
     def snapshot(self) -> TallySnapshot:
         return TallySnapshot(
             rollout_id=self.rollout_id,
@@ -228,6 +257,17 @@ class RolloutRecorder:
             tally = RolloutTally(rollout.rollout_id, self._signals())
             self._tallies[rollout.route] = tally
         tally.record(arm, rollout.step_index, outcome)
+
+    def record_review(self, rollout: Rollout, arm: Arm, bad: bool) -> bool:
+        """Count a reviewer's verdict on an answer of `rollout`'s `arm`; False when the review
+        signal is not among this recorder's signals."""
+        if ReviewBadSignal.name not in self.signal_names:
+            return False
+        tally = self._tallies.get(rollout.route)
+        if tally is None or tally.rollout_id != rollout.rollout_id:
+            tally = RolloutTally(rollout.rollout_id, self._signals())
+            self._tallies[rollout.route] = tally
+        return tally.record_verdict(ReviewBadSignal.name, arm, bad)
 
     def snapshot(self, rollout: Rollout) -> TallySnapshot:
         """The counts of `rollout` (all zero if none of its requests finished yet)."""

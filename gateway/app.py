@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
 from adapters.loader import AdapterLoader, VllmAdapterAdmin
 from adapters.registry import AdapterRegistry
 from gateway.admission import AdmissionLimits, BackendGates
-from gateway.analysis import RolloutRecorder
+from gateway.analysis import RolloutRecorder, default_signals, signals_with_review
 from gateway.api.admin import admin_router
 from gateway.api.asgi import GatewayASGI
 from gateway.api.captures import captures_router
@@ -25,7 +26,7 @@ from gateway.api.openai import InferenceEndpoints, models_router
 from gateway.api.openapi import install_openapi
 from gateway.api.ops import health_router, metrics_router
 from gateway.audit import AuditLog
-from gateway.auth import load_admin_keyring, load_tenant_keyring
+from gateway.auth import load_admin_keyring, load_reviewer_keyring, load_tenant_keyring
 from gateway.backends import BackendPool, Http1Upstream, UpstreamClient
 from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
 from gateway.config import TurnoutConfig
@@ -38,6 +39,9 @@ from gateway.outcomes import OutcomeRecorder, SignalBudget
 from gateway.proxy import InferenceProxy
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, connect_redis
 from gateway.residency import Residency
+from gateway.review.access import ReviewAccess
+from gateway.review.api import console_router, review_api_router
+from gateway.review.rollouts import RolloutReviews
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
 from gateway.state import state_store_for
@@ -45,6 +49,7 @@ from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusal_worker import RefusalWorker, scorer_named
 from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
+from training.review.store import ReviewQueue
 
 HEALTH_PROBE_S = 5.0
 # Readiness ignores probe results older than this: a stopped probe loop means "not ready".
@@ -54,6 +59,13 @@ HEALTH_STALE_S = 3 * HEALTH_PROBE_S
 def _refusal_worker(detector: str) -> RefusalWorker | None:
     """The learned detector's worker thread (the phrase rules run inline, in microseconds)."""
     return RefusalWorker(scorer_named(detector)) if detector != "phrase" else None
+
+
+def _route_schema(table: PublishedTable, route: str) -> Mapping[str, Any] | None:
+    """The schema the route's answers must meet now (corrections must meet it too)."""
+    entry = table.current.entries.get(route)
+    contract = entry.stable.contract if entry is not None else None
+    return contract.schema if contract is not None else None
 
 
 def _rate_limiter(config: TurnoutConfig) -> RateLimiter:
@@ -116,14 +128,18 @@ def create_app(
         AuditLog(Path(config.state.dir) / "audit.jsonl"),
         control.publish,
     )
-    recorder = RolloutRecorder()
+    recorder = RolloutRecorder(
+        signals_with_review if config.state.review_verdicts_in_analysis else default_signals
+    )
     evidence: Evidence = (
         PooledEvidence(recorder, config.state.redis_url)
         if config.state.redis_url
         else LocalEvidence(recorder)
     )
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
-    capture = SqliteCaptureSink(config.capture)
+    capture = SqliteCaptureSink(
+        config.capture, review={name: route.review for name, route in config.routes.items()}
+    )
     drift_settings = config.monitoring.drift
     drift = DriftMonitor(
         DriftConfig(
@@ -141,6 +157,10 @@ def create_app(
         config.limits,
     )
     refusal_worker = _refusal_worker(config.monitoring.refusal_detector)
+    reviewers = load_reviewer_keyring(Path(auth.admin_keys_file)) if auth.admin_keys_file else None
+    review_queue = ReviewQueue(
+        Path(config.capture.path), redact_corrections=config.capture.redact_feedback
+    )
 
     started = asyncio.Event()
 
@@ -151,6 +171,7 @@ def create_app(
             await asyncio.to_thread(refusal_worker.close)  # judge what is queued
             await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first
         await asyncio.to_thread(capture.close)  # every queued record is written
+        review_queue.close()
         await upstream.close()
 
     async def start() -> None:
@@ -213,10 +234,18 @@ def create_app(
     operators = admin_router(controller, admins, control.prepare_candidate)
     operators.include_router(captures_router(capture))
     fleet = fleet_router(pool, readiness, admins)
+    review = review_api_router(
+        review_queue,
+        ReviewAccess(admins, reviewers),
+        lambda route: _route_schema(table, route),
+        RolloutReviews(table, recorder).judged,
+    )
     admin_api = None
     if config.server.admin_port is None:
         api.include_router(operators)
         api.include_router(fleet)
+        api.include_router(console_router())
+        api.include_router(review)
     else:
         admin_api = FastAPI(
             title="Turnout admin", docs_url=None, redoc_url=None, redirect_slashes=False
@@ -224,6 +253,8 @@ def create_app(
         install_error_handlers(admin_api)
         admin_api.include_router(operators)
         admin_api.include_router(fleet)
+        admin_api.include_router(console_router())
+        admin_api.include_router(review)
         if placement.admin:
             admin_api.include_router(metrics_router())
     metrics_api = None

@@ -102,9 +102,11 @@ class TenantKeysFile(StrictModel):
 
 
 class AdminKeysFile(StrictModel):
-    """`auth.admin_keys_file`: operators' keys for the admin API, apart from tenants' keys."""
+    """`auth.admin_keys_file`: operators' keys for the admin API, apart from tenants' keys;
+    reviewers' keys open the review console and nothing else."""
 
     admins: dict[RouteName, list[KeyEntry]]
+    reviewers: dict[RouteName, list[KeyEntry]] = Field(default_factory=dict)
 
 
 _File = TypeVar("_File", TenantKeysFile, AdminKeysFile)
@@ -297,14 +299,24 @@ def load_admin_keyring(path: Path) -> AdminKeyring:
     return AdminKeyring(_stored_keys(keys_file.admins, f"{path}: admins"))
 
 
+def load_reviewer_keyring(path: Path) -> AdminKeyring:
+    """The `reviewers` of an admin keys file: keys for the review console alone."""
+    keys_file = _validate(AdminKeysFile, _read_yaml(path), str(path))
+    return AdminKeyring(_stored_keys(keys_file.reviewers, f"{path}: reviewers"))
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     issued = issue_key()
     print(f"API key (shown once; give it to the {args.owner!r} client): {issued.key}")
     print(f"Key id: {issued.key_id}")
-    section = "admins" if args.admin else "tenants"
-    print(f"Add to the {section} file under {args.owner!r}:")
+    section = "reviewers" if args.reviewer else "admins" if args.admin else "tenants"
+    if args.reviewer:
+        print(f"Add to the admin keys file, under reviewers, as {args.owner!r}:")
+    else:
+        print(f"Add to the {section} file under {args.owner!r}:")
     entry = {"sha256": issued.sha256, "label": args.label}
-    snippet = {args.owner: [entry]} if args.admin else {args.owner: {"keys": [entry]}}
+    listed = args.admin or args.reviewer
+    snippet = {args.owner: [entry]} if listed else {args.owner: {"keys": [entry]}}
     print(yaml.safe_dump({section: snippet}, sort_keys=False), end="")
     return 0
 
@@ -317,4 +329,7 @@ def add_commands(subparsers: Any) -> None:
     create.add_argument("owner", help="the tenant (or, with --admin, the operator) it belongs to")
     create.add_argument("--label", default="", help="a note for people, e.g. `ci` or `alice`")
     create.add_argument("--admin", action="store_true", help="a key for the admin API")
+    create.add_argument(
+        "--reviewer", action="store_true", help="a key for the review console alone"
+    )
     create.set_defaults(run=cmd_keys_create)

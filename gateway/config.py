@@ -36,6 +36,7 @@ from gateway.rollouts import (
     DEFAULT_STEPS,
 )
 from training.capture import CaptureSettings
+from training.review.policy import ReviewPolicy
 
 RouteName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 AdapterRef = Annotated[str, StringConstraints(pattern=ADAPTER_REF_PATTERN)]
@@ -196,6 +197,10 @@ class RouteConfig(StrictModel):
     requests: RequestsConfig | None = Field(
         default=None, description="this route's fields, media and bounds: replaces the keys it sets"
     )
+    review: ReviewPolicy = Field(
+        default_factory=ReviewPolicy,
+        description="what goes to the human review queue (training/review/policy.py)",
+    )
 
     @field_validator("json_schema")
     @classmethod
@@ -227,6 +232,10 @@ class StateConfig(StrictModel):
         description="share rollout state between gateway replicas (env TURNOUT_REDIS_URL)",
     )
     analysis_interval_s: float = Field(default=1.0, gt=0, description="canary analysis period")
+    review_verdicts_in_analysis: bool = Field(
+        default=False,
+        description="reviewers' bad/good verdicts are a canary signal too (docs/review.md)",
+    )
     config_poll_s: float = Field(default=1.0, gt=0, description="how often the file is checked")
 
 

@@ -333,5 +333,6 @@ class OutcomeRecorder:
                 key_id=caller.key_id if caller is not None else None,
                 client_request_id=outcome.client_request_id,
                 training=caller.tenant.training if caller is not None else "allow",
+                drifted=self._drift.drifting(target.route, target.version_label),
             )
         )

@@ -203,6 +203,12 @@ class DriftMonitor:
         self._profiles: dict[tuple[str, str], _Profile] = {}
         self._lock = threading.Lock()
         self._failed_once = False
+        self._drifting: frozenset[tuple[str, str]] = frozenset()
+
+    def drifting(self, route: str, version: str) -> bool:
+        """Whether a feature's PSI of this route/version was over `DRIFT_PSI_THRESHOLD` (the
+        input-drift alert's threshold) at the latest refresh."""
+        return (route, version) in self._drifting
 
     def set_reference(
         self,
@@ -269,7 +275,13 @@ class DriftMonitor:
 
     def refresh_gauges(self) -> None:
         """Compute the scores and set `turnout_drift_score` from them."""
-        for score in self.scores():
+        scores = self.scores()
+        self._drifting = frozenset(
+            (score.route, score.version)
+            for score in scores
+            if score.statistic == "psi" and score.value > DRIFT_PSI_THRESHOLD
+        )
+        for score in scores:
             metrics.DRIFT_SCORE.labels(
                 score.route, score.version, score.feature, score.statistic
             ).set(score.value)

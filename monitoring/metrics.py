@@ -177,3 +177,20 @@ CAPTURE_QUEUE_DEPTH = Gauge(
     "turnout_capture_queue_depth",
     "Capture records waiting in memory to be written.",
 )
+
+# --- review queue ---------------------------------------------------------------------------
+REVIEW_ITEMS = Counter(
+    "turnout_review_items_total",
+    "Answers offered to the review queue, by result (queued, over_budget).",
+    [*ROUTE_LABELS, "result"],
+)
+REVIEW_QUEUE_DEPTH = Gauge(
+    "turnout_review_queue_depth",
+    "Review items not judged yet (pending or skipped).",
+    ROUTE_LABELS,
+)
+REVIEW_JUDGEMENTS = Counter(
+    "turnout_review_judgements_total",
+    "Reviewers' actions on queued answers, by result (good, bad, skipped).",
+    [*ROUTE_LABELS, "result"],
+)

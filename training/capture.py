@@ -35,7 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config_paths import ConfigPath
 from gateway.errors import Failure, TurnoutError
-from monitoring.metrics import CAPTURE_QUEUE_DEPTH, CAPTURE_RECORDS
+from monitoring.metrics import (
+    CAPTURE_QUEUE_DEPTH,
+    CAPTURE_RECORDS,
+    REVIEW_ITEMS,
+    REVIEW_QUEUE_DEPTH,
+)
 from training.capture_store import (
     SCHEMA_VERSION,
     FeedbackResult,
@@ -49,6 +54,8 @@ from training.capture_store import (
     resolve_request,
 )
 from training.redaction import redact
+from training.review import store as review_store
+from training.review.policy import ReviewPolicy, flags_of, selection
 
 __all__ = ["SCHEMA_VERSION", "connect"]  # re-exported: they lived here before capture_store
 
@@ -89,6 +96,8 @@ class CaptureRecord:
     # The client's own `x-request-id`, kept beside `request_id` (the gateway's, unique).
     client_request_id: str | None = None
     training: TrainingUse = "allow"
+    # The route/version's prompts had drifted from its reference when this was answered.
+    drifted: bool = False
 
     @property
     def failed(self) -> bool:
@@ -298,8 +307,14 @@ class SqliteCaptureSink:
     of the tenant that was queued before it.
     """
 
-    def __init__(self, settings: CaptureSettings) -> None:
+    def __init__(
+        self, settings: CaptureSettings, review: Mapping[str, ReviewPolicy] | None = None
+    ) -> None:
+        """`review`: each route's review policy (routes not in it get the default one); None:
+        nothing goes to the review queue."""
         self.settings = settings
+        self._review = dict(review or {})
+        self._review_default = ReviewPolicy(enabled=review is not None)
         self.path = Path(settings.path)
         self.stats = CaptureStats()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.settings.queue_capacity)
@@ -311,7 +326,10 @@ class SqliteCaptureSink:
 
     def offer(self, record: CaptureRecord) -> bool:
         try:
-            if not self.settings.policy(record.route).wants(record):
+            if not (
+                self.settings.policy(record.route).wants(record)
+                or self._review_reason(record) is not None
+            ):
                 self.stats.skipped += 1
                 CAPTURE_RECORDS.labels(result="skipped").inc()
                 return False
@@ -320,6 +338,15 @@ class SqliteCaptureSink:
         except Exception:
             log.exception("capture: offer failed")
             return False
+
+    def review_policy(self, route: str) -> ReviewPolicy:
+        return self._review.get(route, self._review_default)
+
+    def _review_reason(self, record: CaptureRecord) -> str | None:
+        flags = flags_of(
+            record.schema_verdict, record.refusal, record.drifted, record.finish_reason
+        )
+        return selection(self.review_policy(record.route), record.request_id, flags)
 
     def add_feedback(
         self,
@@ -464,6 +491,7 @@ class SqliteCaptureSink:
             rows = [_row(r, self.settings.policy(r.route).redact_pii) for r in records]
             with connection:
                 connection.executemany(_INSERT_CAPTURES, rows)
+                self._review_records(connection, records)
                 # Each piece of feedback is bound to a captured request of its tenant, found
                 # now that every record queued before it is in the file.
                 for item in pending:
@@ -485,6 +513,8 @@ class SqliteCaptureSink:
                         ),
                     )
                     results.append("written")
+                    if f.rating < 0:
+                        self._review_negative(connection, found.request_id, f.created_at)
         except Exception:
             log.exception("capture: a batch of %d records could not be written", len(records))
             self.stats.failed_batches += 1
@@ -493,11 +523,76 @@ class SqliteCaptureSink:
             for item in pending:
                 _resolved(item.result, "unavailable")
             return
+        self._refresh_review_depth(connection)
         self.stats.written += len(records)
         self.stats.feedback_written += results.count("written")
         CAPTURE_RECORDS.labels(result="written").inc(len(records))
         for item, result in zip(pending, results, strict=True):
             _resolved(item.result, result)
+
+    def _review_records(
+        self, connection: sqlite3.Connection, records: Sequence[CaptureRecord]
+    ) -> None:
+        """Queue the answers the routes' review policies select (in the batch's transaction)."""
+        for record in records:
+            flags = flags_of(
+                record.schema_verdict, record.refusal, record.drifted, record.finish_reason
+            )
+            policy = self.review_policy(record.route)
+            reason = selection(policy, record.request_id, flags)
+            if reason is not None:
+                self._enqueue_review(
+                    connection,
+                    record.request_id,
+                    (record.route, record.version, record.arm),
+                    reason,
+                    list(flags),
+                    policy,
+                    record.created_at,
+                )
+
+    def _review_negative(self, connection: sqlite3.Connection, request_id: str, at: float) -> None:
+        """Negative feedback flags the answer for review (or its queued item)."""
+        stratum = review_store.stratum_of(connection, request_id)
+        if stratum is None:
+            return
+        policy = self.review_policy(stratum[0])
+        if not policy.enabled or "negative_feedback" not in policy.flags:
+            return
+        reason = "negative_feedback"
+        queued = self._enqueue_review(connection, request_id, stratum, reason, [reason], policy, at)
+        if queued == "present":
+            review_store.raise_flag(connection, request_id, reason)
+
+    def _enqueue_review(
+        self,
+        connection: sqlite3.Connection,
+        request_id: str,
+        stratum: review_store.Stratum,
+        reason: str,
+        flags: list[str],
+        policy: ReviewPolicy,
+        now: float,
+    ) -> review_store.Enqueued:
+        queued = review_store.enqueue(
+            connection,
+            request_id=request_id,
+            stratum=stratum,
+            reason=reason,
+            flags=flags,
+            budget=policy.budget,
+            now=now,
+        )
+        if queued != "present":
+            REVIEW_ITEMS.labels(*stratum, queued).inc()
+        return queued
+
+    def _refresh_review_depth(self, connection: sqlite3.Connection) -> None:
+        try:
+            for stratum, depth in review_store.depths(connection).items():
+                REVIEW_QUEUE_DEPTH.labels(*stratum).set(depth)
+        except sqlite3.Error:
+            log.exception("capture: reading the review queue's depth failed")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from training.review.schema import DELETE_ORPHANS, REVIEW_TABLES
+
 SCHEMA_VERSION = 2
 UNATTRIBUTED = "(unattributed)"  # rows with no tenant: captured without auth, or before v2
 
@@ -109,6 +111,7 @@ def migrate(connection: sqlite3.Connection) -> None:
                 if name not in present:
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
     connection.executescript(_INDEXES)
+    connection.executescript(REVIEW_TABLES)
     connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -232,6 +235,12 @@ class TenantDeletion:
         }
 
 
+def _delete_review_orphans(connection: sqlite3.Connection) -> None:
+    # Review items and judgements (corrections are text) go with the captures they are about.
+    for statement in DELETE_ORPHANS:
+        connection.execute(statement)
+
+
 def _checkpoint(connection: sqlite3.Connection) -> None:
     # Old page images live on in the WAL until a checkpoint moves the new ones into the file.
     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -246,6 +255,7 @@ def delete_tenant(connection: sqlite3.Connection, tenant: str, actor: str) -> Te
             (tenant, tenant),
         ).rowcount
         captures = connection.execute("DELETE FROM captures WHERE tenant = ?", (tenant,)).rowcount
+        _delete_review_orphans(connection)
         datasets = tuple(datasets_with_tenant(connection, tenant))
         deletion = TenantDeletion(tenant, captures, feedback, datasets, time.time(), actor)
         connection.execute(
@@ -298,6 +308,8 @@ def purge_older_than(connection: sqlite3.Connection, cutoff: float) -> tuple[int
         captures = connection.execute(
             "DELETE FROM captures WHERE created_at < ?", (cutoff,)
         ).rowcount
+        if captures:
+            _delete_review_orphans(connection)
     if captures or feedback:
         _checkpoint(connection)
     return captures, feedback

@@ -31,6 +31,7 @@ from training.capture import StoredCapture, read_captures
 from training.capture_store import UNATTRIBUTED, DatasetEntry, record_dataset
 from training.minhash import MinHasher, clusters, normalise
 from training.redaction import redact
+from training.review.store import Judgement, latest_judgements
 
 Source = Literal["correction", "seed", "approved"]
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -81,6 +82,8 @@ class Example:
     source: Source
     label: str | None = None
     tenant: str | None = None  # whose captured request it came from (None: the seed file)
+    # A reviewer's judgement it came from: who, when, and the version that gave the original.
+    review: Mapping[str, Any] | None = None
 
     @property
     def text(self) -> str:
@@ -106,10 +109,30 @@ def _text_content(content: Any) -> str:
     return ""
 
 
+def review_provenance(judgement: Judgement) -> dict[str, Any]:
+    """What a dataset line records of the review behind it."""
+    return {
+        "reviewer": judgement.reviewer,
+        "judged_at": judgement.judged_at,
+        "verdict": judgement.verdict,
+        "reason": judgement.reason,
+        "request_id": judgement.request_id,
+        "version": judgement.version,
+        "arm": judgement.arm,
+    }
+
+
 def from_captures(
-    captured: Iterable[StoredCapture], include_approved: bool
+    captured: Iterable[StoredCapture],
+    include_approved: bool,
+    judgements: Mapping[str, Judgement] | None = None,
 ) -> tuple[list[Example], Counter[str]]:
-    """Examples from captured requests: corrected ones, and (optionally) approved valid ones."""
+    """Examples from captured requests: corrected ones, and (optionally) approved valid ones.
+
+    A reviewer's latest judgement of a request (`judgements`, by request id) decides over the
+    feedback: their correction is the example, an answer they judged bad is never one, and one
+    they judged good counts as approved.
+    """
     examples, skipped = [], Counter[str]()
     for stored in captured:
         record = stored.record
@@ -121,7 +144,22 @@ def from_captures(
         else:
             messages = ({"role": "user", "content": record.prompt or ""},)
         tenant = record.tenant or UNATTRIBUTED
-        if stored.correction is not None:
+        judged = (judgements or {}).get(record.request_id)
+        if judged is not None:
+            review = review_provenance(judged)
+            if judged.correction is not None:
+                examples.append(
+                    Example(messages, judged.correction, "correction", tenant=tenant, review=review)
+                )
+            elif judged.verdict == "bad":
+                skipped["judged_bad"] += 1
+            elif include_approved and record.schema_verdict in ("valid", "none"):
+                examples.append(
+                    Example(messages, record.output, "approved", tenant=tenant, review=review)
+                )
+            else:
+                skipped["judged_good_but_invalid"] += 1
+        elif stored.correction is not None:
             examples.append(Example(messages, stored.correction, "correction", tenant=tenant))
         elif (
             include_approved
@@ -151,6 +189,23 @@ def allowed_for_training(
 
 def _per_tenant(examples: Iterable[Example]) -> dict[str, int]:
     return dict(sorted(Counter(e.tenant for e in examples if e.tenant is not None).items()))
+
+
+def _review_counts(
+    allowed: Sequence[StoredCapture],
+    judgements: Mapping[str, Judgement],
+    used: Sequence[Example],
+) -> dict[str, Any]:
+    """What reviewers' judgements gave a build: judged requests, corrections and approvals
+    used, answers judged bad (left out), and how many each reviewer judged."""
+    judged = [judgements[s.record.request_id] for s in allowed if s.record.request_id in judgements]
+    return {
+        "judged": len(judged),
+        "judged_bad": sum(j.verdict == "bad" for j in judged),
+        "corrections": sum(e.review is not None and e.source == "correction" for e in used),
+        "approved": sum(e.review is not None and e.source == "approved" for e in used),
+        "reviewers": dict(sorted(Counter(j.reviewer for j in judged).items())),
+    }
 
 
 def from_seed_file(path: Path) -> list[Example]:
@@ -270,7 +325,13 @@ def balanced(
 
 def _chat_line(example: Example) -> str:
     messages = [*example.messages, {"role": "assistant", "content": example.answer}]
-    fields = {"messages": messages, "label": example.label, "source": example.source}
+    fields: dict[str, Any] = {
+        "messages": messages,
+        "label": example.label,
+        "source": example.source,
+    }
+    if example.review is not None:
+        fields["review"] = example.review
     return json.dumps(fields, ensure_ascii=False, sort_keys=True) + "\n"
 
 
@@ -316,7 +377,8 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
     if inputs.captures is not None:
         captured = read_captures(inputs.captures, inputs.route)
         allowed, denied = allowed_for_training(captured, inputs.denied_tenants)
-        from_capture, skipped = from_captures(allowed, config.include_approved)
+        judgements = latest_judgements(inputs.captures, inputs.route)
+        from_capture, skipped = from_captures(allowed, config.include_approved, judgements)
         examples += from_capture
         sources["captures"] = {
             "path": str(inputs.captures),
@@ -324,6 +386,7 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
             "used": dict(Counter(e.source for e in from_capture)),
             "skipped": dict(skipped),
             "training_denied": dict(sorted(denied.items())),
+            "review": _review_counts(allowed, judgements, from_capture),
             "tenants": {
                 tenant: {"records": records, "used": _per_tenant(from_capture).get(tenant, 0)}
                 for tenant, records in sorted(
@@ -367,6 +430,7 @@ def build_dataset(inputs: DatasetInputs, out: Path, config: DatasetConfig) -> di
             "labels": dict(sorted(Counter(e.label for e in splits[name] if e.label).items())),
             "sources": dict(sorted(Counter(e.source for e in splits[name]).items())),
             "tenants": _per_tenant(splits[name]),
+            "reviewed": sum(e.review is not None for e in splits[name]),
             "sha256": digest,
         }
         digests.append(digest)

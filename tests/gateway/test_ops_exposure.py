@@ -171,6 +171,15 @@ def test_backend_detail_is_on_the_admin_api_for_admin_keys_only(keyed: Gateway, 
     assert backend["adapters"] is None  # never listed: no route here needs an adapter
 
 
+def test_the_review_console_is_on_the_admin_listener_only(keyed: Gateway, keys: Keys) -> None:
+    for path in ("/review", "/review/api/me"):
+        assert httpx.get(f"{keyed.public}{path}", headers=bearer(keys.admin)).status_code == 404
+    assert httpx.get(f"{keyed.admin}/review").status_code == 200
+    me = httpx.get(f"{keyed.admin}/review/api/me", headers=bearer(keys.admin))
+    assert me.json()["role"] == "admin"
+    assert httpx.get(f"{keyed.admin}/review/api/me", headers=bearer(keys.tenant)).status_code == 403
+
+
 def test_a_thousand_readyz_calls_cause_no_probe_beyond_the_periodic_ones(keyed: Gateway) -> None:
     with httpx.Client(base_url=keyed.public) as client:
         before = keyed.backend.probes()

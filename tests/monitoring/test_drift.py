@@ -168,6 +168,18 @@ def test_refresh_gauges_exports_turnout_drift_score_per_feature_and_statistic() 
     assert 0 < js <= 1
 
 
+def test_a_route_version_is_drifting_after_a_refresh_sees_psi_over_the_threshold() -> None:
+    monitor = DriftMonitor(DriftConfig(window_size=300, reference_size=300, min_window=300))
+    observe_all(monitor, prompts(seed=1, count=300, words=SUPPORT_WORDS, length=(5, 40)), "calm")
+    observe_all(monitor, prompts(seed=2, count=300, words=SUPPORT_WORDS, length=(5, 40)), "calm")
+    observe_all(monitor, prompts(seed=1, count=300, words=SUPPORT_WORDS, length=(5, 40)), "moved")
+    observe_all(monitor, prompts(seed=2, count=300, words=SQL_WORDS, length=(5, 40)), "moved")
+    assert not monitor.drifting("moved", "support-triage@v1")  # nothing refreshed yet
+    monitor.refresh_gauges()
+    assert monitor.drifting("moved", "support-triage@v1")
+    assert not monitor.drifting("calm", "support-triage@v1")
+
+
 def test_refresh_forever_publishes_scores_in_the_background() -> None:
     monitor = DriftMonitor(DriftConfig(window_size=50, reference_size=50, min_window=50))
     observe_all(monitor, prompts(seed=1, count=100, words=SUPPORT_WORDS, length=(5, 40)), "bg")

@@ -98,6 +98,16 @@ def drive_traffic(origin: str, key: str) -> None:
         client.post("/v1/chat/completions", json={"model": "no-such-route", "messages": []})
 
 
+def review_round(admin_origin: str, key: str) -> None:
+    """A reviewer judges two queued answers, one bad and one good (the review panels)."""
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=admin_origin, timeout=30, headers=headers) as client:
+        for verdict in ("bad", "good"):
+            item = client.get("/review/api/next").json()["item"]
+            if item is not None:
+                client.post(f"/review/api/items/{item['id']}/judgement", json={"verdict": verdict})
+
+
 class Scraped(Prometheus):
     """The running Prometheus, and where the gateway it scrapes serves its API and metrics."""
 
@@ -115,6 +125,9 @@ def prometheus(
     tenant = issue_key()
     keys = {"tenants": {"monitored": {"routes": ["*"], "keys": [{"sha256": tenant.sha256}]}}}
     (folder / "keys.yaml").write_text(yaml.safe_dump(keys))
+    reviewer = issue_key()
+    admins = {"admins": {}, "reviewers": {"rita": [{"sha256": reviewer.sha256}]}}
+    (folder / "admins.yaml").write_text(yaml.safe_dump(admins))
     admin_port = free_port()
     config = gateway_config(
         [vllm_url, closed_port_url()],
@@ -123,7 +136,10 @@ def prometheus(
         monitoring=SMALL_DRIFT_WINDOWS,
         state={"dir": str(folder / "state"), "config_poll_s": 0.5},
         server={"admin_port": admin_port},
-        auth={"keys_file": str(folder / "keys.yaml")},
+        auth={
+            "keys_file": str(folder / "keys.yaml"),
+            "admin_keys_file": str(folder / "admins.yaml"),
+        },
     )
     gateway_metrics = f"http://127.0.0.1:{admin_port}"
     with (
@@ -139,10 +155,13 @@ def prometheus(
             "sum(rate(vllm:generation_tokens_total[1m])) > 0",
             # Drift scores need a reference and a window of prompts per version first.
             'count(turnout_drift_score{route="support-triage"}) > 0',
+            # Refused answers are queued for review, and a reviewer judges some each round.
+            'sum(rate(turnout_review_judgements_total{route="support-triage"}[1m])) > 0',
         )
 
         def traffic_seen() -> bool:
             drive_traffic(gateway, tenant.key)
+            review_round(gateway_metrics, reviewer.key)
             return all(map(server.has_finite_value, ready))
 
         # A config change applied while serving, after Prometheus saw the start-up loads: the

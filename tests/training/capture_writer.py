@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from training.capture import CapturePolicy, CaptureRecord, CaptureSettings, SqliteCaptureSink
+from training.review.policy import ReviewPolicy
 
 
 def record(index: int) -> CaptureRecord:
@@ -38,7 +40,13 @@ def main() -> None:
             batch_size=batch,
             flush_interval_s=0.01,
             default=CapturePolicy(redact_pii=False),
-        )
+        ),
+        # With TURNOUT_TEST_REVIEW set, every record (all schema-invalid) is queued for review.
+        review=(
+            {"support-triage": ReviewPolicy(budget=10**9)}
+            if os.environ.get("TURNOUT_TEST_REVIEW")
+            else None
+        ),
     )
     index = start
     while True:
