@@ -1,4 +1,4 @@
-"""What several gateway test modules share: a real Redis, and a canary rollout."""
+"""What several gateway test modules share: a real Redis."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.bench.redis_server import RedisServer, running_redis_server
-from gateway.rollouts import Rollout
-
-CANARY = Rollout(
-    route="triage",
-    stable="triage@v1",
-    rollout_id="r1",
-    candidate="triage@v2",
-    weight_percent=5.0,
-    steps=(5.0, 50.0, 100.0),
-    revision=1,
-)
 
 
 @pytest.fixture(scope="module")

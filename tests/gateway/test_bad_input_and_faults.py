@@ -14,14 +14,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import (
-    closed_port_url,
-    gateway_config,
-    running_gateway,
-    scripted_backend,
-    tcp_backend,
-    wait_until,
-)
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway
+from tests.support.sockets import closed_port_url, scripted_backend, tcp_backend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,10 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway
 from tests.support.schemas import CLIENT_TRIAGE
+from tests.support.sockets import scripted_backend
 
 pytestmark = pytest.mark.slow
 

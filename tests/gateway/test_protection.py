@@ -13,13 +13,9 @@ import pytest
 import yaml
 
 from gateway.auth import issue_key
-from tests.conftest import (
-    closed_port_url,
-    gateway_config,
-    running_gateway,
-    scripted_backend,
-    stub_upstream,
-)
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.sockets import closed_port_url, scripted_backend
 
 CHAT = "/v1/chat/completions"
 ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

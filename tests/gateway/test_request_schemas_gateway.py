@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from gateway.auth import issue_key
-from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway
 from tests.support.schemas import CLIENT_TRIAGE, TRIAGE
+from tests.support.sockets import scripted_backend
 
 ANSWER = (
     b'{"id":"c","object":"chat.completion","created":1,"model":"tiny","choices":[{"index":0,'

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from gateway.auth import issue_key
 from gateway.request_fields import FIELDS, default_fields
-from tests.conftest import gateway_config, running_gateway, stub_upstream
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway, stub_upstream
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
-from gateway.auth import hash_api_key
-from tests.conftest import gateway_config, running_gateway, wait_until
+from tests.support.processes import running_gateway
+from tests.support.rollouts import ADMIN, SPLIT, SPLIT_ROUTES, config_for
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
-ADMIN_KEY = "tk-admin-for-tests"
-ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-SPLIT = {"stable": "support-triage@v1", "candidate": "summarize@v1", "mode": "ab", "weight": 50}
-ROUTES = {name: SPLIT for name in ("sticky", "rollback", "forced", "restart")}
-
-
-def config_for(vllm_url: str, demo_model: Path, state: Path, **routes: Any) -> dict[str, Any]:
-    state.mkdir(parents=True, exist_ok=True)
-    admins = state.parent / "admin-keys.yaml"
-    admins.write_text(yaml.safe_dump({"admins": {"ops": [{"sha256": hash_api_key(ADMIN_KEY)}]}}))
-    return gateway_config(
-        [vllm_url],
-        demo_model / "adapters",
-        routes=routes or ROUTES,
-        auth={"admin_keys_file": str(admins)},
-        state={"dir": str(state), "config_poll_s": 0.2},
-    )
+ROUTES = SPLIT_ROUTES
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
 from gateway.auth import hash_api_key, issue_key
-from tests.conftest import gateway_config, running_gateway, stub_upstream, wait_until
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.waiting import wait_until
 from training.capture import StoredCapture, read_captures
 from training.capture_store import read_deletions
 from training.dataset import SPLITS, read_split
