@@ -91,7 +91,7 @@ def _completion(model: str, content: str, finish_reason: str, chat: bool) -> dic
     }
 
 
-def _events(model: str, content: str, finish_reason: str, chat: bool) -> list[bytes]:
+def _events(model: str, content: str, finish_reason: str | None, chat: bool) -> list[bytes]:
     """vLLM's SSE events for `content`: a piece per word, the finish reason last, then DONE."""
     words = content.split(" ")
     pieces = [word + " " for word in words[:-1]] + [words[-1]]
@@ -212,7 +212,10 @@ class InMemoryUpstream:
         else:
             model = exchange.body.get("model", "stub")
             chat = path.endswith("/chat/completions")
-            events = _events(model, answer.content, answer.finish_reason, chat)
+            if answer.fail_mid_stream is None:
+                events = _events(model, answer.content, answer.finish_reason, chat)
+            else:  # unfinished: no finish reason, no [DONE]
+                events = _events(model, answer.content, None, chat)[:-1]
         try:
             yield _Stream(answer, events, exchange, self.stream_idle_s)
         finally:
