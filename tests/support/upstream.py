@@ -152,15 +152,17 @@ class _Stream:
 class InMemoryUpstream:
     """`UpstreamClient` answering from memory as a fleet of vLLM servers would; see the module
     docstring. `down` backends refuse every call; `response_s` and `stream_idle_s` are the
-    client's timeouts (the config's `timeouts`)."""
+    client's timeouts (the config's `timeouts`); `default` answers what is not scripted."""
 
     def __init__(
         self,
         down: Collection[str] = (),
         response_s: float = 60.0,
         stream_idle_s: float = 60.0,
+        default: Answer = Answer(),
     ) -> None:
         self.down = set(down)
+        self.default = default
         self.response_s = response_s
         self.stream_idle_s = stream_idle_s
         self.exchanges: list[Exchange] = []
@@ -171,7 +173,7 @@ class InMemoryUpstream:
         self._forwarded_from = 0
 
     def will_answer(self, *answers: Answer) -> None:
-        """Answer the next inference requests with `answers`, in order; the default after."""
+        """Answer the next inference requests with `answers`, in order; `default` after."""
         self._script.extend(answers)
 
     def forwarded(self) -> list[dict[str, Any]]:
@@ -257,7 +259,7 @@ class InMemoryUpstream:
         return exchange
 
     def _next_answer(self) -> Answer:
-        return self._script.popleft() if self._script else Answer()
+        return self._script.popleft() if self._script else self.default
 
     async def _wait_for_head(self, answer: Answer, backend: str) -> None:
         if answer.fail is not None:
