@@ -1,7 +1,7 @@
-"""Rollouts through the gateway built in-process over the demo adapter store and the in-memory
-upstream: sticky arms, instant rollback, the arm override, the admin keys, and config files
-applied (or refused) while serving. State surviving a real restart, through gateway processes
-and a real vLLM: test_rollouts_e2e.py."""
+"""Rollouts through the gateway built in-process over a synthetic store of the demo adapters and
+the in-memory upstream: sticky arms, instant rollback, the arm override, the admin keys, and
+config files applied (or refused) while serving. State surviving a real restart, through
+gateway processes and a real vLLM: test_rollouts_e2e.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.support.inprocess import InProcessGateway, in_process_gateway
-from tests.support.rollouts import ADMIN, SPLIT_ROUTES, config_for
+from tests.support.rollouts import ADMIN, SPLIT_ROUTES, store_config
 from tests.support.waiting import wait_until
 
 BACKEND = "http://vllm.test"
@@ -21,10 +21,11 @@ BACKEND = "http://vllm.test"
 
 @pytest.fixture(scope="module")
 def rollout_gateway(
-    demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+    synthetic_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessGateway]:
     folder = tmp_path_factory.mktemp("rollouts")
-    with in_process_gateway(config_for(BACKEND, demo_model, folder / "state"), folder) as gateway:
+    config = store_config(BACKEND, synthetic_store, folder / "state")
+    with in_process_gateway(config, folder) as gateway:
         yield gateway
 
 
@@ -99,9 +100,11 @@ def test_admin_endpoints_refuse_missing_and_wrong_keys(rollout_gateway: InProces
 
 
 def test_a_changed_config_file_is_applied_and_a_broken_one_refused(
-    demo_model: Path, tmp_path: Path
+    synthetic_store: Path, tmp_path: Path
 ) -> None:
-    config = config_for(BACKEND, demo_model, tmp_path / "state", old={"stable": "sql-writer@v1"})
+    config = store_config(
+        BACKEND, synthetic_store, tmp_path / "state", old={"stable": "sql-writer@v1"}
+    )
     with in_process_gateway(config, tmp_path, watch_config=True) as gateway:
         path = gateway.config_path
         written = yaml.safe_load(path.read_text())

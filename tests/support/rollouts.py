@@ -28,14 +28,20 @@ SPLIT_ROUTES = {name: SPLIT for name in ("sticky", "rollback", "forced", "restar
 
 
 def config_for(vllm_url: str, demo_model: Path, state: Path, **routes: Any) -> dict[str, Any]:
-    """The demo routes' config (or `routes`, else four 50/50 splits) with `ADMIN_KEY` an admin
-    key and rollout state kept in `state`, whose config file is polled every 0.2 s."""
+    """`store_config` over the demo model's adapter store."""
+    return store_config(vllm_url, demo_model / "adapters", state, **routes)
+
+
+def store_config(backend: str, store: Path, state: Path, **routes: Any) -> dict[str, Any]:
+    """The demo routes' config over `store` (or `routes`, else four 50/50 splits) with
+    `ADMIN_KEY` an admin key and rollout state kept in `state`, whose config file is polled
+    every 0.2 s."""
     state.mkdir(parents=True, exist_ok=True)
     admins = state.parent / "admin-keys.yaml"
     admins.write_text(yaml.safe_dump({"admins": {"ops": [{"sha256": hash_api_key(ADMIN_KEY)}]}}))
     return gateway_config(
-        [vllm_url],
-        demo_model / "adapters",
+        [backend],
+        store,
         routes=routes or SPLIT_ROUTES,
         auth={"admin_keys_file": str(admins)},
         state={"dir": str(state), "config_poll_s": 0.2},
