@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backends import UpstreamReply, UpstreamStream
+from gateway.backends import UpstreamClient, UpstreamReply, UpstreamStream
 from gateway.errors import BackendTimeout, BackendUnavailable, TurnoutError
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
@@ -286,3 +286,8 @@ class InMemoryUpstream:
         return UpstreamReply(
             200, "application/json", orjson.dumps({"object": "list", "data": cards})
         )
+
+
+def as_upstream_client(upstream: InMemoryUpstream) -> UpstreamClient:
+    """The in-memory upstream is an `UpstreamClient` (mypy checks this assignment)."""
+    return upstream
