@@ -18,14 +18,10 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import AdaptersConfig
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
-from tests.conftest import (
-    BASE_MODEL,
-    closed_port_url,
-    embedded_config,
-    gateway_config,
-    running_gateway,
-    wait_until,
-)
+from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
+from tests.support.processes import running_gateway
+from tests.support.sockets import closed_port_url
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ from adapters.errors import AdapterRefused
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.embedded import free_port
-from tests.conftest import BASE_MODEL, answers, wait_until
+from tests.support.demo import BASE_MODEL
+from tests.support.waiting import answers, wait_until
 
 LIMITS = AdapterLimits(max_lora_rank=16)
 BUCKET = "adapters"

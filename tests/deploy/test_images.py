@@ -27,7 +27,6 @@ import yaml
 from adapters.registry import AdapterRegistry
 from gateway.auth import hash_api_key
 from gateway.embedded import free_port
-from tests.conftest import answers, running_gateway, stub_upstream, wait_until
 from tests.deploy.chart import full_name, render
 from tests.deploy.images import (
     GATEWAY_IMAGE,
@@ -40,6 +39,8 @@ from tests.deploy.images import (
     running_container,
     tools_missing,
 )
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.waiting import answers, wait_until
 from training.capture import read_captures
 from training.flywheel_demo import DEMO_GATE, DEMO_TRAIN_CONFIG, drive_traffic
 from training.flywheel_demo import _wait_for_captures as wait_for_captures

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from gateway.embedded import free_port
-from tests.conftest import answers, wait_until
 from tests.deploy.packaging import REPO, build_wheel, fresh_venv, isolated_env
+from tests.support.waiting import answers, wait_until
 
 pytestmark = pytest.mark.slow
 CONSTRAINTS = REPO / "constraints"

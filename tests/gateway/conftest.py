@@ -1,26 +1,23 @@
-"""What several gateway test modules share: a real Redis, and a canary rollout."""
+"""What several gateway test modules share: a real Redis, a synthetic adapter store."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gateway.bench.redis_server import RedisServer, running_redis_server
-from gateway.rollouts import Rollout
-
-CANARY = Rollout(
-    route="triage",
-    stable="triage@v1",
-    rollout_id="r1",
-    candidate="triage@v2",
-    weight_percent=5.0,
-    steps=(5.0, 50.0, 100.0),
-    revision=1,
-)
+from tests.support.store import write_synthetic_store
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[RedisServer]:
     with running_redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo adapters' names and versions as zero-weight adapters (no torch, milliseconds)."""
+    return write_synthetic_store(tmp_path_factory.mktemp("synthetic") / "store")

@@ -26,7 +26,7 @@ from gateway.rollout_cli import add_commands
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import Rollout, declare
 from gateway.state import FileStateStore
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 
 ADMIN_KEY = "sk-admin-test"
 OTHER_KEY = "sk-not-admin"

@@ -1,4 +1,5 @@
-"""Bad input and backend faults: every one is an OpenAI-style JSON error with the right status."""
+"""Backend faults over real sockets and a real vLLM: every one is an OpenAI-style JSON error
+with the right status. Bad input and the same faults in-process: test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -14,108 +15,16 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import (
-    closed_port_url,
-    gateway_config,
-    running_gateway,
-    scripted_backend,
-    tcp_backend,
-    wait_until,
-)
+from tests.support.demo import gateway_config
+from tests.support.errors import assert_openai_error
+from tests.support.processes import running_gateway
+from tests.support.sockets import scripted_backend, tcp_backend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "code", "param"}
-    assert error["code"] == code
-    assert error["message"]
-    assert "Traceback" not in response.text
-    return dict(error)
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "code", "param"),
-    [
-        (b'{"model": "chat", "messages": [', 400, "invalid_json", None),
-        (b"[1, 2, 3]", 400, "invalid_request", None),
-        (b"", 400, "invalid_json", None),
-        (b'{"messages": [{"role": "user", "content": "hi"}]}', 422, "invalid_value", "model"),
-        (b'{"model": "chat"}', 422, "invalid_value", "messages"),
-        (b'{"model": "chat", "messages": []}', 422, "invalid_value", "messages"),
-        (
-            b'{"model": 7, "messages": [{"role": "user", "content": "hi"}]}',
-            422,
-            "invalid_value",
-            "model",
-        ),
-        (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}],'
-            b' "temperature": "hot"}',
-            422,
-            "invalid_value",
-            "temperature",
-        ),
-        (
-            b'{"model": "chat", "messages": [{"role": "wizard", "content": "hi"}]}',
-            422,
-            "invalid_value",
-            "messages.0.role",
-        ),
-        (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}',
-            422,
-            "invalid_value",
-            "max_tokens",
-        ),
-        (
-            b'{"model": "chat", "messages": [{"role": "user", "content": "hi"}],'
-            b' "guided_json": {"type": "object"}}',
-            400,
-            "invalid_request",
-            "guided_json",
-        ),
-        (
-            b'{"model": "no-such-route", "messages": [{"role": "user", "content": "hi"}]}',
-            404,
-            "model_not_found",
-            "model",
-        ),
-    ],
-)
-def test_bad_chat_requests_get_openai_errors(
-    gateway_url: str, body: bytes, status: int, code: str, param: str | None
-) -> None:
-    response = httpx.post(
-        gateway_url + CHAT, content=body, headers={"content-type": "application/json"}
-    )
-    error = assert_openai_error(response, status, code)
-    assert error["param"] == param
-
-
-def test_completions_without_a_prompt_is_rejected(gateway_url: str) -> None:
-    response = httpx.post(gateway_url + "/v1/completions", json={"model": "chat"})
-    assert assert_openai_error(response, 422, "invalid_value")["param"] == "prompt"
-
-
-def test_the_openai_client_sees_an_unknown_route_as_not_found(gateway_url: str) -> None:
-    api = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.NotFoundError, match="does not exist"):
-        api.chat.completions.create(model="no-such-route", messages=MESSAGES)  # type: ignore[arg-type]
-
-
-def test_unknown_paths_and_wrong_methods_are_json_errors(gateway_url: str) -> None:
-    assert_openai_error(httpx.get(gateway_url + "/v1/nothing"), 404, "not_found")
-    assert_openai_error(httpx.get(gateway_url + CHAT), 405, "method_not_allowed")
-    # vLLM's own control endpoints are never reachable through the gateway.
-    for path in ("/v1/load_lora_adapter", "/tokenize", "/pause"):
-        assert_openai_error(httpx.post(gateway_url + path, json={}), 404, "not_found")
 
 
 def test_upstream_errors_pass_through_with_vllm_status_and_message(gateway_url: str) -> None:
@@ -127,37 +36,6 @@ def test_upstream_errors_pass_through_with_vllm_status_and_message(gateway_url: 
         )
         assert response.status_code == 400
         assert "max_model_len" in response.json()["error"]["message"]
-
-
-def test_a_body_over_the_limit_is_refused_with_413(vllm_url: str, tmp_path: Path) -> None:
-    config = gateway_config([vllm_url], server={"max_body_bytes": 2048})
-    with running_gateway(config, tmp_path) as origin:
-        small = {"model": "chat", "messages": MESSAGES, "max_tokens": 2}
-        assert httpx.post(origin + CHAT, json=small).status_code == 200
-        big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 4096}]}
-        assert_openai_error(httpx.post(origin + CHAT, json=big), 413, "request_too_large")
-
-        def chunked_body():  # no Content-Length: the limit holds while reading
-            yield b'{"model": "chat", "messages": [{"role": "user", "content": "'
-            for _ in range(10):
-                yield b"y" * 1024
-            yield b'"}]}'
-
-        response = httpx.post(origin + CHAT, content=chunked_body())
-        assert_openai_error(response, 413, "request_too_large")
-        assert httpx.post(origin + CHAT, json=small).status_code == 200
-
-
-def test_a_backend_that_is_down_gives_502_and_not_ready(tmp_path: Path) -> None:
-    with running_gateway(gateway_config([closed_port_url()]), tmp_path) as origin:
-        for stream in (False, True):
-            response = httpx.post(
-                origin + CHAT, json={"model": "chat", "messages": MESSAGES, "stream": stream}
-            )
-            assert_openai_error(response, 502, "backend_unavailable")
-        ready = httpx.get(origin + "/readyz")
-        assert (ready.status_code, ready.json()) == (503, {"status": "unavailable"})
-        assert httpx.get(origin + "/healthz").status_code == 200
 
 
 def test_a_backend_that_is_too_slow_gives_504_after_the_timeout(tmp_path: Path) -> None:
@@ -306,12 +184,3 @@ def test_a_client_leaving_mid_stream_cancels_the_upstream_request(
             )
     generated = _vllm_gauge(vllm_url, "vllm:generation_tokens_total") - tokens_before
     assert generated < asked / 2, f"vLLM generated {generated} tokens for a departed client"
-
-
-def test_the_gateway_keeps_serving_after_bad_input(gateway_url: str) -> None:
-    for body in (b"{", b"null", b'{"model": []}', b"\xff\xfe"):
-        assert httpx.post(gateway_url + CHAT, content=body).status_code in (400, 422)
-    ok = httpx.post(
-        gateway_url + CHAT, json={"model": "chat", "messages": MESSAGES, "max_tokens": 2}
-    )
-    assert ok.status_code == 200

@@ -1,5 +1,7 @@
 """Output contracts end to end: a real vLLM (guided decoding on the random demo model, which
-really does run out of tokens mid-JSON), the gateway as a process, the official openai client."""
+really does run out of tokens mid-JSON), the gateway as a process, the official openai client.
+The policies' logic and the refusals made before vLLM is asked, in-process against scripted
+answers: test_contracts_gateway.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway
 from tests.support.schemas import CLIENT_TRIAGE
 
 pytestmark = pytest.mark.slow
@@ -177,43 +180,6 @@ def test_the_clients_own_response_format_is_honoured_and_flagged(contract_gatewa
     assert orjson.loads(raw.parse().choices[0].message.content or "") in LABELS
 
 
-def test_a_huge_request_schema_is_refused_before_vllm(contract_gateway: str) -> None:
-    schema = {"enum": [f"label-{n}" * 10 for n in range(2000)]}
-    answer = ask(
-        contract_gateway, "chat", 5,
-        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
-    )  # fmt: skip
-    assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == "response_format"
-    assert "limit" in answer.json()["error"]["message"]
-
-
-NOT_JSON_REPLY = (
-    b'{"id":"c","object":"chat.completion","created":1,"model":"tiny","choices":[{"index":0,'
-    b'"message":{"role":"assistant","content":"Sure! The label is billing."},'
-    b'"finish_reason":"stop"}]}'
-)
-
-
-def test_non_json_output_from_a_backend_without_guided_decoding_is_refused(
-    tmp_path: Path,
-) -> None:
-    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(NOT_JSON_REPLY),
-        NOT_JSON_REPLY,
-    )
-    with scripted_backend(reply) as backend:
-        config = gateway_config(
-            [backend], routes={"strict": {"schema": LABEL_ONLY, "on_invalid": "error"}}
-        )
-        with running_gateway(config, tmp_path) as origin:
-            answer = ask(origin, "strict", 10)
-    assert answer.status_code == 502
-    error = answer.json()["error"]
-    assert error["validation_errors"][0]["message"].startswith("not JSON")
-    assert error["raw_output"] == "Sure! The label is billing."
-
-
 # --- a request that brings its own schema to a route that has one (request_schema) ------------
 
 
@@ -223,28 +189,6 @@ def client(origin: str) -> openai.OpenAI:
 
 def own_format(schema: object) -> dict[str, object]:
     return {"type": "json_schema", "json_schema": {"name": "mine", "schema": schema}}
-
-
-def test_reject_refuses_a_conflicting_schema_and_says_how_to_fix_it(
-    contract_gateway: str,
-) -> None:
-    for stream in (False, True):
-        with pytest.raises(openai.BadRequestError) as refused:
-            client(contract_gateway).chat.completions.create(
-                model="triage-json",
-                messages=TICKET,  # type: ignore[arg-type]
-                max_tokens=30,
-                temperature=0,
-                stream=stream,
-                response_format=own_format(CLIENT_TRIAGE),  # type: ignore[arg-type]
-            )
-        error = refused.value.response.json()["error"]
-        assert error["type"] == "invalid_request_error"
-        assert error["code"] == "schema_conflict"
-        assert error["param"] == "response_format"
-        assert "`triage-json`" in error["message"]
-        assert "Omit `response_format`" in error["message"]
-        assert "GET /v1/models/triage-json" in error["message"]
 
 
 def test_the_route_schema_from_get_models_is_compatible_and_served(contract_gateway: str) -> None:
@@ -266,26 +210,6 @@ def test_the_route_schema_from_get_models_is_compatible_and_served(contract_gate
         assert raw.headers["x-turnout-schema-source"] == "route"
         # Judged against the route's schema (the demo model mostly runs out of tokens here).
         assert raw.headers["x-turnout-schema"] in ("valid", "truncated")
-
-
-def test_get_models_shows_no_schema_for_a_plain_route_and_404_for_none(
-    contract_gateway: str,
-) -> None:
-    api = client(contract_gateway)
-    card = api.models.retrieve("chat")
-    assert card.model_extra is not None
-    assert card.model_extra["turnout"] == {"schema": None, "request_schema": None}
-    with pytest.raises(openai.NotFoundError) as missing:
-        api.models.retrieve("no-such-route")
-    assert missing.value.response.json()["error"]["code"] == "model_not_found"
-
-
-def test_json_object_conflicts_with_a_route_whose_answers_are_not_objects(
-    contract_gateway: str,
-) -> None:
-    answer = ask(contract_gateway, "triage-error", 20, response_format={"type": "json_object"})
-    assert answer.status_code == 400
-    assert answer.json()["error"]["code"] == "schema_conflict"
 
 
 def test_ignore_answers_with_the_route_schema_and_only_the_headers_say_so(
@@ -420,11 +344,3 @@ def test_enforce_both_buffered_streams_retry_then_refuse_before_the_first_byte(
     assert chunks[-1].model_extra["turnout"]["schema"] == {
         "result": "valid", "source": "both", "errors": [],
     }  # fmt: skip
-
-
-def test_tool_schemas_are_checked_on_a_route_with_its_own_schema(contract_gateway: str) -> None:
-    hostile = {"type": "string", "pattern": "x" * 2000}
-    tools = [{"type": "function", "function": {"name": "f", "parameters": hostile}}]
-    answer = ask(contract_gateway, "triage-json", 10, tools=tools)
-    assert answer.status_code == 400
-    assert answer.json()["error"]["param"] == "tools"

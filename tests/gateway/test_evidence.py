@@ -21,7 +21,7 @@ from gateway.embedded import free_port
 from gateway.errors import StateStoreUnavailable
 from gateway.evidence import LocalEvidence, PooledEvidence
 from gateway.rollouts import Rollout
-from tests.gateway.conftest import CANARY
+from tests.support.rollouts import CANARY
 
 FAILED = RequestOutcome(status=502, latency_s=0.1)
 SERVED = RequestOutcome(status=200, latency_s=0.1)

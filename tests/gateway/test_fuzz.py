@@ -16,7 +16,8 @@ import schemathesis
 import yaml
 
 from gateway.auth import hash_api_key
-from tests.conftest import gateway_config, running_gateway, stub_upstream
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway, stub_upstream
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from adapters.demo import DEMO_ADAPTERS, DEMO_VERSION
-from tests.conftest import BASE_MODEL, DEMO_ROUTES
+from tests.support.demo import BASE_MODEL, DEMO_ROUTES
 
 pytestmark = pytest.mark.slow
 

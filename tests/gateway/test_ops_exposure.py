@@ -19,7 +19,10 @@ import yaml
 from gateway.app import HEALTH_PROBE_S
 from gateway.auth import issue_key
 from gateway.embedded import free_port
-from tests.conftest import gateway_config, running_gateway, tcp_backend, wait_until
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway
+from tests.support.sockets import tcp_backend
+from tests.support.waiting import wait_until
 
 
 @dataclass

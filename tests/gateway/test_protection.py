@@ -1,5 +1,6 @@
-"""Keys, tenants, rate limits, load shedding, failover and circuit breakers, through the gateway
-as a process in front of real upstreams on loopback (the instant stub, a dead port, a hang)."""
+"""Keys, tenants, rate limits, load shedding, failover and circuit breakers: the gateway built
+in-process (`create_app`) in front of the in-memory upstream, scripted to be down or to hang;
+the admin API's own listener through the gateway as a process, in front of the instant stub."""
 
 from __future__ import annotations
 
@@ -13,23 +14,25 @@ import pytest
 import yaml
 
 from gateway.auth import issue_key
-from tests.conftest import (
-    closed_port_url,
-    gateway_config,
-    running_gateway,
-    scripted_backend,
-    stub_upstream,
-)
+from tests.support.demo import gateway_config
+from tests.support.inprocess import InProcessGateway, in_process_gateway
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.upstream import Answer, InMemoryUpstream
 
 CHAT = "/v1/chat/completions"
 ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+LIVE = "http://live.backend"
+DEAD = "http://dead.backend"
 
 
-def ask(origin: str, model: str = "chat", key: str | None = None, **extra: Any) -> httpx.Response:
+def ask(
+    gateway: InProcessGateway | str, model: str = "chat", key: str | None = None, **extra: Any
+) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(
-        origin + CHAT, json={"model": model, **ASK, **extra}, headers=headers, timeout=30
-    )
+    body = {"model": model, **ASK, **extra}
+    if isinstance(gateway, str):  # a gateway process's origin
+        return httpx.post(gateway + CHAT, json=body, headers=headers, timeout=30)
+    return gateway.client.post(CHAT, json=body, headers=headers, timeout=30)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -60,48 +63,49 @@ def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, st
 @pytest.fixture(scope="module")
 def guarded(
     tenant_keys: tuple[Path, str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with stub_upstream() as upstream:
-        config = gateway_config(
-            [upstream],
-            routes={"chat": {}, "other": {}},
-            auth={"keys_file": str(tenant_keys[0])},
-            limits={"max_messages": 4, "max_tokens": 64},
-        )
-        with running_gateway(config, tmp_path_factory.mktemp("guarded")) as origin:
-            yield origin
+) -> Iterator[InProcessGateway]:
+    config = gateway_config(
+        [LIVE],
+        routes={"chat": {}, "other": {}},
+        auth={"keys_file": str(tenant_keys[0])},
+        limits={"max_messages": 4, "max_tokens": 64},
+    )
+    with in_process_gateway(config, tmp_path_factory.mktemp("guarded")) as gateway:
+        yield gateway
 
 
-def test_no_key_or_a_wrong_key_gets_401(guarded: str) -> None:
+def test_no_key_or_a_wrong_key_gets_401(guarded: InProcessGateway) -> None:
     assert_error(ask(guarded), 401, "invalid_api_key")
     error = assert_error(ask(guarded, key="tk-not-a-real-key"), 401, "invalid_api_key")
     assert "tk-not-a-real-key" not in error["message"]
 
 
 def test_a_tenant_calls_only_its_routes_and_lists_only_them(
-    guarded: str, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
 ) -> None:
     acme = tenant_keys[1]
     assert ask(guarded, "chat", acme).status_code == 200
     assert_error(ask(guarded, "other", acme), 403, "permission_denied")
     # A route that does not exist is refused the same way: nothing to probe.
     assert_error(ask(guarded, "no-such-route", acme), 403, "permission_denied")
-    listed = httpx.get(guarded + "/v1/models", headers={"authorization": f"Bearer {acme}"})
+    listed = guarded.client.get("/v1/models", headers={"authorization": f"Bearer {acme}"})
     assert [m["id"] for m in listed.json()["data"]] == ["chat"]
 
 
 def test_request_limits_refuse_too_many_messages_and_tokens(
-    guarded: str, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
 ) -> None:
     acme = tenant_keys[1]
+    guarded.upstream.forwarded()
     many = [{"role": "user", "content": "x"}] * 5
     assert_error(ask(guarded, "chat", acme, messages=many), 400, "invalid_request")
     error = assert_error(ask(guarded, "chat", acme, max_tokens=65), 400, "invalid_request")
     assert error["param"] == "max_tokens"
+    assert guarded.upstream.forwarded() == []  # refused before the upstream
 
 
 def test_a_tenant_over_its_request_rate_gets_429_with_retry_after(
-    guarded: str, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
 ) -> None:
     globex = tenant_keys[2]
     statuses = [ask(guarded, "other", globex).status_code for _ in range(3)]
@@ -112,17 +116,17 @@ def test_a_tenant_over_its_request_rate_gets_429_with_retry_after(
 
 
 def test_requests_fail_over_from_a_dead_backend(tmp_path: Path) -> None:
-    with stub_upstream() as upstream:
-        config = gateway_config([closed_port_url(), upstream])
-        with running_gateway(config, tmp_path) as origin:
-            statuses = {ask(origin).status_code for _ in range(30)}
+    upstream = InMemoryUpstream(down=[DEAD])
+    with in_process_gateway(gateway_config([DEAD, LIVE]), tmp_path, upstream) as gateway:
+        statuses = {ask(gateway).status_code for _ in range(30)}
     assert statuses == {200}
+    assert {exchange.backend for exchange in upstream.exchanges} == {LIVE}
 
 
 def test_a_dead_backend_opens_its_breaker_and_503_says_when_to_retry(tmp_path: Path) -> None:
-    config = gateway_config([closed_port_url()], breaker={"consecutive_failures": 3})
-    with running_gateway(config, tmp_path) as origin:
-        answers = [ask(origin) for _ in range(6)]
+    config = gateway_config([DEAD], breaker={"consecutive_failures": 3})
+    with in_process_gateway(config, tmp_path, InMemoryUpstream(down=[DEAD])) as gateway:
+        answers = [ask(gateway) for _ in range(6)]
     assert [a.status_code for a in answers[:3]] == [502, 502, 502]
     assert_error(answers[-1], 503, "no_healthy_backend")
     assert int(answers[-1].headers["retry-after"]) >= 1
@@ -132,23 +136,25 @@ def test_past_the_queue_requests_are_shed_at_once_with_503(tmp_path: Path) -> No
     # One slot and one queue place in front of a backend that never answers: of four requests
     # sent together, whichever two arrive last are shed at once, while the first two wait for
     # the upstream timeout. Which two that are is up to the scheduler, so the test counts.
-    with scripted_backend() as hanging:  # accepts, never answers
-        config = gateway_config(
-            [hanging],
-            admission={"max_concurrent": 1, "max_queued": 1, "queue_timeout_s": 10},
-            timeouts={"response_s": 4},
-        )
-        with running_gateway(config, tmp_path) as origin, ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: ask(origin), range(4)))
+    response_s = 1.0
+    upstream = InMemoryUpstream(response_s=response_s)
+    upstream.will_answer(*[Answer(hang=True)] * 4)  # accepts, never answers
+    config = gateway_config(
+        [LIVE],
+        admission={"max_concurrent": 1, "max_queued": 1, "queue_timeout_s": 10},
+        timeouts={"response_s": response_s},
+    )
+    with in_process_gateway(config, tmp_path, upstream) as gateway, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(gateway), range(4)))
     shed = [a for a in answers if a.status_code == 503]
     assert len(shed) == 2, [a.status_code for a in answers]
     for answer in shed:
         assert_error(answer, 503, "overloaded")
         assert int(answer.headers["retry-after"]) >= 1
-        assert answer.elapsed.total_seconds() < 2
+        assert answer.elapsed.total_seconds() < response_s
     served = [a for a in answers if a.status_code != 503]
     assert [a.status_code for a in served] == [504, 504]
-    assert all(a.elapsed.total_seconds() >= 4 for a in served)
+    assert all(a.elapsed.total_seconds() >= response_s for a in served)
 
 
 def test_the_admin_api_can_have_a_listener_of_its_own(tmp_path: Path) -> None:

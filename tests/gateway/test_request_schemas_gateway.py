@@ -1,28 +1,25 @@
-"""The issue's case through a real gateway process and the official openai client, against a
-backend that always answers `{"label": "billing"}` (what the route's schema asks for), so every
-`request_schema` policy is seen on an object schema with a deterministic answer. The real-vLLM
-tests of each policy are in test_contracts_e2e.py."""
+"""The issue's case through the gateway built in-process and the official openai client, against
+an upstream that always answers `{"label": "billing"}` (what the route's schema asks for), so
+every `request_schema` policy is seen on an object schema with a deterministic answer. The
+real-vLLM tests of each policy, through a gateway process, are in test_contracts_e2e.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import orjson
 import pytest
 import yaml
 
 from gateway.auth import issue_key
-from tests.conftest import gateway_config, running_gateway, scripted_backend
+from tests.support.demo import gateway_config
+from tests.support.inprocess import InProcessGateway, in_process_gateway
 from tests.support.schemas import CLIENT_TRIAGE, TRIAGE
+from tests.support.upstream import Answer, InMemoryUpstream
 
-ANSWER = (
-    b'{"id":"c","object":"chat.completion","created":1,"model":"tiny","choices":[{"index":0,'
-    b'"message":{"role":"assistant","content":"{\\"label\\": \\"billing\\"}"},'
-    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":5,"total_tokens":10}}'
-)
+ANSWER = '{"label": "billing"}'
 TICKET = [{"role": "user", "content": "I was charged twice for my invoice."}]
 GRANTED = [
     "triage-json",
@@ -54,11 +51,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def origin(keys: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(ANSWER),
-        ANSWER,
-    )
+def gateway(
+    keys: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessGateway]:
     routes = {
         "triage-json": triage("error"),
         "triage-json-ignore": triage("error", request_schema="ignore"),
@@ -70,15 +65,15 @@ def origin(keys: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> 
         "chat": {},
         "hidden": triage("error"),
     }
-    with scripted_backend(reply) as backend:
-        config = gateway_config([backend], routes=routes, auth={"keys_file": str(keys[0])})
-        with running_gateway(config, tmp_path_factory.mktemp("gw")) as url:
-            yield url
+    config = gateway_config(["http://vllm.test"], routes=routes, auth={"keys_file": str(keys[0])})
+    upstream = InMemoryUpstream(default=Answer(content=ANSWER))
+    with in_process_gateway(config, tmp_path_factory.mktemp("gw"), upstream) as running:
+        yield running
 
 
 @pytest.fixture
-def api(origin: str, keys: tuple[Path, str]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{origin}/v1", api_key=keys[1], max_retries=0)
+def api(gateway: InProcessGateway, keys: tuple[Path, str]) -> openai.OpenAI:
+    return gateway.openai(keys[1])
 
 
 def own(schema: object) -> dict[str, object]:
@@ -117,13 +112,13 @@ def test_the_schema_get_models_shows_is_accepted_back(api: openai.OpenAI) -> Non
 
 
 def test_get_models_of_a_route_the_tenant_is_not_granted_is_403(
-    origin: str, keys: tuple[Path, str]
+    gateway: InProcessGateway, keys: tuple[Path, str]
 ) -> None:
     headers = {"authorization": f"Bearer {keys[1]}"}
-    refused = httpx.get(f"{origin}/v1/models/hidden", headers=headers)
+    refused = gateway.client.get("/v1/models/hidden", headers=headers)
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "permission_denied"
-    assert httpx.get(f"{origin}/v1/models/triage-json").status_code == 401
+    assert gateway.client.get("/v1/models/triage-json").status_code == 401
 
 
 def test_ignore_passes_the_routes_answer_that_fails_the_clients_schema(

@@ -1,6 +1,7 @@
-"""The request surface through a gateway process with tenant keys, in front of the instant stub
-recording every body it receives: what is refused (400 naming the parameter), what is bounded,
-and what reaches the upstream, byte for byte."""
+"""The request surface through the gateway built in-process with tenant keys, in front of the
+in-memory upstream recording every body it receives: what is refused (400 naming the
+parameter), what is bounded, and what reaches the upstream, byte for byte. The same surface
+against a gateway process and a real vLLM: test_request_surface_vllm.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 
 from gateway.auth import issue_key
 from gateway.request_fields import FIELDS, default_fields
-from tests.conftest import gateway_config, running_gateway, stub_upstream
+from tests.support.demo import gateway_config
+from tests.support.inprocess import InProcessGateway, in_process_gateway
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -27,19 +29,15 @@ PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * 60).decod
 
 
 class Gateway:
-    """The gateway's origin, a tenant key, and the stub's record of what was forwarded."""
+    """The in-process gateway, a tenant key, and the upstream's record of what was forwarded."""
 
-    def __init__(self, origin: str, upstream: str, key: str) -> None:
-        self.origin = origin
-        self.upstream = upstream
+    def __init__(self, gateway: InProcessGateway, key: str) -> None:
+        self.gateway = gateway
         self.key = key
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(
-            self.origin + path,
-            json=body,
-            headers={"authorization": f"Bearer {self.key}"},
-            timeout=30,
+        return self.gateway.client.post(
+            path, json=body, headers={"authorization": f"Bearer {self.key}"}, timeout=30
         )
 
     def chat(self, route: str = "chat", **fields: Any) -> httpx.Response:
@@ -47,8 +45,7 @@ class Gateway:
 
     def forwarded(self) -> list[dict[str, Any]]:
         """The bodies the upstream received since the last call."""
-        bodies: list[dict[str, Any]] = httpx.get(self.upstream + "/recorded", timeout=10).json()
-        return bodies
+        return self.gateway.upstream.forwarded()
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +62,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             "requests": {"content_parts": {"image_url": {"max_bytes": 1000, "hosts": [MEDIA_HOST]}}}
         },
     }
-    with stub_upstream(record=True) as upstream:
-        config = gateway_config(
-            [upstream], routes=routes, auth={"keys_file": str(folder / "keys.yaml")}
-        )
-        with running_gateway(config, folder) as origin:
-            gateway = Gateway(origin, upstream, tenant.key)
-            gateway.forwarded()  # nothing but requests from the tests from here on
-            yield gateway
+    config = gateway_config(
+        ["http://upstream.test"], routes=routes, auth={"keys_file": str(folder / "keys.yaml")}
+    )
+    with in_process_gateway(config, folder) as running:
+        gateway = Gateway(running, tenant.key)
+        gateway.forwarded()  # nothing but requests from the tests from here on
+        yield gateway
 
 
 def assert_refused(response: httpx.Response, code: str, param: str) -> None:
@@ -327,7 +323,7 @@ def test_a_media_route_refuses_big_images_and_other_hosts(
 
 def test_slash_variants_are_not_redirected_and_host_is_never_echoed(gateway: Gateway) -> None:
     for path in ("/admin/routes/", "/v1/models/", "/healthz/", "/admin/routes/chat/"):
-        response = httpx.get(gateway.origin + path, headers={"host": "evil.example.com"})
+        response = gateway.gateway.client.get(path, headers={"host": "evil.example.com"})
         assert response.status_code == 404, path
         assert "location" not in response.headers
         assert "evil.example.com" not in response.text

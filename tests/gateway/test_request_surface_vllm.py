@@ -16,7 +16,8 @@ import yaml
 from gateway.auth import issue_key
 from gateway.config import AdaptersConfig
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
-from tests.conftest import BASE_MODEL, embedded_config, gateway_config, running_gateway
+from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
+from tests.support.processes import running_gateway
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,10 @@ from gateway.audit import read_audit_log
 from gateway.bench.redis_server import RedisServer
 from gateway.rollouts import sticky_position
 from monitoring.refusals import PhraseRefusalDetector
-from tests.conftest import BASE_MODEL, running_gateway, wait_until
-from tests.gateway.test_rollouts_e2e import ADMIN, config_for
+from tests.support.demo import BASE_MODEL
+from tests.support.processes import running_gateway
+from tests.support.rollouts import ADMIN, config_for
+from tests.support.waiting import wait_until
 from training.qlora import TrainConfig, train
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gateway.embedded import free_port
-from tests.conftest import answers, gateway_config, wait_until
+from tests.support.demo import gateway_config
+from tests.support.waiting import answers, wait_until
 from training.capture import read_captures
 
 pytestmark = pytest.mark.slow

@@ -25,12 +25,9 @@ import yaml
 from adapters.demo import DEMO_VERSION
 from gateway.embedded import free_port, last_error_line
 from gateway.startup import redacted
-from tests.conftest import (
-    TEST_GPU_MEMORY_UTILIZATION,
-    answers,
-    closed_port_url,
-    wait_until,
-)
+from tests.support.demo import TEST_GPU_MEMORY_UTILIZATION
+from tests.support.sockets import closed_port_url
+from tests.support.waiting import answers, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TRIAGE = f"support-triage@{DEMO_VERSION}"

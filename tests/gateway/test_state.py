@@ -18,7 +18,7 @@ from gateway.bench.redis_server import RedisServer
 from gateway.errors import RolloutConflict, StateStoreUnavailable
 from gateway.rollouts import Rollout
 from gateway.state import FileStateStore, RedisStateStore
-from tests.gateway.conftest import CANARY
+from tests.support.rollouts import CANARY
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:

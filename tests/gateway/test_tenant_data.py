@@ -1,6 +1,8 @@
-"""The flywheel's data belongs to a tenant, through the gateway as a process with two tenants
-(alice: training allowed, bob: denied) in front of the instant stub upstream (what the model
-answers does not matter here; who sent it does)."""
+"""The flywheel's data belongs to a tenant, through the gateway with two tenants (alice: training
+allowed, bob: denied) in front of an upstream whose answers do not matter here (who sent the
+request does): built in-process over the in-memory upstream for feedback, ids and datasets; as
+a process in front of the instant stub where a tenant's deletion and retention must survive a
+restart."""
 
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
 from gateway.auth import hash_api_key, issue_key
-from tests.conftest import gateway_config, running_gateway, stub_upstream, wait_until
+from tests.support.demo import gateway_config
+from tests.support.inprocess import InProcessGateway, in_process_gateway
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.waiting import wait_until
 from training.capture import StoredCapture, read_captures
 from training.capture_store import read_deletions
 from training.dataset import SPLITS, read_split
@@ -87,30 +92,43 @@ def upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def shared(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setup, str]]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Setup, InProcessGateway]]:
     setup = _setup(tmp_path_factory.mktemp("tenants"))
-    with running_gateway(setup.config(upstream), setup.folder) as origin:
-        yield setup, origin
+    with in_process_gateway(setup.config("http://upstream.test"), setup.folder) as gateway:
+        yield setup, gateway
 
 
-def chat(origin: str, key: str | None, text: str, client_id: str | None = None) -> httpx.Response:
+Gateway = InProcessGateway | str  # in-process, or a gateway process's origin
+
+
+def _post(
+    gateway: Gateway, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> httpx.Response:
+    if isinstance(gateway, str):
+        return httpx.post(f"{gateway}{path}", json=body, headers=headers, timeout=30)
+    return gateway.client.post(path, json=body, headers=headers, timeout=30)
+
+
+def chat(
+    origin: Gateway, key: str | None, text: str, client_id: str | None = None
+) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     if client_id is not None:
         headers["x-request-id"] = client_id
     body = {"model": "chat", "messages": [{"role": "user", "content": text}], "max_tokens": 8}
-    response = httpx.post(f"{origin}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    response = _post(origin, "/v1/chat/completions", body, headers)
     assert response.status_code == 200, response.text
     return response
 
 
 def feedback(
-    origin: str, key: str | None, request_id: str, rating: int, correction: str | None = None
+    origin: Gateway, key: str | None, request_id: str, rating: int, correction: str | None = None
 ) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     body: dict[str, Any] = {"request_id": request_id, "rating": rating}
     if correction is not None:
         body["correction"] = correction
-    return httpx.post(f"{origin}/v1/feedback", json=body, headers=headers, timeout=30)
+    return _post(origin, "/v1/feedback", body, headers)
 
 
 def captured(db: Path, gateway_id: str) -> StoredCapture:
@@ -134,7 +152,7 @@ def feedback_rows(db: Path) -> list[tuple[str, str | None, str | None]]:
 
 
 def test_another_tenants_request_is_404_like_an_unknown_one_and_nothing_is_written(
-    shared: tuple[Setup, str],
+    shared: tuple[Setup, InProcessGateway],
 ) -> None:
     setup, origin = shared
     answer = chat(origin, setup.alice, "alice asks about her invoice", "probe-shared-1")
@@ -175,7 +193,7 @@ def test_another_tenants_request_is_404_like_an_unknown_one_and_nothing_is_writt
 
 
 def test_the_same_client_request_id_from_two_tenants_stays_two_records(
-    shared: tuple[Setup, str],
+    shared: tuple[Setup, InProcessGateway],
 ) -> None:
     setup, origin = shared
     from_alice = chat(origin, setup.alice, "alice: reset my password", "dup-1")
@@ -206,7 +224,7 @@ def test_the_same_client_request_id_from_two_tenants_stays_two_records(
 
 
 def test_feedback_is_bounded_in_size_and_charged_to_the_tenants_budget(
-    shared: tuple[Setup, str],
+    shared: tuple[Setup, InProcessGateway],
 ) -> None:
     setup, origin = shared
     gateway_id = chat(origin, setup.alice, "alice: big correction").headers["x-turnout-request-id"]
@@ -251,7 +269,7 @@ def _questions(tenant: str, count: int, seed: int) -> list[str]:
 
 
 def test_a_deny_tenants_traffic_never_enters_a_dataset_and_provenance_names_the_tenants(
-    shared: tuple[Setup, str],
+    shared: tuple[Setup, InProcessGateway],
 ) -> None:
     setup, origin = shared
     asked = {"alice": _questions("alice", 6, seed=11), "bob": _questions("bob", 6, seed=12)}

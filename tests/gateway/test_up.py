@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from gateway.embedded import free_port
-from tests.conftest import DEMO_ROUTES, TEST_GPU_MEMORY_UTILIZATION, answers, wait_until
+from tests.support.demo import DEMO_ROUTES, TEST_GPU_MEMORY_UTILIZATION
+from tests.support.waiting import answers, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import httpx
 import yaml
 
 from gateway.embedded import free_port
-from tests.conftest import answers, wait_until
+from tests.support.waiting import answers, wait_until
 
 SCRAPE_INTERVAL = "1s"
 

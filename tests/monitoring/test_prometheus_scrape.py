@@ -23,15 +23,12 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.auth import issue_key
 from gateway.embedded import free_port
-from tests.conftest import (
-    BASE_MODEL,
-    closed_port_url,
-    gateway_config,
-    running_gateway,
-    wait_until,
-)
 from tests.monitoring.dashboards import panel_expressions
 from tests.monitoring.prometheus_server import Prometheus, running_prometheus
+from tests.support.demo import BASE_MODEL, gateway_config
+from tests.support.processes import running_gateway
+from tests.support.sockets import closed_port_url
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import wait_until
+from tests.support.waiting import wait_until
 from tests.training.capture_writer import record
 from training.capture import (
     CaptureRecord,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import gateway_config, running_gateway, stub_upstream, wait_until
+from tests.support.demo import gateway_config
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.waiting import wait_until
 from training.trigger import Counts, TriggerConfig, decide, watch
 
 CONFIG = TriggerConfig(min_new_failures=10, min_requests=10)

@@ -1,0 +1,58 @@
+"""The gateway and the benchmark's stub upstream as real processes on free ports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.embedded import free_port
+from tests.support.waiting import answers, wait_until
+
+
+@contextmanager
+def running_gateway(config: dict[str, Any], folder: Path) -> Iterator[str]:
+    """`turnout serve` as a real process on a free port; yields its origin."""
+    port = free_port()
+    config = {**config, "server": {**config.get("server", {}), "port": port}}
+    path = folder / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (folder / f"gateway-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: process.poll() is None and answers(f"{origin}/healthz"), 30, "the gateway"
+        )
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@contextmanager
+def stub_upstream(record: bool = False) -> Iterator[str]:
+    """The benchmark's instant OpenAI-compatible upstream, as a real process on a free port;
+    with `record`, `GET /recorded` on it returns the bodies it received since the last call."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(port)]
+        + (["--record"] if record else [])
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{origin}/health"), 30, "the stub upstream")
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
