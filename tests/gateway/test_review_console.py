@@ -22,7 +22,9 @@ from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
 from gateway.auth import issue_key
-from tests.conftest import BASE_MODEL, gateway_config, running_gateway, stub_upstream, wait_until
+from tests.support.demo import BASE_MODEL, gateway_config
+from tests.support.processes import running_gateway, stub_upstream
+from tests.support.waiting import wait_until
 from training.dataset import SPLITS, read_split
 from training.tickets import SCHEMA, generate_tickets, write_seed_file
 
