@@ -256,13 +256,15 @@ def _screenshots(tmp_path: Path) -> Path:
 def test_a_reviewer_works_through_the_queue_by_keyboard_and_the_correction_reaches_the_dataset(
     console: Console, browser: Any, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     shots = _screenshots(tmp_path)
-    wait = WebDriverWait(browser, 10)
+    # The page redraws a view whole: an element read while it is replaced is read again.
+    wait = WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,))
 
     def element(element_id: str) -> Any:
         return browser.find_element(By.ID, element_id)
@@ -361,7 +363,11 @@ def test_a_reviewer_works_through_the_queue_by_keyboard_and_the_correction_reach
         route = _get(console, f"/admin/routes/{ROUTE}", console.admin).json()
         return (route["analysis"] or {}).get("numbers", {})
 
-    wait_until(lambda: analysed().get("review_bad.candidate_trials", 0) > 0, 10, "an analysis")
+    def trials() -> float:
+        numbers = analysed()
+        return sum(numbers.get(f"review_bad.{arm}_trials", 0) for arm in ("stable", "candidate"))
+
+    wait_until(lambda: trials() == 3, 10, "an analysis that counts all three verdicts")
     numbers = analysed()
     arms = {arm: (numbers[f"review_bad.{arm}_events"], numbers[f"review_bad.{arm}_trials"])
             for arm in ("stable", "candidate")}  # fmt: skip
