@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -215,6 +216,7 @@ class InferenceEndpoints:
         self._outcomes = outcomes
         self._guard = guard
         self._settling: set[asyncio.Task[None]] = set()
+        self._first_token: dict[tuple[str, str, str], Histogram] = {}
         self._max_body_bytes = max_body_bytes
         self.models: dict[str, type[BaseModel]] = {
             "/v1/chat/completions": ChatCompletionRequest,
@@ -292,9 +294,7 @@ class InferenceEndpoints:
             return WholeAnswer(opened.body, opened.status, opened.content_type, headers)
 
         def on_first_chunk() -> None:
-            metrics.TIME_TO_FIRST_TOKEN.labels(
-                target.route, target.version_label, target.arm
-            ).observe(time.perf_counter() - exchange.started)
+            self._first_token_series(target).observe(time.perf_counter() - exchange.started)
 
         transcript = StreamTranscript()
 
@@ -334,6 +334,15 @@ class InferenceEndpoints:
             stream_options.get("include_usage") is True,
         )
         return Response(events, media_type="text/event-stream", headers=headers)
+
+    def _first_token_series(self, target: Target) -> Histogram:
+        """The time-to-first-token child for the target, looked up once per target
+        (prometheus_client's `labels()` takes a lock and builds tuples on every call)."""
+        key = (target.route, target.version_label, target.arm)
+        series = self._first_token.get(key)
+        if series is None:
+            series = self._first_token[key] = metrics.TIME_TO_FIRST_TOKEN.labels(*key)
+        return series
 
     def _finish(
         self,
