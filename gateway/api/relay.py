@@ -7,9 +7,10 @@ request is closed however the relay ends. A client that leaves is noticed throug
 aborts the generation). Body writes go through `StallGuard`, so a client that stops reading is
 cut (`gateway.stream_guard`).
 
-Why not starlette's `StreamingResponse`: per stream it runs an anyio task group, and per event
-its message building and checks; with the timers that used to wrap every event, the relay cost
-about three times what this loop costs (docs/performance.md, "bench streaming").
+Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
+per event a generator layer and its checks. With the timers that used to wrap every event, the
+relay stack cost 1.4 to 2 times its CPU per event now (docs/performance.md, "Where a stream's
+time went").
 """
 
 from __future__ import annotations
