@@ -98,16 +98,11 @@ class _Http1Stream:
         self.content_type = _content_type(response)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        source = self._response.chunks()
-        while True:
-            try:
-                async with asyncio.timeout(self._idle_timeout_s):
-                    chunk = await anext(source, None)
-            except (OSError, TimeoutError) as error:
-                raise _transport_error(error, self._backend) from error
-            if chunk is None:
-                return
-            yield chunk
+        try:
+            async for chunk in self._response.chunks(self._idle_timeout_s):
+                yield chunk
+        except (OSError, TimeoutError) as error:
+            raise _transport_error(error, self._backend) from error
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])

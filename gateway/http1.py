@@ -60,6 +60,7 @@ class _Exchange:
     complete: bool = False
     error: BaseException | None = None
     wakeup: asyncio.Future[None] | None = None
+    received_at: float = 0.0  # loop time of the last body bytes
 
 
 class _Connection(asyncio.Protocol):
@@ -71,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._exchange: _Exchange | None = None
         self._paused = False
+        self._loop = asyncio.get_running_loop()
         self.closed = False
 
     # asyncio.Protocol
@@ -107,6 +109,7 @@ class _Connection(asyncio.Protocol):
             return
         exchange.chunks.append(body)
         exchange.buffered += len(body)
+        exchange.received_at = self._loop.time()
         if exchange.buffered > _HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
@@ -157,6 +160,11 @@ class _Connection(asyncio.Protocol):
             exchange.headers_done.exception()  # retrieved here; raised again by the reader
         self._wake(exchange)
 
+    def fail_idle(self, exchange: _Exchange, idle_timeout_s: float) -> None:
+        """Fail the exchange with `TimeoutError` for a body silent for `idle_timeout_s`."""
+        if exchange is self._exchange:
+            self._fail(TimeoutError(f"no body bytes for {idle_timeout_s:g} s"))
+
     @staticmethod
     def _wake(exchange: _Exchange) -> None:
         if exchange.wakeup is not None and not exchange.wakeup.done():
@@ -174,20 +182,35 @@ class Response:
         self.status = exchange.status
         self.headers = exchange.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, idle_timeout_s: float | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives; `TimeoutError` when none arrives for `idle_timeout_s`.
+
+        The idle limit is kept by one timer per response that is moved on only when it fires
+        (`_IdleWatch`), not by a timer per chunk: a stream's events each cost a wait, and
+        arming and cancelling a timer around every wait cost more than relaying the event.
+        """
         exchange = self._exchange
         loop = asyncio.get_running_loop()
-        while True:
-            if exchange.chunks:
-                yield self._connection.take(exchange)
-                continue
-            if exchange.complete:
-                return
-            if exchange.error is not None:
-                raise ConnectionClosed(str(exchange.error)) from exchange.error
-            exchange.wakeup = loop.create_future()
-            await exchange.wakeup
-            exchange.wakeup = None
+        watch = None if idle_timeout_s is None else _IdleWatch(self, idle_timeout_s, loop)
+        try:
+            while True:
+                if exchange.chunks:
+                    yield self._connection.take(exchange)
+                    continue
+                if exchange.complete:
+                    return
+                if exchange.error is not None:
+                    if isinstance(exchange.error, TimeoutError):
+                        raise exchange.error
+                    raise ConnectionClosed(str(exchange.error)) from exchange.error
+                if watch is not None:
+                    watch.waiting(loop.time())
+                exchange.wakeup = loop.create_future()
+                await exchange.wakeup
+                exchange.wakeup = None
+        finally:
+            if watch is not None:
+                watch.stop()
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
@@ -201,6 +224,47 @@ class Response:
             self._pool.release(self._connection)
         else:
             self._connection.close()
+
+
+class _IdleWatch:
+    """Fails a response's exchange once its reader has waited `idle_s` with no body bytes.
+
+    One timer, set when the reader waits and none is set; when it fires while the reader
+    waits and bytes came meanwhile, it is set again for `idle_s` after the later of the last
+    bytes and the start of the current wait (a reader that is busy elsewhere is not timed).
+    """
+
+    __slots__ = ("_idle_s", "_loop", "_response", "_timer", "_waiting_since")
+
+    def __init__(self, response: Response, idle_s: float, loop: asyncio.AbstractEventLoop):
+        self._response = response
+        self._idle_s = idle_s
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0
+
+    def waiting(self, now: float) -> None:
+        self._waiting_since = now
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self._idle_s, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        self._timer = None
+        exchange = self._response._exchange
+        if exchange.complete or exchange.error is not None:
+            return
+        if exchange.wakeup is None:
+            return  # the reader is busy, not waiting: set again at its next wait
+        deadline = max(exchange.received_at, self._waiting_since) + self._idle_s
+        if self._loop.time() >= deadline:
+            self._response._connection.fail_idle(exchange, self._idle_s)
+            return
+        self._timer = self._loop.call_at(deadline, self._check)
 
 
 class ConnectionPool:

@@ -15,7 +15,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.stream_guard import TRANSPORT_EXTENSION
+from gateway.stream_guard import FLOW_EXTENSION, TRANSPORT_EXTENSION
 
 
 class CoalescingTransport:
@@ -56,12 +56,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`.
 
     Each request's scope carries the transport (extension `turnout.transport`), so a stream
-    whose client stopped reading can be cut (`gateway.stream_guard`).
+    whose client stopped reading can be cut, and the connection's flow control (extension
+    `turnout.flow`), so a write that cannot block is not timed (`gateway.stream_guard`).
     """
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {TRANSPORT_EXTENSION: self.transport}  # type: ignore[dict-item]
+        extensions: dict[str, Any] = {
+            TRANSPORT_EXTENSION: self.transport,
+            FLOW_EXTENSION: self.flow,
+        }
+        self.scope["extensions"] = extensions
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         loop = asyncio.get_running_loop()

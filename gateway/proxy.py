@@ -175,6 +175,9 @@ async def _rewritten_events(
     pending = b""
     try:
         async for chunk in upstream.chunks():
+            if not pending and chunk.endswith(b"\n\n"):  # the usual case: whole events
+                yield rewrite.apply(chunk)
+                continue
             pending += chunk
             end = pending.rfind(b"\n\n")
             if end < 0:

@@ -8,12 +8,16 @@ admission slot for ever. `StallGuard` bounds that wait: a body write still block
 `stall_s` raises `ClientStalled`, and `cut_stream` then ends the response itself: a final SSE
 error event (`client_too_slow`) and the chunked terminator are queued behind what the client has
 not read yet, the connection is closed, and aborted if it has not drained `DRAIN_GRACE_S` later.
+
+The server's flow control (extension `turnout.flow`, uvicorn's `FlowControl`) says whether a
+write can block at all: while the client keeps up it cannot, and the write goes out with no
+timer (arming and cancelling one around every event cost more than relaying it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Message, Scope, Send
 
@@ -21,6 +25,7 @@ from gateway.errors import ClientTooSlow
 from gateway.proxy import sse_error_event
 
 TRANSPORT_EXTENSION = "turnout.transport"
+FLOW_EXTENSION = "turnout.flow"
 # How long a cut connection may take to drain what was queued for it before it is aborted.
 DRAIN_GRACE_S = 30.0
 
@@ -29,15 +34,31 @@ class ClientStalled(Exception):
     """A body write to the client stayed blocked past the stall limit."""
 
 
-class StallGuard:
-    """An ASGI `send` whose body writes may block (flow control) for `stall_s` at most."""
+class WriteFlow(Protocol):
+    """The server's flow control for one connection: whether its writes are paused."""
 
-    def __init__(self, send: Send, stall_s: float) -> None:
+    write_paused: bool
+
+
+class StallGuard:
+    """An ASGI `send` whose body writes may block (flow control) for `stall_s` at most.
+
+    Without `flow` (a server other than the gateway's own) every body write is timed.
+    """
+
+    def __init__(self, send: Send, stall_s: float, flow: WriteFlow | None = None) -> None:
         self._send = send
         self._stall_s = stall_s
+        self._flow = flow
+
+    @classmethod
+    def for_scope(cls, scope: Scope, send: Send, stall_s: float) -> StallGuard:
+        flow: WriteFlow | None = scope.get("extensions", {}).get(FLOW_EXTENSION)
+        return cls(send, stall_s, flow)
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] != "http.response.body":
+        flow = self._flow
+        if (flow is not None and not flow.write_paused) or message["type"] != "http.response.body":
             await self._send(message)
             return
         try:

@@ -7,15 +7,14 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.errors import error_response, http_status, unexpected_error_response
@@ -28,6 +27,7 @@ from gateway.api.protocol import (
     RouteCard,
     RouteContractView,
 )
+from gateway.api.relay import StreamRelay
 from gateway.auth import Caller
 from gateway.backends import BackendPool, UpstreamReply
 from gateway.contracts import (
@@ -53,7 +53,6 @@ from gateway.proxy import InferenceProxy, OpenStream
 from gateway.request_schemas import contract_for
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
-from gateway.stream_guard import ClientStalled, StallGuard, cut_stream
 from monitoring import metrics
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
@@ -161,57 +160,6 @@ class WholeAnswer:
         await send({"type": "http.response.body", "body": self._body})
 
 
-class ProxiedStreamResponse(StreamingResponse):
-    """An SSE answer relayed from upstream; the upstream request is closed however it ends."""
-
-    def __init__(
-        self,
-        stream: OpenStream,
-        headers: dict[str, str],
-        transcript: StreamTranscript,
-        on_first_chunk: Callable[[], None],
-        on_close: Callable[[], None],
-        on_stall: Callable[[], None] = lambda: None,
-        stall_s: float = 10.0,
-    ) -> None:
-        super().__init__(
-            _followed(stream.events, transcript, on_first_chunk),
-            media_type=stream.content_type,
-            headers=headers,
-        )
-        self._resources: AsyncExitStack = stream.resources
-        self._on_close = on_close
-        self._on_stall = on_stall
-        self._stall_s = stall_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, StallGuard(send, self._stall_s))
-        except ClientStalled:
-            # Flow control bounds what is buffered; past the stall limit the stream is cut.
-            self._on_stall()
-            cut_stream(scope, self._stall_s)
-        finally:
-            await self._resources.aclose()
-            self._on_close()
-
-
-async def _followed(
-    events: AsyncIterator[bytes], transcript: StreamTranscript, on_first_chunk: Callable[[], None]
-) -> AsyncIterator[bytes]:
-    first = True
-    async for chunk in events:
-        if first:
-            on_first_chunk()
-            first = False
-        yield chunk
-        transcript.feed(chunk)
-        # When the backend is ahead of the client, every await above returns at once and this
-        # loop never lets the event loop run: a client that left would go unnoticed (and the
-        # backend would generate on for nobody) until the backend finished.
-        await asyncio.sleep(0)
-
-
 @dataclass(slots=True)
 class Exchange:
     """One request as it goes: what is known so far, for the outcome at the end."""
@@ -268,6 +216,7 @@ class InferenceEndpoints:
         self._outcomes = outcomes
         self._guard = guard
         self._settling: set[asyncio.Task[None]] = set()
+        self._first_token: dict[tuple[str, str, str], Histogram] = {}
         self._max_body_bytes = max_body_bytes
         self.models: dict[str, type[BaseModel]] = {
             "/v1/chat/completions": ChatCompletionRequest,
@@ -345,9 +294,7 @@ class InferenceEndpoints:
             return WholeAnswer(opened.body, opened.status, opened.content_type, headers)
 
         def on_first_chunk() -> None:
-            metrics.TIME_TO_FIRST_TOKEN.labels(
-                target.route, target.version_label, target.arm
-            ).observe(time.perf_counter() - exchange.started)
+            self._first_token_series(target).observe(time.perf_counter() - exchange.started)
 
         transcript = StreamTranscript()
 
@@ -359,7 +306,7 @@ class InferenceEndpoints:
                 target.route, target.version_label, target.arm
             ).inc()
 
-        return ProxiedStreamResponse(
+        return StreamRelay(
             opened, headers, transcript, on_first_chunk, on_close, on_stall, self._client_stall_s
         )
 
@@ -387,6 +334,15 @@ class InferenceEndpoints:
             stream_options.get("include_usage") is True,
         )
         return Response(events, media_type="text/event-stream", headers=headers)
+
+    def _first_token_series(self, target: Target) -> Histogram:
+        """The time-to-first-token child for the target, looked up once per target
+        (prometheus_client's `labels()` takes a lock and builds tuples on every call)."""
+        key = (target.route, target.version_label, target.arm)
+        series = self._first_token.get(key)
+        if series is None:
+            series = self._first_token[key] = metrics.TIME_TO_FIRST_TOKEN.labels(*key)
+        return series
 
     def _finish(
         self,

@@ -8,8 +8,9 @@ Processes are pinned as `bench overhead` pins them against its stub: the gateway
 the load client and the upstream share CPU 1.
 
 For the gateway side it also reads the gateway process from /proc: its peak resident memory
-during the level less its memory after warm-up, per open stream, and its CPU time (user +
-system) over the level per relayed event.
+during the level less its memory after warm-up, per open stream, its CPU time (all threads,
+nanosecond scheduler accounting) over the level per relayed event, and how long it waited,
+runnable, for a CPU (a shared core shows here before it shows in the latencies).
 """
 
 from __future__ import annotations
@@ -44,9 +45,39 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time `pid` has used so far."""
+    """CPU time `pid` (all its threads) has used so far.
+
+    From the scheduler's per-thread accounting in nanoseconds where the kernel keeps it
+    (/proc/PID/task/*/schedstat), else from /proc/PID/stat's user + system clock ticks (10 ms
+    each: too coarse for a level of a few hundred events).
+    """
+    schedstat = _schedstat(pid)
+    if schedstat is not None:
+        return schedstat[0]
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def run_queue_seconds(pid: int) -> float | None:
+    """How long `pid`'s threads have waited, runnable, for a CPU so far (None: not kept).
+
+    A gateway that waited for its core about as long as it ran was sharing it: its latencies
+    then measure the machine, not the gateway."""
+    schedstat = _schedstat(pid)
+    return None if schedstat is None else schedstat[1]
+
+
+def _schedstat(pid: int) -> tuple[float, float] | None:
+    """Seconds on a CPU and seconds waiting for one, summed over `pid`'s live threads."""
+    running = waiting = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            fields = (task / "schedstat").read_text().split()
+            running += int(fields[0])
+            waiting += int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return running / 1e9, waiting / 1e9
 
 
 @contextmanager
@@ -97,7 +128,7 @@ def _gateway_command(folder: Path, upstream_url: str, port: int) -> list[str]:
 
 def _level(
     streams: int, direct: dict[str, Any], gateway: dict[str, Any],
-    rss_growth: int, cpu_s: float,
+    rss_growth: int, cpu_s: float, waited_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     relayed = gateway["events"]
     return {
@@ -120,6 +151,7 @@ def _level(
         "gateway_kib_per_open_stream": round(rss_growth / 1024 / streams, 2),
         "gateway_cpu_s": round(cpu_s, 3),
         "gateway_cpu_us_per_event": round(cpu_s / relayed * 1e6, 2) if relayed else None,
+        "gateway_run_queue_wait_s": None if waited_s is None else round(waited_s, 3),
     }
 
 
@@ -160,10 +192,18 @@ def run_streaming_benchmark(
             direct = _load(direct_url, STUB_ADAPTER, streams, load_cpu)
             peaks: list[int] = []
             cpu_before = cpu_seconds(gateway.pid)
+            waited_before = run_queue_seconds(gateway.pid)
             with _peak_rss(gateway.pid, peaks):
                 relayed = _load(relayed_url, ROUTE, streams, load_cpu)
             cpu_s = cpu_seconds(gateway.pid) - cpu_before
-            reports.append(_level(streams, direct, relayed, max(0, peaks[0] - baseline), cpu_s))
+            waited_after = run_queue_seconds(gateway.pid)
+            waited_s = (
+                None
+                if waited_before is None or waited_after is None
+                else waited_after - waited_before
+            )
+            growth = max(0, peaks[0] - baseline)
+            reports.append(_level(streams, direct, relayed, growth, cpu_s, waited_s))
         return reports
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -135,6 +136,62 @@ def test_leaving_a_stream_unfinished_closes_its_connection() -> None:
         assert await anext(chunks) == b"data: "
         response.finish()
         assert await asyncio.wait_for(closed, 5)
+        server.close()
+
+    run(scenario)
+
+
+class PacedChunks(asyncio.Protocol):
+    """Answers a POST with `count` chunks `interval_s` apart, then ends (count None: one chunk,
+    then silence)."""
+
+    count: int | None = 8
+    interval_s = 0.1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        asyncio.get_running_loop().create_task(self._pace())
+
+    async def _pace(self) -> None:
+        for _ in range(1 if self.count is None else self.count):
+            self.transport.write(b"6\r\ndata: \r\n")
+            await asyncio.sleep(self.interval_s)
+        if self.count is not None:
+            self.transport.write(b"0\r\n\r\n")
+
+
+def test_a_stream_slower_than_its_idle_limit_in_total_but_not_between_chunks_lives() -> None:
+    async def scenario() -> None:
+        server, origin = await serve(PacedChunks)
+        pool = ConnectionPool(connect_timeout_s=2)
+        response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
+        # 8 chunks 0.1 s apart take 0.8 s: far past the 0.35 s limit, never that long apart.
+        body = b"".join([chunk async for chunk in response.chunks(idle_timeout_s=0.35)])
+        response.finish()
+        assert body == b"data: " * 8
+        server.close()
+
+    run(scenario)
+
+
+def test_a_stream_silent_past_its_idle_limit_raises_timeout() -> None:
+    class OneChunkThenSilence(PacedChunks):
+        count = None
+
+    async def scenario() -> None:
+        server, origin = await serve(OneChunkThenSilence)
+        pool = ConnectionPool(connect_timeout_s=2)
+        response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
+        chunks = response.chunks(idle_timeout_s=0.3)
+        assert await anext(chunks) == b"data: "
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await anext(chunks)
+        assert 0.25 < time.monotonic() - started < 3
+        response.finish()
         server.close()
 
     run(scenario)

@@ -1,0 +1,117 @@
+"""Relays an open upstream stream to the client as ASGI messages, event by event.
+
+The response head goes out as soon as the stream is open; each block of whole SSE events (model
+name already rewritten by the proxy) goes out as one body message as it comes; the upstream
+request is closed however the relay ends. A client that leaves is noticed through ASGI's
+`http.disconnect` and cancels the relay at once, which drops the upstream connection (vLLM then
+aborts the generation). Body writes go through `StallGuard`, so a client that stops reading is
+cut (`gateway.stream_guard`).
+
+Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
+per event a generator layer and its checks. With the timers that used to wrap every event, the
+relay stack cost 1.4 to 2 times its CPU per event now (docs/performance.md, "Where a stream's
+time went").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.outcomes import StreamTranscript
+from gateway.proxy import OpenStream
+from gateway.stream_guard import ClientStalled, StallGuard, cut_stream
+
+# Every this many events the relay yields to the event loop once, so a departure is noticed
+# even from a source that never has to wait (the HTTP/1.1 source waits between reads from its
+# socket; other sources, in tests say, need not).
+_YIELD_EVERY = 16
+
+
+def sse_head(content_type: str, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The response headers as starlette's `StreamingResponse` would send them."""
+    if content_type.startswith("text/") and "charset=" not in content_type.lower():
+        content_type += "; charset=utf-8"
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    raw.append((b"content-type", content_type.encode("latin-1")))
+    return raw
+
+
+class StreamRelay:
+    """An SSE answer relayed from upstream; an ASGI app for one response."""
+
+    def __init__(
+        self,
+        stream: OpenStream,
+        headers: dict[str, str],
+        transcript: StreamTranscript,
+        on_first_chunk: Callable[[], None],
+        on_close: Callable[[], None],
+        on_stall: Callable[[], None] = lambda: None,
+        stall_s: float = 10.0,
+    ) -> None:
+        self._events: AsyncIterator[bytes] = stream.events
+        self._head = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": sse_head(stream.content_type, headers),
+        }
+        self._resources: AsyncExitStack = stream.resources
+        self._transcript = transcript
+        self._on_first_chunk = on_first_chunk
+        self._on_close = on_close
+        self._on_stall = on_stall
+        self._stall_s = stall_s
+        self._finished = False
+        self._departed = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
+        try:
+            await send(self._head)
+            await self._relay(StallGuard.for_scope(scope, send, self._stall_s))
+        except ClientStalled:
+            # Flow control bounds what is buffered; past the stall limit the stream is cut.
+            self._on_stall()
+            cut_stream(scope, self._stall_s)
+        except asyncio.CancelledError:
+            # The client left: the relay ends here, quietly. Any other cancellation goes on.
+            if not self._departed or relay.uncancel() > 0:
+                raise
+        finally:
+            self._finished = True
+            watcher.cancel()
+            await self._resources.aclose()
+            self._on_close()
+
+    async def _relay(self, send: StallGuard) -> None:
+        events = aiter(self._events)
+        first = await anext(events, None)
+        if first is not None:
+            self._on_first_chunk()
+            await self._send_event(send, first)
+            unpaused = 0
+            async for chunk in events:
+                await self._send_event(send, chunk)
+                unpaused += 1
+                if unpaused == _YIELD_EVERY:
+                    unpaused = 0
+                    await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_event(self, send: StallGuard, chunk: bytes) -> None:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._transcript.feed(chunk)
+
+    async def _cancel_on_departure(self, receive: Receive, relay: asyncio.Task[None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # uvicorn also says `http.disconnect` once the response is complete: not a departure.
+        if not self._finished:
+            self._departed = True
+            relay.cancel()
