@@ -3,8 +3,9 @@
 `AdapterLoads.acquire(version)` returns the backend a request for `version` goes to, with the
 request counted in flight there (call `release` when it ends). When no backend holds the
 version, the request waits for the one load of that version on its chosen backend, however
-many requests want it; at most `max_waiting` requests wait at a time, each at most
-`wait_deadline_s`; past either, `AdapterLoading` (503 with Retry-After). The backend calls
+many requests want it; when every slot holds a version in use, it waits for one to free. At
+most `max_waiting` requests wait at a time, each at most `wait_deadline_s`; past either,
+`AdapterLoading` (503 with Retry-After). The backend calls
 (vLLM's load and unload endpoints) come in through the small `AdapterCalls` interface.
 """
 
@@ -24,7 +25,6 @@ from gateway.placement.fleet import (
     Load,
     LoadReason,
     Serve,
-    Wait,
 )
 
 log = logging.getLogger("turnout.placement")
@@ -86,6 +86,7 @@ class AdapterLoads:
         self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.waiting = 0
+        self._freed = asyncio.Event()  # set (and replaced) whenever a slot may have freed
         self._load_s = 1.0  # moving estimate of one load's time, for Retry-After
 
     @property
@@ -103,31 +104,58 @@ class AdapterLoads:
             self._observer.served(decision.backend, cold=False, waited_s=0.0)
             self._maybe_replicate(version, eligible)
             return decision.backend
-        if isinstance(decision, Full):
-            self._observer.refused("full")
-            raise AdapterLoading(
-                f"Every adapter slot is busy; {version} cannot be loaded now.",
-                retry_after_s=self._retry_after(),
-            )
         if self.waiting >= self.max_waiting:
             self._observer.refused("queue_full")
             raise AdapterLoading(
                 f"Too many requests are waiting for adapters to load ({version} included).",
                 retry_after_s=self._retry_after(),
             )
+        started = self._clock()
+        deadline = started + self.wait_deadline_s
+        while isinstance(decision, Full):
+            # Every slot holds a version in use: wait (as a queued request) for one to free.
+            await self._wait_for_room(version, deadline)
+            decision = self.fleet.route(version, eligible)
+        if isinstance(decision, Serve):
+            self.fleet.begin(decision.backend, version)
+            self._observer.served(decision.backend, cold=True, waited_s=self._clock() - started)
+            return decision.backend
         if isinstance(decision, Load):
             task = self._start(decision)
         else:
-            assert isinstance(decision, Wait)
             task = self._loads[(decision.backend, version)]
-        return await self._wait(decision.backend, version, task)
+        return await self._wait(decision.backend, version, task, started, deadline)
 
-    async def _wait(self, backend: str, version: str, task: asyncio.Task[None]) -> str:
-        started = self._clock()
+    async def _wait_for_room(self, version: str, deadline: float) -> None:
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._freed.wait()
+        except TimeoutError:
+            self._observer.refused("full")
+            raise AdapterLoading(
+                f"Every adapter slot is in use; {version} could not be loaded in time.",
+                retry_after_s=self._retry_after(),
+            ) from None
+        finally:
+            self.waiting -= 1
+
+    def _room_changed(self) -> None:
+        self._freed.set()
+        self._freed = asyncio.Event()
+
+    async def _wait(
+        self,
+        backend: str,
+        version: str,
+        task: asyncio.Task[None],
+        started: float,
+        deadline: float,
+    ) -> str:
         self.waiting += 1
         self.fleet.expect(backend, version, +1)
         try:
-            async with asyncio.timeout(self.wait_deadline_s):
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
                 await asyncio.shield(task)
         except TimeoutError:
             self._observer.refused("deadline")
@@ -151,6 +179,7 @@ class AdapterLoads:
 
     def release(self, backend: str, version: str) -> None:
         self.fleet.end(backend, version)
+        self._room_changed()
 
     def lost(self, backend: str, version: str) -> None:
         """vLLM answered 404 for `version` (its own LRU dropped it): forget it there."""
@@ -172,6 +201,23 @@ class AdapterLoads:
             tasks.append(self._spawn(load))
         return tasks
 
+    def publish(self, routed: Collection[str], warm: Collection[str]) -> None:
+        """A new routing table: keep `warm` resident (loading what is missing now) and unload
+        idle versions no route names; call from the event loop."""
+        self.fleet.set_warm(warm)
+        self.warm_up()
+        for backend, version in self.fleet.unrouted(routed):
+            self._observer.evicted(backend, EvictReason.UNROUTED)
+            task = asyncio.get_running_loop().create_task(self._unload(backend, version))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _unload(self, backend: str, version: str) -> None:
+        try:
+            await self._calls.unload(backend, version)
+        except Exception as error:
+            log.warning("unload of %s on %s failed: %s", version, backend, error)
+
     def _start(self, load: Load) -> asyncio.Task[None]:
         self.fleet.start_load(load)
         return self._spawn(load)
@@ -189,11 +235,8 @@ class AdapterLoads:
         started = self._clock()
         ok = False
         try:
-            for victim in load.evict:
-                try:
-                    await self._calls.unload(load.backend, victim)
-                except Exception as error:  # vLLM's own LRU may have dropped it already
-                    log.warning("unload of %s on %s failed: %s", victim, load.backend, error)
+            for victim in load.evict:  # vLLM's own LRU may have dropped it already: no matter
+                await self._unload(load.backend, victim)
             await self._calls.load(load.backend, load.version)
             ok = True
         finally:
@@ -203,3 +246,4 @@ class AdapterLoads:
             self.fleet.finish_load(load.backend, load.version, ok=ok)
             self._observer.loaded(load.backend, load.reason, seconds, ok)
             del self._loads[(load.backend, load.version)]
+            self._room_changed()

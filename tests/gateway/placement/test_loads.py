@@ -103,10 +103,23 @@ async def test_a_full_fleet_unloads_the_victim_before_loading() -> None:
     assert victim not in loads.fleet.resident(victim_backend)
 
 
-async def test_a_busy_version_is_not_evicted_so_a_full_fleet_refuses() -> None:
-    loads = loads_over(Backends(load_s=0.0), resident=1)
+async def test_on_a_full_fleet_a_request_waits_for_a_slot_and_never_evicts_a_busy_one() -> None:
+    backends = Backends(load_s=0.0)
+    loads = loads_over(backends, resident=1)
     held = [await loads.acquire(version) for version in ("a@v1", "b@v1")]
+    waiting = asyncio.ensure_future(loads.acquire("c@v1"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert backends.unloads == []  # both versions are in use
+    loads.release(held[0], "a@v1")
+    assert await waiting == held[0]
+    assert backends.unloads == [(held[0], "a@v1")]
+
+
+async def test_on_a_full_fleet_past_the_deadline_the_request_gets_adapter_loading() -> None:
+    loads = loads_over(Backends(load_s=0.0), resident=1, wait_deadline_s=0.05)
+    for version in ("a@v1", "b@v1"):
+        await loads.acquire(version)
     with pytest.raises(AdapterLoading):
         await loads.acquire("c@v1")
-    loads.release(held[0], "a@v1")
-    assert await loads.acquire("c@v1") == held[0]
+    assert loads.waiting == 0
