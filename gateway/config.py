@@ -125,6 +125,25 @@ class AdaptersConfig(StrictModel):
     reconcile_interval_s: float = Field(
         default=2.0, gt=0, description="how often backends are checked for missing adapters"
     )
+    placement: Literal["everywhere", "demand"] = Field(
+        default="everywhere",
+        description="everywhere: every routed version on every backend (at most max_cpu_loras "
+        "versions); demand: any number, each loaded where and when traffic needs it",
+    )
+    eviction: Literal["lru", "lfu"] = Field(
+        default="lfu",
+        description="demand: which resident version a full backend gives up (least frequently "
+        "or least recently used; lfu measured fewer loads in `turnout bench fleet`)",
+    )
+    replicate_at: int = Field(
+        default=4, gt=0, description="demand: in-flight requests per holder that add a replica"
+    )
+    load_wait_s: float = Field(
+        default=30.0, gt=0, description="demand: longest a request waits for its adapter's load"
+    )
+    max_load_waiters: int = Field(
+        default=256, gt=0, description="demand: requests waiting for loads at once; more get 503"
+    )
 
     @property
     def capacity(self) -> int:
@@ -178,6 +197,10 @@ class RouteConfig(StrictModel):
     )
     requests: RequestsConfig | None = Field(
         default=None, description="this route's fields, media and bounds: replaces the keys it sets"
+    )
+    warm: bool = Field(
+        default=False,
+        description="adapters.placement demand: keep this route's versions resident always",
     )
 
     @field_validator("json_schema")

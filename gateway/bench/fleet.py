@@ -58,10 +58,10 @@ class Scenario:
     load_s: float = 0.2
     decode_s: float = 0.1
     slowdown: float = 0.1
-    requests: int = 4000
+    requests: int = 3000
     concurrency: int = 64
     seed: int = 1
-    eviction: Eviction = Eviction.LRU
+    eviction: Eviction = Eviction.LFU
     replicate_at: int = 4
     load_blocks: bool = True
 
@@ -383,7 +383,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     command.add_argument("--concurrency", type=int, default=default.concurrency)
     command.add_argument("--seed", type=int, default=default.seed)
-    command.add_argument("--eviction", choices=[e.value for e in Eviction], default="lru")
+    command.add_argument(
+        "--eviction", choices=[e.value for e in Eviction], default=default.eviction.value
+    )
     command.add_argument("--replicate-at", type=int, default=default.replicate_at)
     command.add_argument(
         "--loads-beside-engine",

@@ -7,8 +7,9 @@ What it enforces, as vLLM does:
   recently used idle one; a load takes `load_s` of the engine's time (nothing decodes meanwhile);
 - at most `batch` distinct adapters running at once (`--max-loras`) and `max_seqs` requests;
   others queue;
-- a request for an adapter it does not hold gets vLLM's 404, unless `on_demand` is set, in
-  which case it loads it first (what a LoRA resolver does: the round-robin baseline);
+- a request for an adapter name it was never given (or was told to unload) gets vLLM's 404,
+  unless `on_demand` is set, in which case it loads it first (what a LoRA resolver does: the
+  round-robin baseline); a known name its LRU dropped is loaded again, at the same cost;
 - decode steps slow down with the distinct adapters in the batch: `(1 + slowdown * (k-1))`.
 The answer's text names the adapter that produced it, so a client can count wrong answers.
 """
@@ -63,7 +64,8 @@ class SimBackend:
 
     def __init__(self, spec: SimSpec) -> None:
         self.spec = spec
-        self.resident: OrderedDict[str, None] = OrderedDict()
+        self.resident: OrderedDict[str, None] = OrderedDict()  # the LRU of loaded weights
+        self.registered: set[str] = set()  # names the API serves (loaded, not unloaded)
         self.stats = SimStats()
         self._loads: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
         self._waiting: list[_Sequence] = []
@@ -87,9 +89,11 @@ class SimBackend:
     def preload(self, names: list[str]) -> None:
         for name in names:
             self.resident[name] = None
+            self.registered.add(name)
 
     def load(self, name: str) -> asyncio.Future[None]:
         """The pending load of `name` (one per name however many ask); done if resident."""
+        self.registered.add(name)
         future = self._loads.get(name)
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -102,16 +106,17 @@ class SimBackend:
         return future
 
     def unload(self, name: str) -> bool:
-        if name not in self.resident or any(seq.name == name for seq in self._running):
+        if name not in self.registered or any(seq.name == name for seq in self._running):
             return False
-        del self.resident[name]
+        self.registered.discard(name)
+        self.resident.pop(name, None)
         return True
 
     async def complete(self, name: str) -> tuple[int, bytes]:
-        cold = name not in self.resident
-        if cold and not self.spec.on_demand:
+        if name not in self.registered and not self.spec.on_demand:
             self.stats.not_found += 1
             return 404, _not_found(name)
+        cold = name not in self.resident
         if cold:
             self.load(name)
         sequence = _Sequence(name, asyncio.get_running_loop().create_future(), cold)
@@ -184,12 +189,12 @@ class SimBackend:
         active = {seq.name for seq in self._running}
         waiting = []
         for seq in self._waiting:
+            if seq.name not in self.registered and not self.spec.on_demand:
+                seq.done.set_result(False)  # unloaded through the API while it waited
+                continue
             if seq.name not in self.resident:
-                if self.spec.on_demand:
-                    self.load(seq.name)  # evicted while it waited: load it again
-                    waiting.append(seq)
-                else:
-                    seq.done.set_result(False)
+                self.load(seq.name)  # the LRU dropped it while it waited: load it again
+                waiting.append(seq)
                 continue
             fits = seq.name in active or len(active) < self.spec.batch
             if fits and len(self._running) < self.spec.max_seqs:
@@ -272,3 +277,37 @@ async def start_sim(backend: SimBackend, host: str, port: int) -> asyncio.Server
     loop = asyncio.get_running_loop()
     backend.start()
     return await loop.create_server(lambda: _SimProtocol(backend), host, port, backlog=1024)
+
+
+async def _serve(spec: SimSpec, host: str, port: int) -> None:
+    server = await start_sim(SimBackend(spec), host, port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    """One simulated backend as a process (tests run the gateway in front of two)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--resident", type=int, default=2, help="vLLM --max-cpu-loras")
+    parser.add_argument("--batch", type=int, default=2, help="vLLM --max-loras")
+    parser.add_argument("--max-seqs", type=int, default=16)
+    parser.add_argument("--load-ms", type=float, default=50.0)
+    parser.add_argument("--decode-ms", type=float, default=20.0)
+    args = parser.parse_args()
+    spec = SimSpec(
+        resident=args.resident,
+        batch=args.batch,
+        max_seqs=args.max_seqs,
+        load_s=args.load_ms / 1000,
+        decode_s=args.decode_ms / 1000,
+        slowdown=0.1,
+    )
+    asyncio.run(_serve(spec, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

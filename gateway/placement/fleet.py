@@ -132,7 +132,7 @@ class FleetPlacement:
         self,
         capacities: Mapping[str, BackendCapacity],
         *,
-        eviction: Eviction = Eviction.LRU,
+        eviction: Eviction = Eviction.LFU,
         replicate_at: int = 4,
         lfu_half_life_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
