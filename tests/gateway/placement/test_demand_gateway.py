@@ -9,6 +9,8 @@ again and retrying: never an answer from another adapter, never a 5xx.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import subprocess
@@ -20,13 +22,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
+from gateway.auth import issue_key
 from gateway.embedded import free_port
 from tests.conftest import BASE_MODEL, answers, running_gateway, wait_until
 
 ADAPTERS = 12
+ADMIN = issue_key()
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,9 @@ def gateway(
         f"r{i}": {"stable": f"task-{i}@v1"} for i in range(ADAPTERS - 1)
     }
     routes["pinned"] = {"stable": f"task-{ADAPTERS - 1}@v1", "warm": True}
+    folder = tmp_path_factory.mktemp("gw")
+    admins = folder / "admins.yaml"
+    admins.write_text(yaml.safe_dump({"admins": {"ops": [{"sha256": ADMIN.sha256}]}}))
     config = {
         "base_model": BASE_MODEL,
         "backends": [{"url": url} for url in sim_backends],
@@ -83,10 +91,10 @@ def gateway(
             "max_cpu_loras": 2,
             "load_wait_s": 20,
         },
-        "breaker": {"retry_budget_ratio": 1.0},
+        "auth": {"admin_keys_file": str(admins)},
         "routes": routes,
     }
-    with running_gateway(config, tmp_path_factory.mktemp("gw")) as origin:
+    with running_gateway(config, folder) as origin:
         yield origin
 
 
@@ -131,3 +139,23 @@ def test_twelve_adapters_on_two_backends_of_two_slots_answer_each_from_its_own(
     assert metric(metrics, "turnout_adapter_evictions_total", reason="lost") >= 1
     assert metric(metrics, "turnout_adapter_placement_requests_total", result="hit") > 0
     assert re.search(r"turnout_adapter_cold_start_wait_seconds_count\{[^}]*\} [1-9]", metrics)
+
+
+def test_adapters_placement_shows_which_backend_holds_what_and_why(gateway: str) -> None:
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    client.completions.create(model="r3", prompt="hi", max_tokens=4, temperature=0)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "adapters", "placement", "--url", gateway],
+        env={**os.environ, "TURNOUT_ADMIN_KEY": ADMIN.key},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    view = json.loads(done.stdout)
+    assert view["placement"] == "demand"
+    held = {
+        entry["version"]: entry for backend in view["backends"] for entry in backend["versions"]
+    }
+    assert held["task-11@v1"]["warm"] is True
+    assert held["task-11@v1"]["reason"] == "warm"
+    assert all(len(backend["versions"]) <= 2 for backend in view["backends"])
+    refused = httpx.get(gateway + "/admin/placement", timeout=10)
+    assert refused.status_code == 401
