@@ -107,8 +107,8 @@ class InferenceProxy:
         ]
         if reload_on is not None and reload_on in eligible:
             eligible = [reload_on]
-        if not eligible:
-            self._pool.picker.pick(tried)  # raises NoHealthyBackend with its Retry-After
+        if not eligible:  # every breaker open: one past its cool-down may take a probe
+            eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
         return await self._placement.acquire(served, eligible), served
 
     def _done(self, backend: str, held: str | None) -> None:
