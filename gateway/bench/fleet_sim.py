@@ -11,7 +11,8 @@ What it enforces, as vLLM does:
   unless `on_demand` is set, in which case it loads it first (what a LoRA resolver does: the
   round-robin baseline); a known name its LRU dropped is loaded again, at the same cost;
 - decode steps slow down with the distinct adapters in the batch: `(1 + slowdown * (k-1))`.
-The answer's text names the adapter that produced it, so a client can count wrong answers.
+The answer's text names the adapter that produced it, so a client can count wrong answers;
+with `"stream": true` it comes as one SSE event and `[DONE]`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import cast
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_STREAM = re.compile(rb'"stream"\s*:\s*true')
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +248,13 @@ class _SimProtocol(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             return
         reason = b"OK" if status == 200 else b"Not Found" if status == 404 else b"Error"
+        content_type = b"application/json"
+        if status == 200 and _STREAM.search(body):  # the answer as SSE events, then [DONE]
+            content_type = b"text/event-stream"
+            payload = b"data: " + payload + b"\n\ndata: [DONE]\n\n"
         self._transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (status, reason, len(payload), payload)
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, content_type, len(payload), payload)
         )
 
     async def _handle(self, request_line: bytes, body: bytes) -> tuple[int, bytes]:

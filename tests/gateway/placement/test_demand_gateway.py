@@ -120,12 +120,23 @@ def test_twelve_adapters_on_two_backends_of_two_slots_answer_each_from_its_own(
         answer = client.completions.create(model=route, prompt="hi", max_tokens=4, temperature=0)
         return route, answer.choices[0].text
 
+    def stream(route: str) -> tuple[str, str]:
+        events = client.completions.create(
+            model=route, prompt="hi", max_tokens=4, temperature=0, stream=True
+        )
+        return route, "".join(event.choices[0].text for event in events)
+
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(ask, asked))
     for route, text in results:
         index = ADAPTERS - 1 if route == "pinned" else int(route[1:])
         assert text == f"adapter:task-{index}@v1", (route, text)
+    with ThreadPoolExecutor(4) as pool:  # streams hold their version until they end
+        streamed = list(pool.map(stream, [f"r{i}" for i in range(ADAPTERS - 1)] * 2))
+    for route, text in streamed:
+        assert text == f"adapter:task-{int(route[1:])}@v1", (route, text)
     # Every backend forgets task-0 (a restart would): the next request reloads and retries.
+    assert ask("r0") == ("r0", "adapter:task-0@v1")  # resident now, as the gateway knows
     for backend in sim_backends:
         httpx.post(backend + "/v1/unload_lora_adapter", json={"lora_name": "task-0@v1"})
     for _ in range(3):
