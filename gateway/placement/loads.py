@@ -205,6 +205,10 @@ class AdapterLoads:
         """A new routing table: keep `warm` resident (loading what is missing now) and unload
         idle versions no route names; call from the event loop."""
         self.fleet.set_warm(warm)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet (a table built before serving): the start publishes again
         self.warm_up()
         for backend, version in self.fleet.unrouted(routed):
             self._observer.evicted(backend, EvictReason.UNROUTED)

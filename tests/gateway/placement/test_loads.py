@@ -123,3 +123,22 @@ async def test_on_a_full_fleet_past_the_deadline_the_request_gets_adapter_loadin
     with pytest.raises(AdapterLoading):
         await loads.acquire("c@v1")
     assert loads.waiting == 0
+
+
+def test_a_publish_outside_the_event_loop_pins_warm_versions_and_loads_nothing_yet() -> None:
+    backends = Backends()
+    loads = loads_over(backends)
+    loads.publish({"a@v1", "b@v1"}, {"a@v1"})
+    assert loads.fleet.warm == {"a@v1"}
+    assert loads.fleet.holders("a@v1", loaded_only=False) == []
+
+
+async def test_publish_loads_warm_versions_and_unloads_idle_unrouted_ones() -> None:
+    backends = Backends(load_s=0.0)
+    loads = loads_over(backends)
+    loads.release(await loads.acquire("old@v1"), "old@v1")
+    loads.publish({"a@v1"}, {"a@v1"})
+    await asyncio.sleep(0.05)
+    assert loads.fleet.holders("a@v1") != []
+    assert loads.fleet.holders("old@v1", loaded_only=False) == []
+    assert [version for _, version in backends.unloads] == ["old@v1"]
