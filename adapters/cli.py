@@ -149,3 +149,8 @@ def add_commands(commands: Any) -> None:
     verify.add_argument("--base-name")
     rm = command("rm", cmd_rm, "remove a version no route uses")
     rm.add_argument("ref", metavar="NAME@VERSION")
+    from gateway.placement.cli import add_arguments as placement_arguments
+
+    placement_arguments(
+        sub.add_parser("placement", help="which backend holds which version, and why (admin API)")
+    )

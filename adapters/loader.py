@@ -64,13 +64,15 @@ class VllmAdapterAdmin:
 
 
 def check_capacity(versions: int, config: AdaptersConfig) -> None:
-    """ConfigError when the routes name more versions than the backends keep in memory."""
-    if versions > config.capacity:
+    """ConfigError when the routes name more versions than the backends keep in memory
+    (placement `everywhere` only: `demand` places any number)."""
+    if config.placement == "everywhere" and versions > config.capacity:
         raise ConfigError(
             f"routes send traffic to {versions} adapter versions, but the backends keep "
             f"at most {config.capacity} in memory (adapters.max_cpu_loras); "
             "more would reload adapters from disk on the request path. Route fewer versions, "
-            "or raise adapters.max_cpu_loras if the backends have the memory for them."
+            "raise adapters.max_cpu_loras if the backends have the memory for them, or set "
+            "adapters.placement: demand to load versions where and when traffic needs them."
         )
 
 
@@ -103,6 +105,7 @@ class AdapterLoader:
         self._routed: frozenset[AdapterVersion] = frozenset()
         self._loaded_here: dict[str, set[str]] = {backend: set() for backend in self._backends}
         self._lock = asyncio.Lock()  # prepare, release and reconcile never interleave
+        self._verified: set[AdapterVersion] = set()
         for backend in self._backends:
             metrics.ADAPTER_CAPACITY.labels(backend).set(config.capacity)
 
@@ -148,6 +151,15 @@ class AdapterLoader:
             await self._prepare(versions)
 
     async def _prepare(self, versions: frozenset[AdapterVersion]) -> None:
+        if self._config.placement == "demand":
+            # Loaded where and when traffic needs them (gateway.placement); verified once here
+            # and again before each load.
+            unverified = sorted(versions - self._verified, key=lambda v: v.ref)
+            if unverified:
+                await asyncio.to_thread(self._verify_all, unverified)
+            self._routed = versions
+            metrics.ADAPTERS_ROUTED.set(len(versions))
+            return
         check_capacity(len(versions), self._config)
         targets = []
         for version in sorted(versions, key=lambda v: v.ref):
@@ -163,6 +175,19 @@ class AdapterLoader:
         self._routed = versions
         metrics.ADAPTERS_ROUTED.set(len(versions))
 
+    def _verify_all(self, versions: list[AdapterVersion]) -> None:
+        for version in versions:
+            self._verify(version)
+            self._verified.add(version)
+
+    async def load_on_demand(self, backend: str, served_name: str) -> None:
+        """Verify the version again and load it onto `backend` (placement's `AdapterCalls`)."""
+        target = await asyncio.to_thread(self._verify, AdapterVersion.parse(served_name))
+        await self._load(backend, served_name, target.path)
+
+    async def unload_on_demand(self, backend: str, served_name: str) -> None:
+        await self._unload(backend, served_name)
+
     def route(self, versions: frozenset[AdapterVersion]) -> None:
         """The versions now routed (a published table); missing ones load at the next check."""
         self._routed = versions
@@ -171,6 +196,8 @@ class AdapterLoader:
     async def release(self) -> None:
         """Unload what this gateway loaded and no route uses any more."""
         async with self._lock:
+            if self._config.placement == "demand":
+                return  # placement unloads versions no route names (`FleetPlacement.unrouted`)
             keep = {version.served_name for version in self._routed}
             for backend in self._backends:
                 for served_name in sorted(self._loaded_here[backend] - keep):
@@ -179,8 +206,8 @@ class AdapterLoader:
     async def reconcile(self) -> None:
         """Check every backend once; reload what it lost (a restart) and mark what it holds."""
         async with self._lock:
-            if not self._routed:
-                return
+            if not self._routed or self._config.placement == "demand":
+                return  # demand: placement reloads what a backend lost when vLLM says so
             targets = [
                 LoadTarget(version=v, path=self._backend_path(v))
                 for v in sorted(self._routed, key=lambda v: v.ref)

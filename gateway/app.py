@@ -36,6 +36,7 @@ from gateway.guard import RequestGuard
 from gateway.health import Readiness
 from gateway.listeners import place_metrics
 from gateway.outcomes import OutcomeRecorder, SignalBudget
+from gateway.placement.wiring import demand_placement
 from gateway.proxy import InferenceProxy
 from gateway.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter, connect_redis
 from gateway.residency import Residency
@@ -121,7 +122,9 @@ def create_app(
         residency,
         urls,
     )
-    control = ControlPlane(config, config_path, table, loader)
+    adapter_placement = demand_placement(config.adapters, urls, loader)
+    pool.placement = adapter_placement
+    control = ControlPlane(config, config_path, table, loader, adapter_placement)
     Path(config.state.dir).mkdir(parents=True, exist_ok=True)
     controller = RolloutController(
         state_store_for(config.state),
@@ -279,6 +282,7 @@ def create_app(
         RetryBudget(
             RetryBudgetPolicy(ratio=breaker.retry_budget_ratio, min_per_s=breaker.retry_min_per_s)
         ),
+        adapter_placement,
     )
     inference = InferenceEndpoints(
         table,

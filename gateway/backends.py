@@ -25,6 +25,7 @@ from gateway.errors import (
     TurnoutError,
 )
 from gateway.health import BackendHealth
+from gateway.placement.loads import AdapterLoads
 from gateway.residency import Residency
 from monitoring import metrics
 
@@ -199,9 +200,12 @@ class BackendPool:
         self.residency = residency
         self.picker = BackendPicker(self.urls, breakers)
         self.health = BackendHealth(self.urls)
+        self.placement: AdapterLoads | None = None  # set when adapters.placement is demand
 
     def serves(self, served_adapter: str) -> bool:
         """Whether some backend is known to hold the adapter."""
+        if self.placement is not None:
+            return bool(self.placement.fleet.holders(served_adapter))
         return any(self.residency.holds(backend, served_adapter) for backend in self.urls)
 
     def pick(self, served_adapter: str | None, tried: Collection[str] = ()) -> str:

@@ -134,6 +134,25 @@ class AdaptersConfig(StrictModel):
     reconcile_interval_s: float = Field(
         default=2.0, gt=0, description="how often backends are checked for missing adapters"
     )
+    placement: Literal["everywhere", "demand"] = Field(
+        default="everywhere",
+        description="everywhere: every routed version on every backend (at most max_cpu_loras "
+        "versions); demand: any number, each loaded where and when traffic needs it",
+    )
+    eviction: Literal["lru", "lfu"] = Field(
+        default="lfu",
+        description="demand: which resident version a full backend gives up (least frequently "
+        "or least recently used; lfu measured fewer loads in `turnout bench fleet`)",
+    )
+    replicate_at: int = Field(
+        default=4, gt=0, description="demand: in-flight requests per holder that add a replica"
+    )
+    load_wait_s: float = Field(
+        default=30.0, gt=0, description="demand: longest a request waits for its adapter's load"
+    )
+    max_load_waiters: int = Field(
+        default=256, gt=0, description="demand: requests waiting for loads at once; more get 503"
+    )
 
     @model_validator(mode="after")
     def _cpu_holds_a_batch(self) -> AdaptersConfig:
@@ -200,6 +219,10 @@ class RouteConfig(StrictModel):
     review: ReviewPolicy = Field(
         default_factory=ReviewPolicy,
         description="what goes to the human review queue (training/review/policy.py)",
+    )
+    warm: bool = Field(
+        default=False,
+        description="adapters.placement demand: keep this route's versions resident always",
     )
 
     @field_validator("json_schema")
@@ -432,7 +455,8 @@ def load_config(path: Path) -> TurnoutConfig:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's loader when present: 7x faster than the pure one on 10,000 routes
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     folder = path.resolve().parent

@@ -18,6 +18,8 @@ from adapters.errors import AdapterStoreUnreadable
 from adapters.loader import AdapterLoader
 from gateway.config import TurnoutConfig, load_config
 from gateway.errors import ConfigError, Failure, RolloutConflict, TurnoutError
+from gateway.placement.loads import AdapterLoads
+from gateway.placement.warm import routed_versions, warm_versions
 from gateway.rollout_controller import RolloutController
 from gateway.rollouts import Rollout
 from gateway.routing import (
@@ -54,11 +56,13 @@ class ControlPlane:
         config_path: Path | None,
         table: PublishedTable,
         loader: AdapterLoader,
+        placement: AdapterLoads | None = None,
     ) -> None:
         self.config = config
         self._path = config_path
         self._table = table
         self._loader = loader
+        self._placement = placement  # adapters.placement demand
         self._applied_digest = _digest(config_path) if config_path else None
 
     def publish(self, rollouts: Mapping[str, Rollout]) -> None:
@@ -66,6 +70,10 @@ class ControlPlane:
         table = build_routing_table(self.config, rollouts)
         self._loader.route(table.adapter_versions())
         self._table.publish(table)
+        if self._placement is not None:
+            self._placement.publish(
+                routed_versions(table), warm_versions(table, self.config.routes)
+            )
 
     async def start(self, controller: RolloutController) -> None:
         """Load what the config routes to, restore rollout state, then load what the resulting
@@ -81,6 +89,11 @@ class ControlPlane:
         if self._table.current.adapter_versions() != configured:
             await self._loader.prepare(self._table.current.adapter_versions())
         await self._loader.release()
+        if self._placement is not None:  # the table published before the loop ran (or again)
+            table = self._table.current
+            self._placement.publish(
+                routed_versions(table), warm_versions(table, self.config.routes)
+            )
 
     async def prepare_candidate(self, route: str, candidate: str) -> None:
         """Load a rollout's candidate everywhere before the rollout may start."""

@@ -155,6 +155,17 @@ class AdapterNotReady(TurnoutError):
     retry_after_s = 2.0
 
 
+class AdapterLoading(TurnoutError):
+    """The route's adapter version is being loaded and the wait queue or its deadline ran out."""
+
+    failure = Failure.UPSTREAM_UNAVAILABLE
+    code = "adapter_loading"
+
+    def __init__(self, message: str, *, retry_after_s: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
+
+
 class AdminKeyMissing(TurnoutError):
     """An admin endpoint was called without `Authorization: Bearer KEY`."""
 

@@ -16,7 +16,7 @@ import orjson
 
 from gateway.admission import BackendGates
 from gateway.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
-from gateway.breaker import RetryBudget
+from gateway.breaker import CircuitState, RetryBudget
 from gateway.errors import (
     AdapterNotReady,
     BackendTimeout,
@@ -24,6 +24,7 @@ from gateway.errors import (
     TurnoutError,
     error_object,
 )
+from gateway.placement.loads import AdapterLoads
 from gateway.routing import Target
 from monitoring import metrics
 
@@ -81,12 +82,50 @@ class InferenceProxy:
     """
 
     def __init__(
-        self, client: UpstreamClient, pool: BackendPool, gates: BackendGates, budget: RetryBudget
+        self,
+        client: UpstreamClient,
+        pool: BackendPool,
+        gates: BackendGates,
+        budget: RetryBudget,
+        placement: AdapterLoads | None = None,
     ) -> None:
         self._client = client
         self._pool = pool
         self._gates = gates
         self._budget = budget
+        self._placement = placement  # adapters.placement demand: versions load on first use
+
+    async def _backend_for(
+        self, target: Target, tried: set[str], reload_on: str | None = None
+    ) -> tuple[str, str | None]:
+        """The backend for the next attempt, and the version counted in flight there (if any:
+        hand it back to `_done`). `reload_on`: the backend that just lost the version, where
+        the retry loads it afresh (another holder's copy may be as stale)."""
+        served = _served_adapter(target)
+        if self._placement is None or served is None:
+            return self._pool.pick(served, tried), None
+        breakers = self._pool.picker.breakers
+        eligible = [
+            b
+            for b in self._pool.urls
+            if b not in tried and breakers[b].state is not CircuitState.OPEN
+        ]
+        if reload_on is not None and reload_on in eligible:
+            eligible = [reload_on]
+        if not eligible:  # every breaker open: one past its cool-down may take a probe
+            eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
+        return await self._placement.acquire(served, eligible), served
+
+    def _done(self, backend: str, held: str | None) -> None:
+        if held is not None and self._placement is not None:
+            self._placement.release(backend, held)
+
+    def _reload_once(self, backend: str, held: str | None, status: int, reloaded: bool) -> bool:
+        """vLLM answered 404 for a placed version (its own LRU dropped it): reload, retry once."""
+        if status != 404 or held is None or self._placement is None or reloaded:
+            return False
+        self._placement.lost(backend, held)
+        return self._budget.try_spend()
 
     def _check_adapter_known(self, backend: str, target: Target, status: int) -> None:
         """A 404 for an adapter means the backend lost it (a restart): never answer from another
@@ -113,8 +152,9 @@ class InferenceProxy:
         body = upstream_body(fields, target)
         self._budget.record_request()
         tried: set[str] = set()
+        reloaded: str | None = None
         while True:
-            backend = self._pool.pick(_served_adapter(target), tried)
+            backend, held = await self._backend_for(target, tried, reloaded)
             try:
                 async with self._gates[backend].slot():
                     reply = await self._client.post(backend, path, body, request_id)
@@ -122,6 +162,11 @@ class InferenceProxy:
                 if self._may_retry(error, backend, tried):
                     continue
                 raise
+            finally:
+                self._done(backend, held)
+            if self._reload_once(backend, held, reply.status, reloaded is not None):
+                reloaded = backend
+                continue
             break
         self._pool.record(backend, ok=reply.status < 500)
         self._check_adapter_known(backend, target, reply.status)
@@ -135,9 +180,11 @@ class InferenceProxy:
         body = upstream_body(fields, target)
         self._budget.record_request()
         tried: set[str] = set()
+        reloaded: str | None = None
         while True:
-            backend = self._pool.pick(_served_adapter(target), tried)
+            backend, held = await self._backend_for(target, tried, reloaded)
             resources = AsyncExitStack()
+            resources.callback(self._done, backend, held)
             try:
                 # The slot is held until the stream is closed, not just until it opened.
                 await resources.enter_async_context(self._gates[backend].slot())
@@ -152,6 +199,12 @@ class InferenceProxy:
             except BaseException:
                 await resources.aclose()
                 raise
+            if upstream.status == 404 and self._reload_once(
+                backend, held, 404, reloaded is not None
+            ):
+                await resources.aclose()
+                reloaded = backend
+                continue
             break
         self._pool.record(backend, ok=upstream.status < 500)
         rewrite = ModelNameRewrite.for_target(target)

@@ -15,6 +15,7 @@ it unchecked, and the operator owns that choice (docs/security.md).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -246,6 +247,7 @@ FIELD_RULES: MappingProxyType[str, FieldRule] = MappingProxyType(
 NEVER_FORWARDED = frozenset(rule.name for rule in FIELDS if rule.default == "never")
 
 
+@functools.cache  # a pure function of the table above, asked once per route and endpoint
 def default_fields(endpoint: Endpoint) -> frozenset[str]:
     """The fields every route accepts on `endpoint` without configuration."""
     return frozenset(

@@ -166,6 +166,32 @@ ADAPTER_CAPACITY = Gauge(
     "Adapters a backend can keep in memory (vLLM's --max-cpu-loras).",
     ["backend"],
 )
+ADAPTER_PLACEMENT_LOADS = Counter(
+    "turnout_adapter_placement_loads_total",
+    "Demand placement's loads, by reason (first_use, replica, warm, reload) or failed.",
+    ["backend", "reason"],
+)
+ADAPTER_EVICTIONS = Counter(
+    "turnout_adapter_evictions_total",
+    "Versions placement took off a backend, by reason (capacity, unrouted, lost: vLLM said 404).",
+    ["backend", "reason"],
+)
+ADAPTER_COLD_START_WAIT = Histogram(
+    "turnout_adapter_cold_start_wait_seconds",
+    "Time a request waited for its adapter version to load before it was sent.",
+    ["backend"],
+    buckets=LOAD_BUCKETS_S,
+)
+ADAPTER_PLACEMENT_REQUESTS = Counter(
+    "turnout_adapter_placement_requests_total",
+    "Requests placement sent on: hit (version resident), cold (waited for a load), or refused "
+    "(503 adapter_loading: full, queue_full, deadline, load_failed).",
+    ["result"],
+)
+ADAPTER_PLACEMENT_IMBALANCE = Gauge(
+    "turnout_adapter_placement_imbalance_ratio",
+    "Most in-flight requests on one backend over the mean across backends (1 is even).",
+)
 
 # --- capture --------------------------------------------------------------------------------
 CAPTURE_RECORDS = Counter(

@@ -1,4 +1,5 @@
-"""`GET /admin/backends`: each backend's health, breaker and adapters, for operators only.
+"""`GET /admin/backends` and `/admin/placement`: each backend's health, breaker and adapters,
+and which adapter versions placement put where and why; for operators only.
 
 The public `/readyz` says only ready or not; this is where the addresses and the reasons are.
 It reads the state the gateway already keeps (the periodic probes, the breakers, residency) and
@@ -7,6 +8,7 @@ probes nothing itself.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -43,4 +45,49 @@ def fleet_router(pool: BackendPool, readiness: Readiness, admins: AdminKeyring |
     router.add_api_route(
         "/backends", list_backends, methods=["GET"], summary="Each backend's health and adapters"
     )
+
+    async def show_placement() -> dict[str, Any]:
+        return placement_view(pool)
+
+    router.add_api_route(
+        "/placement",
+        show_placement,
+        methods=["GET"],
+        summary="Which backend holds which adapter version, and why",
+    )
     return router
+
+
+def placement_view(pool: BackendPool) -> dict[str, Any]:
+    """Per backend, the versions it holds: with demand placement, why each is there (its load
+    reason, warm pin), requests in flight on it and idle time; else what the loader put there."""
+    loads = pool.placement
+    if loads is None:
+        return {
+            "placement": "everywhere",
+            "backends": [
+                {
+                    "url": url,
+                    "versions": [
+                        {"version": name, "reason": "everywhere"}
+                        for name in sorted(pool.residency.held(url))
+                    ],
+                }
+                for url in pool.urls
+            ],
+        }
+    fleet = loads.fleet
+    return {
+        "placement": "demand",
+        "eviction": fleet.eviction.value,
+        "waiting": loads.waiting,
+        "loads_in_flight": loads.loads_in_flight,
+        "backends": [
+            {
+                "url": url,
+                "inflight": fleet.inflight(url),
+                "versions": [asdict(held) for held in held_versions],
+            }
+            for url, held_versions in fleet.view().items()
+        ],
+    }

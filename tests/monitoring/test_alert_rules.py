@@ -21,6 +21,7 @@ REQUIRED_ALERTS = {
     "TurnoutLatencySLOSlowBurn",
     "TurnoutBackendDown",
     "TurnoutCaptureDrops",
+    "TurnoutAdapterColdStartWaits",
 }
 
 

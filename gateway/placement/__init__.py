@@ -1,0 +1,8 @@
+"""Adapter placement across a fleet of vLLM backends: which backend holds which version.
+
+Owns the fleet view (resident versions per backend, in-flight requests, use statistics), the
+policy over it (where a version is loaded, when it is replicated, which version is evicted)
+and the single-flight loading of versions with a bounded wait. Pure logic in `fleet.py`;
+`loads.py` adds the asynchronous coordination, with the backend calls injected. May import
+`gateway.errors` and nothing of the request path.
+"""
