@@ -28,7 +28,9 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.auth import issue_key
 from gateway.embedded import free_port
-from tests.conftest import BASE_MODEL, answers, running_gateway, wait_until
+from tests.support.demo import BASE_MODEL
+from tests.support.processes import running_gateway
+from tests.support.waiting import answers, wait_until
 
 ADAPTERS = 12
 ADMIN = issue_key()

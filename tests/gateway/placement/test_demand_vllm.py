@@ -19,7 +19,8 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import AdaptersConfig
 from gateway.embedded import EmbeddedVllm, free_port, vllm_command
-from tests.conftest import BASE_MODEL, embedded_config, running_gateway
+from tests.support.demo import BASE_MODEL, embedded_config
+from tests.support.processes import running_gateway
 
 pytestmark = pytest.mark.slow
 
