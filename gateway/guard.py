@@ -7,18 +7,32 @@ from typing import Any
 
 from gateway.auth import Admin, AdminKeyring, Caller, TenantKeyring, authorize
 from gateway.config import LimitsConfig
-from gateway.errors import InvalidRequest, TurnoutError, Unauthorized
+from gateway.errors import ArmOverrideForbidden, InvalidRequest, TurnoutError, Unauthorized
 from gateway.ratelimit import RateLimiter, TenantLimits, TokenCharge, estimate_tokens
+from gateway.rollouts import Arm
+from gateway.routing import RouteEntry, RoutingTable
 
 ANONYMOUS = "anonymous"  # the one tenant when authentication is off
 
 
 @dataclass(frozen=True, slots=True)
-class Admitted:
-    """A request that passed the guard: its caller (None without auth) and its token charge."""
+class AdmissionRequest:
+    """What the guard looks at: the parsed request, its endpoint and its credentials."""
 
-    caller: Caller | None
-    charge: TokenCharge | None
+    path: str
+    fields: dict[str, Any]
+    authorization: str | None
+    arm_asked: str | None = None  # the x-turnout-arm header, if sent
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let in: everything the handler needs from here on, in one value."""
+
+    caller: Caller | None  # None when authentication is off
+    entry: RouteEntry  # the route it asked for, with its versions, contract and surface
+    charge: TokenCharge | None  # what the tenant's budget was charged up front
+    forced_arm: Arm | None = None  # the arm an admin chose with x-turnout-arm
 
 
 class RequestGuard:
@@ -83,10 +97,29 @@ class RequestGuard:
             authorize(caller.tenant, route)
 
     async def admit(
-        self, caller: Caller | None, fields: dict[str, Any], ceiling: int | None
-    ) -> Admitted:
-        """400 past the request limits, 429 past the tenant's budget; the charge must be
-        settled with `settle` once the answer is known."""
+        self, caller: Caller | None, request: AdmissionRequest, table: RoutingTable
+    ) -> Admission:
+        """One step from a parsed request to a request let in, in the order the client learns
+        its mistakes: 403 for a route its tenant is not granted (before the route is looked up,
+        so a tenant cannot probe which routes exist), 404 for no such route, 400 for a field or
+        value the route's surface refuses or past the request limits, 403 for an arm override
+        without an admin key, then 429 past the tenant's budget (charged last, so a refused
+        request costs nothing). Settle the charge with `settle` once the answer is known."""
+        fields = request.fields
+        self.authorize(caller, fields["model"])
+        entry = table.entry(fields["model"])
+        entry.requests.check(request.path, fields)
+        self._check_limits(fields, entry.stable.max_tokens)
+        forced_arm = self._forced_arm(request)
+        tenant = caller.tenant.name if caller is not None else ANONYMOUS
+        limits = (caller.tenant.limits if caller is not None else None) or self._default
+        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+            return Admission(caller, entry, None, forced_arm)
+        estimate = estimate_tokens(fields, self._limits.default_max_tokens)
+        charge = await self._limiter.acquire(tenant, limits, estimate)
+        return Admission(caller, entry, charge, forced_arm)
+
+    def _check_limits(self, fields: dict[str, Any], ceiling: int | None) -> None:
         messages = fields.get("messages")
         if isinstance(messages, list) and len(messages) > self._limits.max_messages:
             raise InvalidRequest(
@@ -99,13 +132,17 @@ class RequestGuard:
                 raise InvalidRequest(
                     f"`{name}` is {asked}; this model allows at most {ceiling}.", param=name
                 )
-        tenant = caller.tenant.name if caller is not None else ANONYMOUS
-        limits = (caller.tenant.limits if caller is not None else None) or self._default
-        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
-            return Admitted(caller, None)
-        estimate = estimate_tokens(fields, self._limits.default_max_tokens)
-        return Admitted(caller, await self._limiter.acquire(tenant, limits, estimate))
 
-    async def settle(self, admitted: Admitted, used_tokens: int) -> None:
-        if admitted.charge is not None:
-            await self._limiter.settle(admitted.charge, used_tokens)
+    def _forced_arm(self, request: AdmissionRequest) -> Arm | None:
+        """The arm an admin forces with x-turnout-arm (other values are ignored)."""
+        if request.arm_asked not in ("stable", "candidate"):
+            return None
+        if not self.is_admin(request.authorization):
+            raise ArmOverrideForbidden(
+                "Only an admin key may choose the arm with x-turnout-arm.", param="x-turnout-arm"
+            )
+        return "stable" if request.arm_asked == "stable" else "candidate"
+
+    async def settle(self, admission: Admission, used_tokens: int) -> None:
+        if admission.charge is not None:
+            await self._limiter.settle(admission.charge, used_tokens)

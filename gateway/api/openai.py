@@ -39,7 +39,6 @@ from gateway.contracts import (
 )
 from gateway.enforcement import ContractEnforcer, buffered_stream
 from gateway.errors import (
-    ArmOverrideForbidden,
     BodyTooLarge,
     InvalidJSON,
     InvalidRequest,
@@ -47,14 +46,14 @@ from gateway.errors import (
     RequestValidationFailed,
     TurnoutError,
 )
-from gateway.guard import Admitted, RequestGuard
+from gateway.guard import Admission, AdmissionRequest, RequestGuard
 from gateway.outcomes import Answer, Outcome, OutcomeRecorder, StreamTranscript, answer_of
 from gateway.proxy import InferenceProxy, OpenStream
 from gateway.request_schemas import contract_for
-from gateway.rollouts import Arm
-from gateway.routing import PublishedTable, RouteEntry, Target
+from gateway.routing import PublishedTable, Target
 from monitoring import metrics
 
+ARM_HEADER = "x-turnout-arm"  # an admin forces the arm (tests, debugging)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
 
 
@@ -170,7 +169,7 @@ class Exchange:
     target: Target | None = None
     request_id: str = ""
     client_request_id: str | None = None
-    admitted: Admitted | None = None
+    admission: Admission | None = None
     verdicts: list[Verdict] = field(default_factory=list)
 
     def note_verdict(self, verdict: Verdict) -> None:
@@ -185,7 +184,7 @@ class Exchange:
             answer=answer,
             request_id=self.request_id,
             client_request_id=self.client_request_id,
-            caller=self.admitted.caller if self.admitted is not None else None,
+            caller=self.admission.caller if self.admission is not None else None,
             endpoint="chat" if self.path.endswith("/chat/completions") else "completions",
             fields=self.fields,
         )
@@ -235,38 +234,29 @@ class InferenceEndpoints:
             response = unexpected_error_response(scope["path"])
         await response(scope, receive, send)
 
-    def _choose(
-        self, entry: RouteEntry, request: Request, fields: dict[str, Any], caller: Caller | None
-    ) -> Target:
+    def _choose(self, admission: Admission, request: Request, fields: dict[str, Any]) -> Target:
         """The arm for this request; a candidate no backend holds yet gets nothing."""
-        forced = request.headers.get("x-turnout-arm")
-        arm: Arm | None = None
-        if forced in ("stable", "candidate"):
-            if not self._guard.is_admin(request.headers.get("authorization")):
-                raise ArmOverrideForbidden(
-                    "Only an admin key may choose the arm with x-turnout-arm.",
-                    param="x-turnout-arm",
-                )
-            arm = "stable" if forced == "stable" else "candidate"
-        target = entry.pick(sticky_key_of(request, fields, caller), random.random, arm)
+        arm = admission.forced_arm
+        key = sticky_key_of(request, fields, admission.caller)
+        target = admission.entry.pick(key, random.random, arm)
         not_loaded = target.adapter is not None and not self._pool.serves(target.served_model)
         if target.arm == "candidate" and arm is None and not_loaded:
-            return entry.stable
+            return admission.entry.stable
         return target
 
     async def _forward(self, request: Request, path: str) -> ASGIApp:
         exchange = Exchange(path=path, started=time.perf_counter())
         try:
-            caller = self._guard.caller(request.headers.get("authorization"))
+            authorization = request.headers.get("authorization")
+            caller = self._guard.caller(authorization)  # 401 before the body is read
             fields = parse_request(
                 await read_body(request, self._max_body_bytes), self.models[path]
             )
             exchange.fields = fields
-            self._guard.authorize(caller, fields["model"])
-            entry = self._table.current.entry(fields["model"])
-            entry.requests.check(path, fields)
-            exchange.admitted = await self._guard.admit(caller, fields, entry.stable.max_tokens)
-            target = exchange.target = self._choose(entry, request, fields, caller)
+            asked = AdmissionRequest(path, fields, authorization, request.headers.get(ARM_HEADER))
+            admission = await self._guard.admit(caller, asked, self._table.current)
+            exchange.admission = admission
+            target = exchange.target = self._choose(admission, request, fields)
             contract = _request_contract(fields, target)
             request_id = exchange.request_id = new_request_id()
             exchange.client_request_id = client_request_id_of(request)
@@ -357,10 +347,10 @@ class InferenceEndpoints:
         elif transcript is not None:
             answer = transcript.answer()
         self._outcomes.record(exchange.outcome(status, answer))
-        admitted = exchange.admitted
-        if admitted is not None and admitted.charge is not None:
+        admission = exchange.admission
+        if admission is not None and admission.charge is not None:
             # Settle the up-front token charge with what was used (nothing, on an error).
-            settling = asyncio.create_task(self._guard.settle(admitted, answer.total_tokens))
+            settling = asyncio.create_task(self._guard.settle(admission, answer.total_tokens))
             self._settling.add(settling)
             settling.add_done_callback(self._settling.discard)
 

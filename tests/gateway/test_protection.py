@@ -26,9 +26,14 @@ DEAD = "http://dead.backend"
 
 
 def ask(
-    gateway: InProcessGateway | str, model: str = "chat", key: str | None = None, **extra: Any
+    gateway: InProcessGateway | str,
+    model: str = "chat",
+    key: str | None = None,
+    more_headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers.update(more_headers or {})
     body = {"model": model, **ASK, **extra}
     if isinstance(gateway, str):  # a gateway process's origin
         return httpx.post(gateway + CHAT, json=body, headers=headers, timeout=30)
@@ -43,9 +48,9 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str, str]:
     folder = tmp_path_factory.mktemp("keys")
-    acme, globex = issue_key(), issue_key()
+    acme, globex, initech = issue_key(), issue_key(), issue_key()
     keys = {
         "tenants": {
             "acme": {"routes": ["chat"], "keys": [{"sha256": acme.sha256}]},
@@ -54,15 +59,20 @@ def tenant_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, st
                 "keys": [{"sha256": globex.sha256}],
                 "limits": {"requests_per_minute": 3},
             },
+            "initech": {
+                "routes": ["chat"],
+                "keys": [{"sha256": initech.sha256}],
+                "limits": {"requests_per_minute": 2},
+            },
         }
     }
     (folder / "keys.yaml").write_text(yaml.safe_dump(keys))
-    return folder / "keys.yaml", acme.key, globex.key
+    return folder / "keys.yaml", acme.key, globex.key, initech.key
 
 
 @pytest.fixture(scope="module")
 def guarded(
-    tenant_keys: tuple[Path, str, str], tmp_path_factory: pytest.TempPathFactory
+    tenant_keys: tuple[Path, str, str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InProcessGateway]:
     config = gateway_config(
         [LIVE],
@@ -81,7 +91,7 @@ def test_no_key_or_a_wrong_key_gets_401(guarded: InProcessGateway) -> None:
 
 
 def test_a_tenant_calls_only_its_routes_and_lists_only_them(
-    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str, str]
 ) -> None:
     acme = tenant_keys[1]
     assert ask(guarded, "chat", acme).status_code == 200
@@ -93,7 +103,7 @@ def test_a_tenant_calls_only_its_routes_and_lists_only_them(
 
 
 def test_request_limits_refuse_too_many_messages_and_tokens(
-    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str, str]
 ) -> None:
     acme = tenant_keys[1]
     guarded.upstream.forwarded()
@@ -105,7 +115,7 @@ def test_request_limits_refuse_too_many_messages_and_tokens(
 
 
 def test_a_tenant_over_its_request_rate_gets_429_with_retry_after(
-    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str]
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str, str]
 ) -> None:
     globex = tenant_keys[2]
     statuses = [ask(guarded, "other", globex).status_code for _ in range(3)]
@@ -178,3 +188,17 @@ def test_the_admin_api_can_have_a_listener_of_its_own(tmp_path: Path) -> None:
             assert listed.status_code == 200
             assert [r["route"] for r in listed.json()["routes"]] == ["chat"]
             assert ask(origin).status_code == 200
+
+
+def test_a_request_the_guard_refuses_costs_the_tenant_nothing(
+    guarded: InProcessGateway, tenant_keys: tuple[Path, str, str, str]
+) -> None:
+    """Admission checks every refusal before it charges the budget: a 400 or a 403 for an arm
+    override without an admin key leaves the tenant's 2 requests per minute untouched."""
+    initech = tenant_keys[3]
+    forced = ask(guarded, "chat", initech, {"x-turnout-arm": "candidate"})
+    assert_error(forced, 403, "forbidden")
+    assert_error(ask(guarded, "chat", initech, max_tokens=65), 400, "invalid_request")
+    assert_error(ask(guarded, "chat", initech, guided_grammar="root ::= x"), 400, "invalid_request")
+    assert [ask(guarded, "chat", initech).status_code for _ in range(2)] == [200, 200]
+    assert_error(ask(guarded, "chat", initech), 429, "rate_limit_exceeded")
