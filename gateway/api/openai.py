@@ -53,6 +53,7 @@ from gateway.proxy import InferenceProxy, OpenStream
 from gateway.request_schemas import contract_for
 from gateway.rollouts import Arm
 from gateway.routing import PublishedTable, RouteEntry, Target
+from gateway.shadow.dispatch import ShadowDispatcher, ShadowPair
 from gateway.stream_guard import ClientStalled, StallGuard, cut_stream
 from monitoring import metrics
 
@@ -224,6 +225,7 @@ class Exchange:
     client_request_id: str | None = None
     admitted: Admitted | None = None
     verdicts: list[Verdict] = field(default_factory=list)
+    shadow: ShadowPair | None = None
 
     def note_verdict(self, verdict: Verdict) -> None:
         self.verdicts.append(verdict)
@@ -259,8 +261,10 @@ class InferenceEndpoints:
         guard: RequestGuard,
         max_body_bytes: int,
         client_stall_s: float = 10.0,
+        shadows: ShadowDispatcher | None = None,
     ) -> None:
         self._client_stall_s = client_stall_s
+        self._shadows = shadows
         self._table = table
         self._proxy = proxy
         self._enforcer = ContractEnforcer(proxy)
@@ -323,6 +327,8 @@ class InferenceEndpoints:
             exchange.client_request_id = client_request_id_of(request)
             headers = _turnout_headers(target, request_id, exchange.client_request_id)
             streamed = fields.get("stream") is True
+            if entry.rollout is not None and target.arm == "stable" and self._shadows is not None:
+                exchange.shadow = self._shadows.begin(entry, path, fields, request_id, contract)
             if contract is None:
                 if streamed:
                     opened = await self._proxy.open_stream(target, path, fields, request_id)
@@ -400,7 +406,10 @@ class InferenceEndpoints:
             answer = answer_of(body)
         elif transcript is not None:
             answer = transcript.answer()
-        self._outcomes.record(exchange.outcome(status, answer))
+        outcome = exchange.outcome(status, answer)
+        self._outcomes.record(outcome)
+        if exchange.shadow is not None:
+            exchange.shadow.stable_finished(outcome)
         admitted = exchange.admitted
         if admitted is not None and admitted.charge is not None:
             # Settle the up-front token charge with what was used (nothing, on an error).
