@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from gateway.outcomes import Outcome
 from gateway.shadow.compare import Side, compare
@@ -18,6 +19,9 @@ from gateway.shadow.evidence import PairTally
 from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
 from monitoring.refusals import RefusalDetector
 from training.capture import CaptureRecord, CaptureSink, SchemaVerdict
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter as CounterChild
 
 log = logging.getLogger("turnout.shadow")
 
@@ -50,6 +54,16 @@ class PairRecorder:
         self._refusals = refusals
         self._capture = capture
         self._max_chars = max_compare_chars
+        # Metric children looked up once: `labels()` locks and builds tuples on every call.
+        self._events: dict[tuple[str, str, str, str], CounterChild] = {}
+        self._compared: dict[str, CounterChild] = {}
+
+    def _count(self, route: str, signal: str, arm: str, bad: bool) -> None:
+        key = (route, signal, arm, "bad" if bad else "good")
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = SHADOW_SIGNAL_EVENTS.labels(*key)
+        child.inc()
 
     def _refusal(self, text: str | None) -> bool | None:
         return None if text is None else self._refusals.is_refusal(text)
@@ -74,12 +88,15 @@ class PairRecorder:
             assert rollout is not None
             self.tally.record(rollout, comparison)
             route = pair.target.route
-            SHADOW_REQUESTS.labels(route, "compared").inc()
-            for signal, sides in comparison.signals.items():
-                for arm, bad in zip(("stable", "candidate"), sides, strict=True):
-                    if bad is not None:
-                        result = "bad" if bad else "good"
-                        SHADOW_SIGNAL_EVENTS.labels(route, signal, arm, result).inc()
+            compared = self._compared.get(route)
+            if compared is None:
+                compared = self._compared[route] = SHADOW_REQUESTS.labels(route, "compared")
+            compared.inc()
+            for signal, (stable_bad, candidate_bad) in comparison.signals.items():
+                if stable_bad is not None:
+                    self._count(route, signal, "stable", stable_bad)
+                if candidate_bad is not None:
+                    self._count(route, signal, "candidate", candidate_bad)
             if comparison.agreement is not None:
                 SHADOW_AGREEMENT.labels(route, comparison.agreement.kind).observe(
                     comparison.agreement.score

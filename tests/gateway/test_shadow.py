@@ -82,6 +82,7 @@ class Gateway:
     gate: AdmissionGate
     capture: SqliteCaptureSink
     rollout: Rollout
+    recorder: RolloutRecorder
 
 
 @asynccontextmanager
@@ -110,6 +111,7 @@ async def gateway(
         CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0})
     )
     tally = PairTally()
+    recorder = RolloutRecorder()
     shadows = ShadowDispatcher(
         proxy,
         PairRecorder(tally, PhraseRefusalDetector(), capture),
@@ -120,7 +122,7 @@ async def gateway(
         proxy,
         pool,
         OutcomeRecorder(
-            RolloutRecorder(),
+            recorder,
             PhraseRefusalDetector(),
             DriftMonitor(DriftConfig()),
             capture,
@@ -133,7 +135,9 @@ async def gateway(
     transport = httpx.ASGITransport(app=endpoints)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         try:
-            yield Gateway(client, upstream, shadows, tally, gates[BACKEND], capture, rollout)
+            yield Gateway(
+                client, upstream, shadows, tally, gates[BACKEND], capture, rollout, recorder
+            )
         finally:
             await asyncio.to_thread(capture.close)
 
@@ -181,6 +185,8 @@ async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
     assert counts.pairs == 5
     assert counts.discordant("refusal") == (5, 0)  # the candidate alone refused, every time
     assert counts.agreement("text")[0] == 5
+    # The canary tally stays empty: the canary this shadow may become starts afresh.
+    assert all(s.stable.trials == 0 for s in gw.recorder.snapshot(gw.rollout).signals)
     rows = (
         connect(Path(gw.capture.path))
         .execute("SELECT request_id, arm, version FROM captures ORDER BY seq")
