@@ -16,8 +16,10 @@ from typing import Any, Literal
 import orjson
 
 AgreementKind = Literal["structured", "json", "text"]
-# A side is "slower" when it took this many times the other side's time, or more.
+# A side is "slower" when it took this many times the other side's time, or more, and at least
+# this much longer: gaps of milliseconds are the gateway's own scheduling, not the model's.
 SLOWER_FACTOR = 1.5
+SLOWER_MIN_GAP_S = 0.25
 PAIR_SIGNALS = ("error", "schema_invalid", "refusal", "truncated", "slower")
 
 
@@ -107,9 +109,13 @@ def agreement(stable: str, candidate: str, structured: bool, max_chars: int = 81
 def _slower(stable: Side, candidate: Side) -> tuple[bool | None, bool | None]:
     if not _both_answered(stable, candidate):
         return None, None
+
+    def slower(one: float, other: float) -> bool:
+        return one >= SLOWER_FACTOR * other and one - other >= SLOWER_MIN_GAP_S
+
     return (
-        stable.latency_s >= SLOWER_FACTOR * candidate.latency_s,
-        candidate.latency_s >= SLOWER_FACTOR * stable.latency_s,
+        slower(stable.latency_s, candidate.latency_s),
+        slower(candidate.latency_s, stable.latency_s),
     )
 
 

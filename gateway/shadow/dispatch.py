@@ -104,16 +104,22 @@ class ShadowDispatcher:
         if contract is not None:
             copy["response_format"] = contract.response_format()
         pair = ShadowPair(target, contract, self._sink)
-        task = asyncio.create_task(self._run(pair, path, copy, request_id + "-shadow"))
+        # Timed from here, as the stable request is about to be sent, as stable's is timed.
+        started = time.perf_counter()
+        task = asyncio.create_task(self._run(pair, path, copy, request_id + "-shadow", started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pair
 
     async def _run(
-        self, pair: ShadowPair, path: str, fields: dict[str, Any], request_id: str
+        self,
+        pair: ShadowPair,
+        path: str,
+        fields: dict[str, Any],
+        request_id: str,
+        started: float,
     ) -> None:
         target = pair.target
-        started = time.perf_counter()
         try:
             reply = await self._proxy.shadow(target, path, fields, request_id)
         except asyncio.CancelledError:

@@ -81,6 +81,9 @@ def test_each_signal_is_judged_on_both_sides() -> None:
         "slower": (False, True),
     }
     assert pair.length_ratio == 40
+    # Milliseconds apart is the gateway's own scheduling, whatever the ratio.
+    quick = compare(ok("a", 0.001), ok("a", 0.003), structured=False)
+    assert quick.signals["slower"] == (False, False)
     failed = compare(stable, Side(502, 0.1, None), structured=True)
     assert failed.signals["error"] == (False, True)
     assert failed.signals["refusal"] == (False, None)  # no answer: not counted
