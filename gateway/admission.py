@@ -5,6 +5,10 @@ busy it waits in a first-come queue, at most `queue_timeout_s`; when the queue i
 is shed at once with 503 and a Retry-After, so latency stays bounded instead of growing with
 the backlog. Retry-After estimates when the backlog will have drained: the queue ahead,
 divided among the slots, times the recent time a slot is held.
+
+Shadow calls (gateway/shadow) may borrow a free slot, never wait for one, and give it back at
+once when a real request finds no other: the real request takes it and the shadow is cancelled
+(`preempt`), so shadows are shed before anything real waits or is refused.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class AdmissionGate:
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._mean_hold_s = 0.0
+        # Slots lent to shadow calls: token -> how to cancel it (insertion order: oldest first).
+        self._shadows: dict[object, Callable[[], object]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -70,8 +76,35 @@ class AdmissionGate:
         self._mean_hold_s += _HOLD_SMOOTHING * (held - self._mean_hold_s)
         self._release()
 
+    def lend_to_shadow(self, cancel: Callable[[], object]) -> object | None:
+        """A free slot for a shadow call (a token to `give_back`), or None: no slot is free
+        now, or a real request waits. `cancel` is called if a real request needs the slot."""
+        busy = self._in_flight + len(self._shadows)
+        if busy >= self.limits.max_concurrent or self._waiters:
+            return None
+        token = object()
+        self._shadows[token] = cancel
+        return token
+
+    def give_back(self, token: object) -> None:
+        """A shadow call ended (or was preempted: then this does nothing)."""
+        self._shadows.pop(token, None)
+
+    @property
+    def lent_to_shadows(self) -> int:
+        return len(self._shadows)
+
+    def _preempt_shadow(self) -> bool:
+        if not self._shadows:
+            return False
+        newest = next(reversed(self._shadows))
+        self._shadows.pop(newest)()
+        return True
+
     async def _acquire(self) -> None:
-        if self._in_flight < self.limits.max_concurrent and not self._waiters:
+        if self._in_flight + len(self._shadows) >= self.limits.max_concurrent:
+            self._preempt_shadow()
+        if self._in_flight + len(self._shadows) < self.limits.max_concurrent and not self._waiters:
             self._in_flight += 1
             return
         if len(self._waiters) >= self.limits.max_queued:
@@ -102,7 +135,8 @@ class AdmissionGate:
             self._waiters.remove(waiter)
 
     def _release(self) -> None:
-        # A freed slot goes straight to the longest waiter, so a newcomer cannot jump the queue.
+        # A freed slot goes straight to the longest waiter, so a newcomer cannot jump the queue
+        # (shadows never wait, and take no slot while someone does: it stays a real slot).
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -178,6 +178,22 @@ def log_e_value(candidate: BinomialCounts, stable: BinomialCounts) -> float:
     return alternative - null
 
 
+def log_e_value_paired(candidate_only: int, stable_only: int) -> float:
+    """Evidence (natural log) that a candidate is worse than stable from paired requests.
+
+    Of each pair only the discordant ones tell the arms apart: bad on the candidate alone
+    (`candidate_only`) or on stable alone (`stable_only`). Under "candidate no worse" a
+    discordant pair is the candidate's fault with probability q <= 1/2, so the same
+    universal-inference e-process as `log_e_value` applies, to one rate: the Beta-mixture
+    likelihood of the discordant sequence over the largest likelihood any q <= 1/2 gives it.
+    """
+    counts = BinomialCounts(candidate_only, candidate_only + stable_only)
+    null_rate = min(counts.rate, 0.5) if counts.trials else 0.5
+    # A rate of 0 explains an all-good sequence with likelihood 1 (log 0).
+    null = 0.0 if null_rate == 0.0 else _log_likelihood(counts, null_rate)
+    return _log_marginal(counts) - null
+
+
 @dataclass(frozen=True, slots=True)
 class SignalCounts:
     """One signal's counts on both arms over the same window."""

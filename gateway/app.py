@@ -45,6 +45,9 @@ from gateway.review.api import console_router, review_api_router
 from gateway.review.rollouts import RolloutReviews
 from gateway.rollout_controller import RolloutController
 from gateway.routing import PublishedTable, build_routing_table
+from gateway.shadow.dispatch import ShadowDispatcher
+from gateway.shadow.evidence import LocalPairEvidence, PairEvidence, PairTally, PooledPairEvidence
+from gateway.shadow.recorder import PairRecorder
 from gateway.state import state_store_for
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusal_worker import RefusalWorker, scorer_named
@@ -139,6 +142,12 @@ def create_app(
         if config.state.redis_url
         else LocalEvidence(recorder)
     )
+    pairs = PairTally()
+    pair_evidence: PairEvidence = (
+        PooledPairEvidence(pairs, config.state.redis_url)
+        if config.state.redis_url
+        else LocalPairEvidence(pairs)
+    )
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
     capture = SqliteCaptureSink(
         config.capture, review={name: route.review for name, route in config.routes.items()}
@@ -170,6 +179,7 @@ def create_app(
     async def close() -> None:
         await controller.close()
         await evidence.close()
+        await pair_evidence.close()
         if refusal_worker is not None:
             await asyncio.to_thread(refusal_worker.close)  # judge what is queued
             await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first
@@ -193,7 +203,7 @@ def create_app(
         tasks = [
             asyncio.create_task(loader.run(), name="adapter-reconcile"),
             asyncio.create_task(
-                controller.run_analysis(evidence, config.state.analysis_interval_s),
+                controller.run_analysis(evidence, config.state.analysis_interval_s, pair_evidence),
                 name="rollout-analysis",
             ),
             asyncio.create_task(drift.refresh_forever(drift_settings.refresh_s), name="drift"),
@@ -299,6 +309,11 @@ def create_app(
         guard,
         config.server.max_body_bytes,
         client_stall_s=config.timeouts.client_stall_s,
+        shadows=ShadowDispatcher(
+            proxy,
+            PairRecorder(pairs, PhraseRefusalDetector(), capture, config.shadow.max_compare_chars),
+            config.shadow,
+        ),
     )
     install_openapi(api, inference.models)
     return GatewayApps(GatewayASGI(inference, api), admin_api, start, metrics_api)

@@ -13,6 +13,7 @@ from adapters import cli as adapters_cli
 from gateway import auth, rollout_cli
 from gateway.bench import fleet as fleet_bench
 from gateway.bench import rollback as rollback_bench
+from gateway.bench import shadow as shadow_bench
 from gateway.bench import soak as soak_bench
 from gateway.bench import streaming as streaming_bench
 from gateway.config import (
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     contracts.set_defaults(run=cmd_bench_contracts)
     rollback_bench.add_commands(bench_commands)
     fleet_bench.add_commands(bench_commands)
+    shadow_bench.add_commands(bench_commands)
     soak_bench.add_commands(bench_commands)
     streaming_bench.add_commands(bench_commands)
     signals_bench.add_commands(bench_commands)

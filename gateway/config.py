@@ -33,8 +33,11 @@ from gateway.request_config import RequestsConfig
 from gateway.rollouts import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
+    DEFAULT_SHADOW_MIN_PAIRS,
+    DEFAULT_SHADOW_PERCENT,
     DEFAULT_STEPS,
 )
+from gateway.shadow.settings import ShadowSettings
 from training.capture import CaptureSettings
 from training.review.policy import ReviewPolicy
 
@@ -177,8 +180,9 @@ class RouteConfig(StrictModel):
     )
     # --- a rollout: a candidate version beside stable ------------------------------------------
     candidate: AdapterRef | None = Field(default=None, description="the version being rolled out")
-    mode: Literal["canary", "ab"] = Field(
-        default="canary", description="canary: stepped and analysed; ab: a fixed split"
+    mode: Literal["canary", "ab", "shadow"] = Field(
+        default="canary",
+        description="canary: stepped and analysed; ab: a fixed split; shadow: compared, not served",
     )
     weight: float | None = Field(
         default=None, gt=0, le=100, description="candidate share in percent (ab, or one step)"
@@ -188,6 +192,15 @@ class RouteConfig(StrictModel):
     )
     min_requests_per_step: int = Field(default=DEFAULT_MIN_REQUESTS_PER_STEP, gt=0)
     min_seconds_per_step: float = Field(default=DEFAULT_MIN_SECONDS_PER_STEP, ge=0)
+    shadow_percent: float = Field(
+        default=DEFAULT_SHADOW_PERCENT, gt=0, le=100, description="shadow: share copied, percent"
+    )
+    shadow_min_pairs: int = Field(
+        default=DEFAULT_SHADOW_MIN_PAIRS, gt=0, description="shadow: pairs before promotion"
+    )
+    auto_promote: bool | None = Field(
+        default=None, description="shadow: promote to canary automatically (default: no)"
+    )
     # --- an output contract -------------------------------------------------------------------
     json_schema: dict[str, Any] | None = Field(
         default=None,
@@ -373,6 +386,9 @@ class TurnoutConfig(StrictModel):
         description="what the flywheel captures (training/capture.py)",
     )
     embedded: EmbeddedConfig = Field(default_factory=dict, validate_default=True)
+    shadow: ShadowSettings = Field(
+        default_factory=ShadowSettings, description="shadow rollouts' own budget (gateway/shadow)"
+    )
     requests: RequestsConfig = Field(
         default_factory=RequestsConfig,
         description="what one request may contain: fields, media, bounds (routes may override)",

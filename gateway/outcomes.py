@@ -288,11 +288,13 @@ class OutcomeRecorder:
         self._tally(outcome, target, refusal)
 
     def _tally(self, outcome: Outcome, target: Target, refusal: bool | None) -> None:
-        """The request, for the rollout analysis (only while a candidate is out)."""
-        if target.rollout is not None and target.rollout.candidate is not None:
+        """The request, for the rollout analysis (only while a candidate serves: a shadow's
+        pairs are counted apart, so the canary it may become starts from an empty window)."""
+        rollout = target.rollout
+        if rollout is not None and rollout.candidate is not None and rollout.mode != "shadow":
             schema_valid = None if outcome.verdict is None else outcome.verdict.ok
             self._rollouts.record(
-                target.rollout,
+                rollout,
                 target.arm,
                 RequestOutcome(
                     outcome.status, outcome.latency_s, schema_valid=schema_valid, refusal=refusal

@@ -7,6 +7,7 @@ document, or in every SSE event of a stream.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -215,6 +216,29 @@ class InferenceProxy:
             return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(answer))
         events = _rewritten_events(upstream, rewrite, backend)
         return OpenStream(upstream.content_type, events, resources)
+
+    async def shadow(
+        self, target: Target, path: str, fields: dict[str, Any], request_id: str
+    ) -> UpstreamReply | None:
+        """A shadow copy's whole answer, or None when no backend slot is free right now.
+
+        It borrows a free slot (`AdmissionGate.lend_to_shadow`) and never waits for one; a real
+        request that needs the slot cancels this call (CancelledError). No retry, and nothing
+        is recorded against the backend's breaker: a shadow never changes what real requests
+        get.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        body = upstream_body(fields, target)
+        backend = self._pool.pick(_served_adapter(target), set())
+        gate = self._gates[backend]
+        token = gate.lend_to_shadow(task.cancel)
+        if token is None:
+            return None
+        try:
+            return await self._client.post(backend, path, body, request_id)
+        finally:
+            gate.give_back(token)
 
 
 def _served_adapter(target: Target) -> str | None:

@@ -60,11 +60,14 @@ def cmd_start(args: argparse.Namespace) -> int:
         body["weight"] = args.weight
     if args.steps is not None:
         body["steps"] = [float(s) for s in args.steps.split(",")]
+    if args.shadow_percent is not None:
+        body["shadow_percent"] = args.shadow_percent
     return _call(args, "POST", f"routes/{args.route}/canary", body)
 
 
 def cmd_operation(args: argparse.Namespace) -> int:
-    return _call(args, "POST", f"routes/{args.route}/{args.operation}", {"reason": args.reason})
+    path = args.operation.replace("_", "-")
+    return _call(args, "POST", f"routes/{args.route}/{path}", {"reason": args.reason})
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,10 +84,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     status.add_argument("route", nargs="?")
     status.set_defaults(run=cmd_status)
 
-    start = commands.add_parser("start", help="start a canary or an A/B split")
+    start = commands.add_parser("start", help="start a canary, an A/B split or a shadow")
     start.add_argument("route")
     start.add_argument("--version", required=True, help="`v2` or `name@v2`")
-    start.add_argument("--mode", choices=["canary", "ab"], default="canary")
+    start.add_argument("--mode", choices=["canary", "ab", "shadow"], default="canary")
+    start.add_argument("--shadow-percent", type=float, help="shadow: share copied, in percent")
     split = start.add_mutually_exclusive_group()
     split.add_argument("--weight", type=float, help="one fixed weight in percent")
     split.add_argument("--steps", help="comma-separated weights, e.g. 5,25,50,100")
@@ -96,8 +100,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ("rollback", "send no more traffic to the candidate"),
         ("pause", "hold the current weight; no automatic decisions"),
         ("resume", "let a paused rollout go on"),
+        ("promote_to_canary", "a shadow's candidate starts serving as a canary"),
     ):
-        command = commands.add_parser(operation, help=text)
+        command = commands.add_parser(operation.replace("_", "-"), help=text)
         command.add_argument("route")
         command.add_argument("--reason", default="")
         command.set_defaults(run=cmd_operation, operation=operation)

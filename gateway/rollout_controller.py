@@ -22,8 +22,10 @@ from gateway.audit import AuditLog
 from gateway.errors import RolloutConflict, RouteNotFound, StateStoreUnavailable, TurnoutError
 from gateway.evidence import Evidence
 from gateway.rollouts import DecisionKind, Mode, Rollout, RolloutDecision, Transition, Why
+from gateway.shadow.analysis import analyse_shadow
+from gateway.shadow.evidence import PairEvidence
 from gateway.state import RolloutStateStore
-from monitoring.metrics import ROLLOUT_DECISIONS, ROLLOUT_WEIGHT
+from monitoring.metrics import ROLLOUT_DECISIONS, ROLLOUT_WEIGHT, SHADOW_SHARE, SHADOW_VERDICT
 
 log = logging.getLogger("turnout.rollouts")
 
@@ -37,6 +39,7 @@ def _new_rollout_id() -> str:
 def _set_weight_metric(rollout: Rollout) -> None:
     ROLLOUT_WEIGHT.labels(route=rollout.route, arm="candidate").set(rollout.weight_percent)
     ROLLOUT_WEIGHT.labels(route=rollout.route, arm="stable").set(100.0 - rollout.weight_percent)
+    SHADOW_SHARE.labels(route=rollout.route).set(rollout.shadow_percent if rollout.shadowing else 0)
 
 
 class RolloutController:
@@ -153,8 +156,12 @@ class RolloutController:
         reason: str = "",
         min_requests_per_step: int = transitions.DEFAULT_MIN_REQUESTS_PER_STEP,
         min_seconds_per_step: float = transitions.DEFAULT_MIN_SECONDS_PER_STEP,
+        shadow_percent: float = transitions.DEFAULT_SHADOW_PERCENT,
+        shadow_min_pairs: int = transitions.DEFAULT_SHADOW_MIN_PAIRS,
+        auto_promote: bool | None = None,
     ) -> Rollout:
-        """Start a canary (progressive `steps`) or an A/B split (one step: its weight)."""
+        """Start a canary (progressive `steps`), an A/B split (one step: its weight) or a
+        shadow (`shadow_percent` of requests copied to the candidate, `steps` for later)."""
         async with self._lock:
             transition = transitions.start(
                 self.get(route),
@@ -165,6 +172,9 @@ class RolloutController:
                 why=self._why("operator", actor, reason or f"{mode} started"),
                 min_requests_per_step=min_requests_per_step,
                 min_seconds_per_step=min_seconds_per_step,
+                shadow_percent=shadow_percent,
+                shadow_min_pairs=shadow_min_pairs,
+                auto_promote=auto_promote,
             )
             return await self._commit(transition)
 
@@ -172,6 +182,12 @@ class RolloutController:
         async with self._lock:
             why = self._why("operator", actor, reason or "promoted by an operator")
             return await self._commit(transitions.promote(self.get(route), why))
+
+    async def promote_to_canary(self, route: str, *, actor: str, reason: str = "") -> Rollout:
+        """A shadow's candidate starts serving as a canary."""
+        async with self._lock:
+            why = self._why("operator", actor, reason or "promoted to canary by an operator")
+            return await self._commit(transitions.promote_to_canary(self.get(route), why))
 
     async def rollback(self, route: str, *, actor: str, reason: str = "") -> Rollout:
         async with self._lock:
@@ -198,7 +214,14 @@ class RolloutController:
             if rollout.paused:
                 return None
             why = self._why("analysis", "analysis", verdict.reason, verdict.numbers)
-            if verdict.action == "rollback" and rollout.auto_rollback:
+            if rollout.shadowing:
+                if verdict.action == "rollback" and rollout.auto_rollback:
+                    transition = transitions.reject(rollout, why)
+                elif verdict.action == "promote_step" and rollout.auto_promote:
+                    transition = transitions.promote_to_canary(rollout, why)
+                else:
+                    return None
+            elif verdict.action == "rollback" and rollout.auto_rollback:
                 transition = transitions.rollback(rollout, why)
             elif verdict.action == "promote_step" and rollout.auto_promote:
                 step = transitions.promote if rollout.last_step else transitions.step
@@ -208,15 +231,25 @@ class RolloutController:
             await self._commit(transition)
             return transition.decision
 
-    async def analyse_once(self, evidence: Evidence) -> list[RolloutDecision]:
-        """Analyse every active rollout on its evidence and act on the verdicts."""
+    async def analyse_once(
+        self, evidence: Evidence, shadows: PairEvidence | None = None
+    ) -> list[RolloutDecision]:
+        """Analyse every active rollout on its evidence (a shadow on its pairs) and act on
+        the verdicts."""
         decisions = []
         now = self._clock()
         for rollout in list(self._rollouts.values()):
-            if not rollout.active:
+            if not rollout.active or (rollout.shadowing and shadows is None):
                 continue
             try:
-                verdict = analyse(rollout, await evidence.snapshot(rollout), now)
+                if shadows is not None and rollout.shadowing:
+                    verdict = analyse_shadow(rollout, await shadows.snapshot(rollout), now)
+                    for action in ("continue", "rollback", "promote_step"):
+                        SHADOW_VERDICT.labels(route=rollout.route, action=action).set(
+                            int(verdict.action == action)
+                        )
+                else:
+                    verdict = analyse(rollout, await evidence.snapshot(rollout), now)
                 decision = await self.record_verdict(verdict)
             except TurnoutError as error:
                 log.warning("analysis of %s not applied: %s", rollout.route, error.message)
@@ -225,10 +258,12 @@ class RolloutController:
                 decisions.append(decision)
         return decisions
 
-    async def run_analysis(self, evidence: Evidence, interval_s: float = 1.0) -> None:
+    async def run_analysis(
+        self, evidence: Evidence, interval_s: float = 1.0, shadows: PairEvidence | None = None
+    ) -> None:
         """Analyse every `interval_s` until cancelled (run it as a task beside the server)."""
         while True:
-            await self.analyse_once(evidence)
+            await self.analyse_once(evidence, shadows)
             await asyncio.sleep(interval_s)
 
     # --- the one way a change is made -------------------------------------------------------

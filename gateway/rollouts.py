@@ -16,14 +16,18 @@ from typing import Literal
 
 from gateway.errors import RolloutConflict
 
-Mode = Literal["canary", "ab"]
+Mode = Literal["canary", "ab", "shadow"]
 Arm = Literal["stable", "candidate"]
-DecisionKind = Literal["start", "step", "promote", "rollback", "pause", "resume"]
+DecisionKind = Literal[
+    "start", "step", "promote", "rollback", "pause", "resume", "promote_to_canary", "reject"
+]
 Cause = Literal["operator", "analysis", "config"]
 
 DEFAULT_STEPS: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
 DEFAULT_MIN_REQUESTS_PER_STEP = 200
 DEFAULT_MIN_SECONDS_PER_STEP = 60.0
+DEFAULT_SHADOW_PERCENT = 100.0
+DEFAULT_SHADOW_MIN_PAIRS = 200
 # 2**64 positions mapped onto [0, 100): fine enough that a weight of 0.01 % still splits.
 _HASH_SPACE = float(2**64)
 
@@ -37,6 +41,10 @@ class Rollout:
     the config declaration this record descends from: while the config file declares the same
     thing, a restart or reload keeps the runtime state (operator changes included).
     `revision` grows by one per transition; stores use it to refuse lost updates.
+
+    A `shadow` rollout serves nothing from the candidate (`weight_percent` stays 0): a
+    `shadow_percent` share of the route's requests is also sent to it and the two answers are
+    compared. It ends in `promote_to_canary` (a canary over `steps`) or `reject`.
     """
 
     route: str
@@ -56,6 +64,13 @@ class Rollout:
     started_at: float = 0.0
     step_started_at: float = 0.0
     revision: int = 0
+    shadow_percent: float = 0.0
+    shadow_min_pairs: int = DEFAULT_SHADOW_MIN_PAIRS
+
+    @property
+    def shadowing(self) -> bool:
+        """The candidate gets a copy of some requests, and none of the answers is served."""
+        return self.candidate is not None and self.mode == "shadow"
 
     @property
     def active(self) -> bool:
@@ -127,6 +142,14 @@ def _require_candidate(rollout: Rollout, operation: str) -> str:
     return rollout.candidate
 
 
+def _refuse_shadow(rollout: Rollout, operation: str) -> None:
+    if rollout.mode == "shadow":
+        raise RolloutConflict(
+            f"Route `{rollout.route}` shadows its candidate, which has served nothing yet:"
+            f" promote it to canary before you {operation} it."
+        )
+
+
 def validate_steps(steps: tuple[float, ...]) -> tuple[float, ...]:
     """Steps are weights in (0, 100], strictly rising; raise `RolloutConflict` otherwise."""
     if not steps:
@@ -148,8 +171,16 @@ def start(
     why: Why,
     min_requests_per_step: int = DEFAULT_MIN_REQUESTS_PER_STEP,
     min_seconds_per_step: float = DEFAULT_MIN_SECONDS_PER_STEP,
+    shadow_percent: float = DEFAULT_SHADOW_PERCENT,
+    shadow_min_pairs: int = DEFAULT_SHADOW_MIN_PAIRS,
+    auto_promote: bool | None = None,
 ) -> Transition:
-    """Begin a rollout of `candidate` at `steps[0]`; an `ab` split has one step, its weight."""
+    """Begin a rollout of `candidate` at `steps[0]`; an `ab` split has one step, its weight.
+
+    A `shadow` starts at weight 0 with `shadow_percent` of requests copied to the candidate;
+    `steps` are the canary's it becomes if promoted. Its `auto_promote` (default off) lets the
+    analysis promote it to canary; rejection is always automatic.
+    """
     if current.candidate is not None:
         raise RolloutConflict(
             f"Route `{current.route}` already rolls out `{current.candidate}`;"
@@ -160,29 +191,75 @@ def start(
     steps = validate_steps(steps)
     if mode == "ab" and len(steps) != 1:
         raise RolloutConflict("An A/B split has one fixed weight, not steps.")
+    if mode == "shadow":
+        validate_shadow_percent(shadow_percent)
     automatic = mode == "canary"
     after = replace(
         current,
         rollout_id=rollout_id,
         candidate=candidate,
         mode=mode,
-        weight_percent=steps[0],
+        weight_percent=0.0 if mode == "shadow" else steps[0],
         steps=steps,
         step_index=0,
         min_requests_per_step=min_requests_per_step,
         min_seconds_per_step=min_seconds_per_step,
         paused=False,
-        auto_promote=automatic,
-        auto_rollback=automatic,
+        auto_promote=_auto_promote(mode, auto_promote),
+        auto_rollback=automatic or mode == "shadow",
         started_at=why.at,
         step_started_at=why.at,
+        shadow_percent=shadow_percent if mode == "shadow" else 0.0,
+        shadow_min_pairs=shadow_min_pairs,
     )
     return _transition(current, after, "start", why)
+
+
+def _auto_promote(mode: Mode, asked: bool | None) -> bool:
+    if mode == "shadow":
+        return bool(asked)
+    return mode == "canary" if asked is None else asked
+
+
+def validate_shadow_percent(share: float) -> float:
+    """A shadow's share is a percentage in (0, 100]; raise `RolloutConflict` otherwise."""
+    if not 0 < share <= 100:
+        raise RolloutConflict("A shadow's share must be a percentage in (0, 100].")
+    return share
+
+
+def promote_to_canary(current: Rollout, why: Why) -> Transition:
+    """A shadow's candidate starts serving: a canary at the first of its `steps`."""
+    _require_candidate(current, "promote to canary")
+    if current.mode != "shadow":
+        raise RolloutConflict(f"The rollout on `{current.route}` is not a shadow.")
+    after = replace(
+        current,
+        mode="canary",
+        weight_percent=current.steps[0],
+        step_index=0,
+        shadow_percent=0.0,
+        paused=False,
+        auto_promote=True,
+        auto_rollback=True,
+        step_started_at=why.at,
+    )
+    return _transition(current, after, "promote_to_canary", why)
+
+
+def reject(current: Rollout, why: Why) -> Transition:
+    """A shadow's candidate is dropped without ever having served a request."""
+    _require_candidate(current, "reject")
+    if current.mode != "shadow":
+        raise RolloutConflict(f"The rollout on `{current.route}` is not a shadow; roll it back.")
+    after = replace(current, candidate=None, shadow_percent=0.0, paused=False)
+    return _transition(current, after, "reject", why)
 
 
 def step(current: Rollout, why: Why) -> Transition:
     """Move the candidate to the next step's weight."""
     _require_candidate(current, "step up")
+    _refuse_shadow(current, "step up")
     if current.last_step:
         raise RolloutConflict(
             f"Route `{current.route}` is at its last step; promote the candidate instead."
@@ -197,6 +274,7 @@ def step(current: Rollout, why: Why) -> Transition:
 def promote(current: Rollout, why: Why) -> Transition:
     """The candidate becomes stable and the rollout ends."""
     candidate = _require_candidate(current, "promote")
+    _refuse_shadow(current, "promote")
     after = replace(current, stable=candidate, candidate=None, weight_percent=0.0, paused=False)
     return _transition(current, after, "promote", why)
 
@@ -204,7 +282,7 @@ def promote(current: Rollout, why: Why) -> Transition:
 def rollback(current: Rollout, why: Why) -> Transition:
     """The candidate gets no more traffic and is removed; stable serves everything."""
     _require_candidate(current, "roll back")
-    after = replace(current, candidate=None, weight_percent=0.0, paused=False)
+    after = replace(current, candidate=None, weight_percent=0.0, shadow_percent=0.0, paused=False)
     return _transition(current, after, "rollback", why)
 
 
@@ -226,10 +304,16 @@ def resume(current: Rollout, why: Why) -> Transition:
 
 
 def declared_rollout_id(
-    route: str, stable: str | None, candidate: str | None, mode: Mode, steps: tuple[float, ...]
+    route: str,
+    stable: str | None,
+    candidate: str | None,
+    mode: Mode,
+    steps: tuple[float, ...],
+    shadow: str = "",
 ) -> str:
     """A config-declared rollout's id: the same declaration always gets the same id."""
-    text = "\0".join([route, stable or "", candidate or "", mode, ",".join(map(str, steps))])
+    parts = [route, stable or "", candidate or "", mode, ",".join(map(str, steps))]
+    text = "\0".join([*parts, shadow] if shadow else parts)
     return "cfg-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -244,19 +328,26 @@ def declare(
     min_requests_per_step: int = DEFAULT_MIN_REQUESTS_PER_STEP,
     min_seconds_per_step: float = DEFAULT_MIN_SECONDS_PER_STEP,
     now: float = 0.0,
+    shadow_percent: float = DEFAULT_SHADOW_PERCENT,
+    shadow_min_pairs: int = DEFAULT_SHADOW_MIN_PAIRS,
+    auto_promote: bool | None = None,
 ) -> Rollout:
     """The `Rollout` a config file declares for a route (the lead maps YAML onto this).
 
     `ab` takes `weight_percent`; `canary` takes `steps` (or a single `weight_percent`).
     """
-    if candidate is not None and weight_percent is not None:
+    if candidate is not None and weight_percent is not None and mode != "shadow":
         steps = (weight_percent,)
     if candidate is not None:
         steps = validate_steps(steps)
         if mode == "ab" and len(steps) != 1:
             raise RolloutConflict(f"Route `{route}`: an A/B split needs `weight`, not steps.")
+        if mode == "shadow":
+            validate_shadow_percent(shadow_percent)
     automatic = mode == "canary"
-    rollout_id = declared_rollout_id(route, stable, candidate, mode, steps)
+    shadowed = candidate is not None and mode == "shadow"
+    shadow = f"{shadow_percent:g},{shadow_min_pairs},{auto_promote}" if shadowed else ""
+    rollout_id = declared_rollout_id(route, stable, candidate, mode, steps, shadow)
     return Rollout(
         route=route,
         stable=stable,
@@ -264,14 +355,16 @@ def declare(
         declared_id=rollout_id,
         candidate=candidate,
         mode=mode,
-        weight_percent=steps[0] if candidate is not None else 0.0,
+        weight_percent=steps[0] if candidate is not None and not shadowed else 0.0,
         steps=steps,
         min_requests_per_step=min_requests_per_step,
         min_seconds_per_step=min_seconds_per_step,
-        auto_promote=automatic,
-        auto_rollback=automatic,
+        auto_promote=_auto_promote(mode, auto_promote),
+        auto_rollback=automatic or mode == "shadow",
         started_at=now,
         step_started_at=now,
+        shadow_percent=shadow_percent if shadowed else 0.0,
+        shadow_min_pairs=shadow_min_pairs,
     )
 
 

@@ -80,10 +80,19 @@ class RouteEntry:
         """The target for one request: `forced` if given, else by sticky assignment."""
         if self.candidate is None or self.rollout is None:
             return self.stable
+        if self.rollout.mode == "shadow" and forced is None:
+            return self.stable  # a shadow's candidate gets copies (`shadow`), never a caller
         arm = forced or assign_arm(
             sticky_key, self.rollout.rollout_id, self.rollout.weight_percent, draw
         )
         return self.candidate if arm == "candidate" else self.stable
+
+    @property
+    def shadow(self) -> Target | None:
+        """The candidate that gets copies of this route's requests, while a shadow runs."""
+        if self.rollout is not None and self.rollout.shadowing:
+            return self.candidate
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,9 @@ def declared_rollouts(config: TurnoutConfig) -> dict[str, Rollout]:
             steps=tuple(rc.steps),
             min_requests_per_step=rc.min_requests_per_step,
             min_seconds_per_step=rc.min_seconds_per_step,
+            shadow_percent=rc.shadow_percent,
+            shadow_min_pairs=rc.shadow_min_pairs,
+            auto_promote=rc.auto_promote,
         )
         for route, rc in config.routes.items()
     }

@@ -125,6 +125,35 @@ ROLLOUT_DECISIONS = Counter(
     "Rollout changes, by decision (start, step, promote, rollback, pause, resume) and cause.",
     ["route", "decision", "cause"],
 )
+SHADOW_SHARE = Gauge(
+    "turnout_shadow_share_percent",
+    "Share of a route's requests copied to its shadowed candidate, as configured, in percent.",
+    ["route"],
+)
+SHADOW_REQUESTS = Counter(
+    "turnout_shadow_requests_total",
+    "Shadow copies by result: compared, dropped_budget (own budget full), dropped_load (no free"
+    " backend slot), preempted (a real request took its slot), failed, too_large.",
+    ["route", "result"],
+)
+SHADOW_SIGNAL_EVENTS = Counter(
+    "turnout_shadow_signal_events_total",
+    "Compared pairs by signal and arm where that arm was bad (trials: every checked pair).",
+    ["route", "signal", "arm", "result"],
+)
+SHADOW_AGREEMENT = Histogram(
+    "turnout_shadow_agreement_ratio",
+    "Per compared pair: agreement of the candidate's answer with stable's (1: the same), by"
+    " kind (structured: exact, json: share of equal fields, text: word similarity).",
+    ["route", "kind"],
+    buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+)
+SHADOW_VERDICT = Gauge(
+    "turnout_shadow_analysis_state",
+    "A shadow's latest analysis verdict: 1 for the action in force (continue, rollback meaning"
+    " reject, promote_step meaning promote to canary), 0 for the others.",
+    ["route", "action"],
+)
 CONFIG_RELOADS = Counter(
     "turnout_config_reloads_total",
     "Attempts to apply a changed config file, by result (applied, rejected).",

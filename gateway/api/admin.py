@@ -28,16 +28,26 @@ from gateway.errors import (
     TurnoutError,
 )
 from gateway.rollout_controller import RolloutController
-from gateway.rollouts import DEFAULT_STEPS, Rollout, validate_steps
+from gateway.rollouts import (
+    DEFAULT_SHADOW_MIN_PAIRS,
+    DEFAULT_SHADOW_PERCENT,
+    DEFAULT_STEPS,
+    Rollout,
+    validate_steps,
+)
 
 
 class StartRollout(BaseModel):
-    """`POST /admin/routes/{route}/canary`: a canary (steps) or an A/B split (one weight)."""
+    """`POST /admin/routes/{route}/canary`: a canary (steps), an A/B split (one weight), or a
+    shadow (`shadow_percent` of requests copied to the candidate; `steps` for its canary)."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: str = Field(description="`v2`, or a full adapter ref `name@v2`")
-    mode: Literal["canary", "ab"] = "canary"
+    mode: Literal["canary", "ab", "shadow"] = "canary"
+    shadow_percent: float = Field(default=DEFAULT_SHADOW_PERCENT, gt=0, le=100)
+    shadow_min_pairs: int = Field(default=DEFAULT_SHADOW_MIN_PAIRS, ge=1)
+    auto_promote: bool | None = None
     weight: float | None = Field(default=None, gt=0, le=100)
     steps: list[float] | None = None
     min_requests_per_step: int | None = Field(default=None, ge=1)
@@ -50,6 +60,8 @@ class StartRollout(BaseModel):
             raise ValueError("give `weight` or `steps`, not both")
         if self.mode == "ab" and self.weight is None:
             raise ValueError("an A/B split needs `weight`")
+        if self.mode == "shadow" and self.weight is not None:
+            raise ValueError("a shadow serves nothing: give `shadow_percent`, not `weight`")
         try:
             validate_steps(self.steps_tuple())
         except RolloutConflict as error:
@@ -171,10 +183,15 @@ def admin_router(
                 if body.min_seconds_per_step is not None
                 else current.min_seconds_per_step
             ),
+            shadow_percent=body.shadow_percent,
+            shadow_min_pairs=body.shadow_min_pairs,
+            auto_promote=body.auto_promote,
         )
         return rollout_view(controller, rollout)
 
-    def operation(name: Literal["promote", "rollback", "pause", "resume"]) -> Any:
+    def operation(
+        name: Literal["promote", "rollback", "pause", "resume", "promote_to_canary"],
+    ) -> Any:
         async def apply(route: str, request: Request) -> dict[str, Any]:
             body = await _body(request, Reason)
             change = getattr(controller, name)
@@ -193,4 +210,10 @@ def admin_router(
         router.add_api_route(
             f"/routes/{{route}}/{name}", operation(name), methods=["POST"], summary=name.title()
         )
+    router.add_api_route(
+        "/routes/{route}/promote-to-canary",
+        operation("promote_to_canary"),
+        methods=["POST"],
+        summary="A shadow's candidate starts serving as a canary",
+    )
     return router

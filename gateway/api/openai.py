@@ -51,6 +51,7 @@ from gateway.outcomes import Answer, Outcome, OutcomeRecorder, StreamTranscript,
 from gateway.proxy import InferenceProxy, OpenStream
 from gateway.request_schemas import contract_for
 from gateway.routing import PublishedTable, Target
+from gateway.shadow.dispatch import ShadowDispatcher, ShadowPair
 from monitoring import metrics
 
 ARM_HEADER = "x-turnout-arm"  # an admin forces the arm (tests, debugging)
@@ -171,6 +172,7 @@ class Exchange:
     client_request_id: str | None = None
     admission: Admission | None = None
     verdicts: list[Verdict] = field(default_factory=list)
+    shadow: ShadowPair | None = None
 
     def note_verdict(self, verdict: Verdict) -> None:
         self.verdicts.append(verdict)
@@ -206,8 +208,10 @@ class InferenceEndpoints:
         guard: RequestGuard,
         max_body_bytes: int,
         client_stall_s: float = 10.0,
+        shadows: ShadowDispatcher | None = None,
     ) -> None:
         self._client_stall_s = client_stall_s
+        self._shadows = shadows
         self._table = table
         self._proxy = proxy
         self._enforcer = ContractEnforcer(proxy)
@@ -262,6 +266,9 @@ class InferenceEndpoints:
             exchange.client_request_id = client_request_id_of(request)
             headers = _turnout_headers(target, request_id, exchange.client_request_id)
             streamed = fields.get("stream") is True
+            entry = admission.entry
+            if entry.rollout is not None and target.arm == "stable" and self._shadows is not None:
+                exchange.shadow = self._shadows.begin(entry, path, fields, request_id, contract)
             if contract is None:
                 if streamed:
                     opened = await self._proxy.open_stream(target, path, fields, request_id)
@@ -346,7 +353,10 @@ class InferenceEndpoints:
             answer = answer_of(body)
         elif transcript is not None:
             answer = transcript.answer()
-        self._outcomes.record(exchange.outcome(status, answer))
+        outcome = exchange.outcome(status, answer)
+        self._outcomes.record(outcome)
+        if exchange.shadow is not None:
+            exchange.shadow.stable_finished(outcome)
         admission = exchange.admission
         if admission is not None and admission.charge is not None:
             # Settle the up-front token charge with what was used (nothing, on an error).

@@ -210,3 +210,50 @@ def test_cli_drives_a_rollout_through_the_admin_api(
     code, _, err = cli(["rollout", "--key", OTHER_KEY, "status"], capsys)
     assert code == 1
     assert "403" in err
+
+
+def test_shadow_starts_serving_nothing_and_is_promoted_to_canary_by_an_operator(
+    admin_server: AdminServer,
+) -> None:
+    started = admin_server.call(
+        "POST",
+        "/admin/routes/triage/canary",
+        json={"version": "v2", "mode": "shadow", "shadow_percent": 50, "steps": [10, 100]},
+    )
+    assert started.status_code == 200, started.text
+    view = started.json()
+    assert (view["mode"], view["weight_percent"], view["shadow_percent"]) == ("shadow", 0, 50)
+    assert (view["auto_promote"], view["auto_rollback"]) == (False, True)
+    # A candidate that served nothing cannot become stable in one step.
+    assert_openai_error(
+        admin_server.call("POST", "/admin/routes/triage/promote"), 409, "rollout_conflict"
+    )
+    promoted = admin_server.call(
+        "POST", "/admin/routes/triage/promote-to-canary", json={"reason": "pairs look right"}
+    )
+    assert promoted.status_code == 200, promoted.text
+    view = promoted.json()
+    assert (view["mode"], view["weight_percent"], view["shadow_percent"]) == ("canary", 10, 0)
+    assert admin_server.published[-1]["triage"].weight_percent == 10
+    records = read_audit_log(admin_server.audit_path)
+    assert [r["decision"] for r in records] == ["start", "promote_to_canary"]
+    assert records[1]["reason"] == "pairs look right"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"version": "v2", "mode": "shadow", "weight": 10},
+        {"version": "v2", "mode": "shadow", "shadow_percent": 0},
+        {"version": "v2", "mode": "shadow", "shadow_percent": 101},
+    ],
+)
+def test_bad_shadow_requests_get_422(admin_server: AdminServer, body: dict[str, object]) -> None:
+    answer = admin_server.call("POST", "/admin/routes/triage/canary", json=body)
+    assert_openai_error(answer, 422, "invalid_value")
+
+
+def test_promote_to_canary_needs_a_shadow(admin_server: AdminServer) -> None:
+    admin_server.call("POST", "/admin/routes/triage/canary", json={"version": "v2"})
+    answer = admin_server.call("POST", "/admin/routes/triage/promote-to-canary")
+    assert_openai_error(answer, 409, "rollout_conflict")

@@ -1,0 +1,153 @@
+"""`turnout bench shadow`: what shadowing every request adds to the served answer's latency.
+
+One gateway (one worker) in front of the instant stub upstream serves two routes on the same
+adapter version: `plain`, and `shadowed`, whose every request is also sent to a candidate
+version (a shadow at 100 %). wrk calls each route in turn, alternating over several rounds at
+each concurrency, so both are measured side by side in one run on the same processes; the
+added latency is the difference of the medians. The gateway's shadow counters are read at the
+end, to show that the copies were made and compared rather than dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from adapters.registry import AdapterRegistry
+from adapters.synthetic import synthetic_base_profile, write_zero_adapter
+from adapters.validate import AdapterLimits
+from gateway.bench.overhead import _body, _process, _two_cpus
+from gateway.bench.wrk import LoadResult, run_wrk
+from gateway.config import TurnoutConfig
+from gateway.embedded import free_port
+
+CONCURRENCY_LEVELS = (1, 16)
+ROUNDS = 3
+STABLE, CANDIDATE = "bench@v1", "bench@v2"
+TARGET_ADDED_P50_MS = 0.2
+_SAMPLE = re.compile(r'^turnout_shadow_requests_total\{result="(\w+)",route="shadowed"\} (\S+)$')
+
+
+def _store(folder: Path) -> Path:
+    """Two zero-weight versions of one adapter in a fresh store."""
+    registry = AdapterRegistry(str(folder / "adapters"))
+    base = synthetic_base_profile(TurnoutConfig().base_model)
+    registry.save_base(base)
+    write_zero_adapter(folder / "zero")
+    for ref in (STABLE, CANDIDATE):
+        name, _, version = ref.partition("@")
+        registry.push(folder / "zero", name, base, AdapterLimits(max_lora_rank=16), version=version)
+    return folder / "adapters"
+
+
+def _gateway_command(folder: Path, upstream_url: str, port: int) -> list[str]:
+    config = {
+        "server": {"port": port},
+        "backends": [{"url": upstream_url}],
+        "adapters": {"store": str(_store(folder))},
+        "routes": {
+            "plain": {"stable": STABLE},
+            "shadowed": {
+                "stable": STABLE,
+                "candidate": CANDIDATE,
+                "mode": "shadow",
+                "shadow_percent": 100,
+                "shadow_min_pairs": 10**9,  # no verdict while the benchmark runs
+            },
+        },
+        "shadow": {"max_in_flight": 64},
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
+
+
+def _shadow_counts(gateway_url: str) -> dict[str, float]:
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if found := _SAMPLE.match(line):
+            counts[found.group(1)] = float(found.group(2))
+    return counts
+
+
+def _level(concurrency: int, plain: LoadResult, shadowed: LoadResult) -> dict[str, Any]:
+    added_p50 = round(shadowed.p50_ms - plain.p50_ms, 3)
+    report: dict[str, Any] = {
+        "concurrency": concurrency,
+        "no_shadow": plain.as_dict(),
+        "shadow_100": shadowed.as_dict(),
+        "added_p50_ms": added_p50,
+        "added_p99_ms": round(shadowed.p99_ms - plain.p99_ms, 3),
+    }
+    if concurrency == 1:
+        report["target_added_p50_ms"] = TARGET_ADDED_P50_MS
+        report["meets_target"] = added_p50 <= TARGET_ADDED_P50_MS
+    return report
+
+
+def run_shadow_benchmark(duration_s: float, rounds: int = ROUNDS) -> dict[str, Any]:
+    """Served-answer latency with and without 100 % shadowing, and the shadow counters."""
+    cpus = _two_cpus()
+    gateway_cpu, load_cpu = cpus if cpus is not None else (None, None)
+    path = "/v1/chat/completions"
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
+        folder = Path(scratch)
+        upstream_port, gateway_port = free_port(), free_port()
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        stub = [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(upstream_port)]
+        running.enter_context(_process(stub, load_cpu, f"{upstream_url}/health"))
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        command = _gateway_command(folder, upstream_url, gateway_port)
+        running.enter_context(_process(command, gateway_cpu, f"{gateway_url}/healthz"))
+        bodies = {"plain": _body("plain", 16), "shadowed": _body("shadowed", 16)}
+        for route in bodies:  # warm both paths
+            run_wrk(gateway_url + path, bodies[route], 16, 2, load_cpu)
+        before = _shadow_counts(gateway_url)
+        levels = []
+        for concurrency in CONCURRENCY_LEVELS:
+            runs: dict[str, list[LoadResult]] = {"plain": [], "shadowed": []}
+            for index in range(rounds):
+                order = ("plain", "shadowed") if index % 2 == 0 else ("shadowed", "plain")
+                for route in order:
+                    runs[route].append(
+                        run_wrk(
+                            gateway_url + path, bodies[route], concurrency, duration_s, load_cpu
+                        )
+                    )
+            levels.append(
+                _level(
+                    concurrency,
+                    LoadResult.median(runs["plain"]),
+                    LoadResult.median(runs["shadowed"]),
+                )
+            )
+        after = _shadow_counts(gateway_url)
+    shadows = {result: after.get(result, 0) - before.get(result, 0) for result in after}
+    return {"benchmark": "shadow", "upstream": "stub", "levels": levels, "shadows": shadows}
+
+
+def cmd_bench_shadow(args: argparse.Namespace) -> int:
+    report = run_shadow_benchmark(args.duration, args.rounds)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `shadow` on the `turnout bench` subparsers."""
+    command = subparsers.add_parser(
+        "shadow", help="served-answer latency with every request shadowed vs none (stub upstream)"
+    )
+    command.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    command.add_argument("--rounds", type=int, default=ROUNDS, help="alternating runs per side")
+    command.add_argument("--json", action="store_true", help="one JSON object")
+    command.set_defaults(run=cmd_bench_shadow)

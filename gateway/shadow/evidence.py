@@ -1,0 +1,160 @@
+"""A shadow's paired counts: this process's tally, and every replica's pooled in Redis.
+
+A tally is a flat set of integer counters per rollout (pairs, per signal and arm, the
+discordant pairs, agreement sums), so pooling is the canary's: at each look a replica adds what
+it counted since its previous look to one Redis hash per rollout (HINCRBY, in one transaction)
+and analyses the sum (`gateway/evidence.py` says why).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.analysis import BinomialCounts
+from gateway.errors import StateStoreUnavailable
+from gateway.evidence import EVIDENCE_TTL_S
+from gateway.rollouts import Rollout
+from gateway.shadow.compare import PAIR_SIGNALS, PairComparison
+
+SCORE_SCALE = 1000  # agreement scores are summed in thousandths (Redis counts integers)
+
+
+@dataclass(frozen=True, slots=True)
+class PairSnapshot:
+    """A shadow rollout's counters at one moment."""
+
+    rollout_id: str
+    fields: Mapping[str, int]
+
+    def get(self, name: str) -> int:
+        return self.fields.get(name, 0)
+
+    @property
+    def pairs(self) -> int:
+        return self.get("pairs")
+
+    def arm(self, signal: str, arm: str) -> BinomialCounts:
+        return BinomialCounts(
+            self.get(f"{signal}:{arm}:events"), self.get(f"{signal}:{arm}:trials")
+        )
+
+    def discordant(self, signal: str) -> tuple[int, int]:
+        """(bad on the candidate alone, bad on stable alone) over pairs where both were checked."""
+        return self.get(f"{signal}:candidate_only"), self.get(f"{signal}:stable_only")
+
+    def agreement(self, kind: str) -> tuple[int, float, float]:
+        """(pairs compared, share exactly equal, mean score) for one agreement kind."""
+        pairs = self.get(f"agreement:{kind}:pairs")
+        if not pairs:
+            return 0, 0.0, 0.0
+        exact = self.get(f"agreement:{kind}:exact") / pairs
+        return pairs, exact, self.get(f"agreement:{kind}:score_milli") / SCORE_SCALE / pairs
+
+
+def _bump(counts: dict[str, int], name: str, by: int = 1) -> None:
+    counts[name] = counts.get(name, 0) + by
+
+
+def add_pair(counts: dict[str, int], comparison: PairComparison) -> None:
+    """Count one compared pair into `counts`."""
+    _bump(counts, "pairs")
+    for signal, (stable_bad, candidate_bad) in comparison.signals.items():
+        for arm, bad in (("stable", stable_bad), ("candidate", candidate_bad)):
+            if bad is not None:
+                _bump(counts, f"{signal}:{arm}:trials")
+                _bump(counts, f"{signal}:{arm}:events", int(bad))
+        if stable_bad is not None and candidate_bad is not None and stable_bad != candidate_bad:
+            _bump(counts, f"{signal}:{'candidate_only' if candidate_bad else 'stable_only'}")
+    agreed = comparison.agreement
+    if agreed is not None:
+        _bump(counts, f"agreement:{agreed.kind}:pairs")
+        _bump(counts, f"agreement:{agreed.kind}:exact", int(agreed.exact))
+        _bump(counts, f"agreement:{agreed.kind}:score_milli", round(agreed.score * SCORE_SCALE))
+
+
+class PairTally:
+    """This process's counters, one set per route for the shadow running on it."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def record(self, rollout: Rollout, comparison: PairComparison) -> None:
+        rollout_id, counts = self._counts.get(rollout.route, ("", {}))
+        if rollout_id != rollout.rollout_id:
+            counts = {}
+            self._counts[rollout.route] = (rollout.rollout_id, counts)
+        add_pair(counts, comparison)
+
+    def snapshot(self, rollout: Rollout) -> PairSnapshot:
+        rollout_id, counts = self._counts.get(rollout.route, ("", {}))
+        if rollout_id != rollout.rollout_id:
+            counts = {}
+        return PairSnapshot(rollout.rollout_id, MappingProxyType(dict(counts)))
+
+
+class PairEvidence(Protocol):
+    """The paired counts a shadow is judged on."""
+
+    async def snapshot(self, rollout: Rollout) -> PairSnapshot: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalPairEvidence:
+    """One process: the tally's own counts."""
+
+    def __init__(self, tally: PairTally) -> None:
+        self._tally = tally
+
+    async def snapshot(self, rollout: Rollout) -> PairSnapshot:
+        return self._tally.snapshot(rollout)
+
+    async def close(self) -> None:
+        return None
+
+
+class PooledPairEvidence:
+    """Several replicas: this one's counts added to, and read back with, everyone's in Redis."""
+
+    def __init__(self, tally: PairTally, url: str, prefix: str = "turnout") -> None:
+        self._tally = tally
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=2.0
+        )
+        self._prefix = prefix
+        self._added: dict[str, tuple[str, Mapping[str, int]]] = {}
+
+    async def snapshot(self, rollout: Rollout) -> PairSnapshot:
+        local = self._tally.snapshot(rollout).fields
+        added_for, added = self._added.get(rollout.route, ("", {}))
+        if added_for != rollout.rollout_id:
+            added = {}
+        key = f"{self._prefix}:shadow-evidence:{rollout.rollout_id}"
+        pipeline = self._client.pipeline(transaction=True)
+        for name, count in local.items():
+            if since_last_look := count - added.get(name, 0):
+                pipeline.hincrby(key, name, since_last_look)
+        pipeline.expire(key, EVIDENCE_TTL_S)
+        pipeline.hgetall(key)
+        try:
+            results = await pipeline.execute()
+        except (RedisError, OSError) as error:
+            raise StateStoreUnavailable(
+                f"The pooled shadow evidence (Redis) cannot be reached: {error}."
+            ) from None
+        self._added[rollout.route] = (rollout.rollout_id, local)
+        pooled: dict[bytes, bytes] = results[-1]
+        fields = {name.decode(): int(value) for name, value in pooled.items()}
+        return PairSnapshot(rollout.rollout_id, MappingProxyType(fields))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+__all__ = ["PAIR_SIGNALS", "PairSnapshot", "PairTally", "add_pair"]

@@ -1,0 +1,137 @@
+"""A finished pair: compare it, count it for the analysis and the metrics, capture it.
+
+Runs on the event loop after both answers are out (scheduled with `call_soon`). The
+candidate's answer is offered to the same capture sink as every answer (same per-route policy,
+redaction and bounded queue) under the stable answer's request id, with `arm="shadow"`: the
+policy's sample is decided by that id, so a sampled pair keeps both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gateway.outcomes import Outcome
+from gateway.shadow.compare import Side, compare
+from gateway.shadow.dispatch import ShadowPair
+from gateway.shadow.evidence import PairTally
+from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
+from monitoring.refusals import RefusalDetector
+from training.capture import CaptureRecord, CaptureSink, SchemaVerdict
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter as CounterChild
+
+log = logging.getLogger("turnout.shadow")
+
+
+def stable_side(outcome: Outcome, refusal: bool | None) -> Side:
+    answer = outcome.answer
+    verdict = outcome.verdict
+    return Side(
+        outcome.status,
+        outcome.latency_s,
+        answer.text if outcome.status == 200 else None,
+        answer.finish_reason,
+        answer.completion_tokens,
+        None if verdict is None else verdict.ok,
+        refusal,
+    )
+
+
+class PairRecorder:
+    """Compares finished pairs and counts them per route for the shadow running on it."""
+
+    def __init__(
+        self,
+        tally: PairTally,
+        refusals: RefusalDetector,
+        capture: CaptureSink,
+        max_compare_chars: int = 8192,
+    ) -> None:
+        self.tally = tally
+        self._refusals = refusals
+        self._capture = capture
+        self._max_chars = max_compare_chars
+        # Metric children looked up once: `labels()` locks and builds tuples on every call.
+        self._events: dict[tuple[str, str, str, str], CounterChild] = {}
+        self._compared: dict[str, CounterChild] = {}
+
+    def _count(self, route: str, signal: str, arm: str, bad: bool) -> None:
+        key = (route, signal, arm, "bad" if bad else "good")
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = SHADOW_SIGNAL_EVENTS.labels(*key)
+        child.inc()
+
+    def _refusal(self, text: str | None) -> bool | None:
+        return None if text is None else self._refusals.is_refusal(text)
+
+    def record(self, pair: ShadowPair) -> None:
+        outcome, candidate = pair.stable, pair.candidate
+        if outcome is None or candidate is None:
+            return
+        try:
+            stable = stable_side(outcome, self._refusal(outcome.answer.text))
+            candidate = Side(
+                candidate.status,
+                candidate.latency_s,
+                candidate.text,
+                candidate.finish_reason,
+                candidate.completion_tokens,
+                candidate.schema_valid,
+                self._refusal(candidate.text),
+            )
+            comparison = compare(stable, candidate, pair.contract is not None, self._max_chars)
+            rollout = pair.target.rollout
+            assert rollout is not None
+            self.tally.record(rollout, comparison)
+            route = pair.target.route
+            compared = self._compared.get(route)
+            if compared is None:
+                compared = self._compared[route] = SHADOW_REQUESTS.labels(route, "compared")
+            compared.inc()
+            for signal, (stable_bad, candidate_bad) in comparison.signals.items():
+                if stable_bad is not None:
+                    self._count(route, signal, "stable", stable_bad)
+                if candidate_bad is not None:
+                    self._count(route, signal, "candidate", candidate_bad)
+            if comparison.agreement is not None:
+                SHADOW_AGREEMENT.labels(route, comparison.agreement.kind).observe(
+                    comparison.agreement.score
+                )
+            self._capture_candidate(pair, outcome, candidate)
+        except Exception:  # a comparison must never take the gateway down with it
+            log.exception("comparing a shadow pair on %s failed", pair.target.route)
+
+    def _capture_candidate(self, pair: ShadowPair, outcome: Outcome, side: Side) -> None:
+        if side.text is None:
+            return
+        verdict: SchemaVerdict = "none"
+        if side.schema_valid is not None:
+            verdict = "valid" if side.schema_valid else "invalid"
+        messages = outcome.fields.get("messages")
+        prompt = outcome.fields.get("prompt")
+        caller = outcome.caller
+        self._capture.offer(
+            CaptureRecord(
+                request_id=outcome.request_id,
+                route=pair.target.route,
+                version=pair.target.version_label,
+                arm="shadow",
+                created_at=time.time(),
+                endpoint=outcome.endpoint,
+                output=side.text,
+                finish_reason=side.finish_reason,
+                messages=tuple(messages) if isinstance(messages, list) else None,
+                prompt=prompt if isinstance(prompt, str) else None,
+                schema_verdict=verdict,
+                refusal=side.refusal,
+                latency_s=side.latency_s,
+                tenant=caller.tenant.name if caller is not None else None,
+                key_id=caller.key_id if caller is not None else None,
+                client_request_id=outcome.client_request_id,
+                training=caller.tenant.training if caller is not None else "allow",
+            )
+        )

@@ -1,0 +1,34 @@
+"""`turnout bench shadow` runs, shadows every request of its shadowed route, and prints its
+report; the latency numbers themselves are not judged (docs/rollouts.md quotes a run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by `make test`")
+def test_bench_shadow_compares_both_sides_in_one_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "bench", "shadow", "--duration", "1",
+         "--rounds", "1", "--json"],
+        capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert [level["concurrency"] for level in report["levels"]] == [1, 16]
+    for level in report["levels"]:
+        for side in ("no_shadow", "shadow_100"):
+            assert level[side]["errors"] == 0
+            assert level[side]["requests_per_s"] > 0
+        assert level["added_p50_ms"] == pytest.approx(
+            level["shadow_100"]["p50_ms"] - level["no_shadow"]["p50_ms"], abs=0.002
+        )
+    assert report["levels"][0]["target_added_p50_ms"] == 0.2
+    # The copies were made and compared, not dropped: shadowing really was on.
+    assert report["shadows"]["compared"] > 0

@@ -1,0 +1,332 @@
+"""Shadow rollouts in process: the real endpoint, proxy, admission, dispatcher and comparison,
+against an in-memory upstream (`tests/support/memory_upstream.py`); no model is needed to test
+that the caller gets stable's answer only, that copies are compared and counted, and that
+overload sheds copies before real requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from gateway.admission import AdmissionGate, AdmissionLimits, BackendGates
+from gateway.analysis import RolloutRecorder
+from gateway.api.openai import InferenceEndpoints
+from gateway.backends import BackendPool
+from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
+from gateway.config import LimitsConfig, TurnoutConfig
+from gateway.errors import Overloaded
+from gateway.guard import RequestGuard
+from gateway.outcomes import OutcomeRecorder, SignalBudget
+from gateway.proxy import InferenceProxy
+from gateway.ratelimit import LocalRateLimiter
+from gateway.residency import Residency
+from gateway.rollouts import DEFAULT_STEPS, Rollout, Why, declare, start
+from gateway.routing import PublishedTable, build_routing_table
+from gateway.shadow.dispatch import ShadowDispatcher
+from gateway.shadow.evidence import PairTally
+from gateway.shadow.recorder import PairRecorder
+from gateway.shadow.settings import ShadowSettings
+from monitoring.drift import DriftConfig, DriftMonitor
+from monitoring.refusals import PhraseRefusalDetector
+from tests.support.memory_upstream import MemoryUpstream
+from training.capture import CaptureSettings, SqliteCaptureSink, connect
+
+BACKEND = "http://backend.test"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+STABLE, CANDIDATE = "triage@v1", "triage@v2"
+SCHEMA = {
+    "type": "object",
+    "properties": {"team": {"type": "string"}, "urgent": {"type": "boolean"}},
+    "required": ["team", "urgent"],
+}
+
+
+def shadow_rollout(share: float = 100.0, route: str = "triage") -> Rollout:
+    why = Why("operator", "test", "shadow started", 0.0)
+    current = declare(route, STABLE)
+    return start(
+        current,
+        rollout_id="shadow-1",
+        candidate=CANDIDATE,
+        mode="shadow",
+        steps=DEFAULT_STEPS,
+        why=why,
+        shadow_percent=share,
+    ).rollout
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    upstream: MemoryUpstream
+    shadows: ShadowDispatcher
+    tally: PairTally
+    gate: AdmissionGate
+    capture: SqliteCaptureSink
+    rollout: Rollout
+    recorder: RolloutRecorder
+
+
+@asynccontextmanager
+async def gateway(
+    tmp_path: Path,
+    upstream: MemoryUpstream,
+    *,
+    route: dict[str, Any] | None = None,
+    share: float = 100.0,
+    max_concurrent: int = 8,
+    max_queued: int = 8,
+    settings: ShadowSettings | None = None,
+    route_name: str = "triage",
+) -> AsyncIterator[Gateway]:
+    config = TurnoutConfig.model_validate(
+        {"routes": {route_name: {"stable": STABLE, **(route or {})}}}
+    )
+    rollout = shadow_rollout(share, route_name)
+    table = PublishedTable(build_routing_table(config, {route_name: rollout}))
+    residency = Residency([BACKEND])
+    residency.set(BACKEND, frozenset({STABLE, CANDIDATE}))
+    pool = BackendPool([BACKEND], residency, BreakerPolicy())
+    gates = BackendGates([BACKEND], AdmissionLimits(max_concurrent, max_queued, 5.0))
+    proxy = InferenceProxy(upstream, pool, gates, RetryBudget(RetryBudgetPolicy()))
+    capture = SqliteCaptureSink(
+        CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0})
+    )
+    tally = PairTally()
+    recorder = RolloutRecorder()
+    shadows = ShadowDispatcher(
+        proxy,
+        PairRecorder(tally, PhraseRefusalDetector(), capture),
+        settings or ShadowSettings(),
+    )
+    endpoints = InferenceEndpoints(
+        table,
+        proxy,
+        pool,
+        OutcomeRecorder(
+            recorder,
+            PhraseRefusalDetector(),
+            DriftMonitor(DriftConfig()),
+            capture,
+            SignalBudget(10_000),
+        ),
+        RequestGuard(None, None, LocalRateLimiter(), LimitsConfig()),
+        1_000_000,
+        shadows=shadows,
+    )
+    transport = httpx.ASGITransport(app=endpoints)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        try:
+            yield Gateway(
+                client, upstream, shadows, tally, gates[BACKEND], capture, rollout, recorder
+            )
+        finally:
+            await asyncio.to_thread(capture.close)
+
+
+def ask(text: str, route: str = "triage", **extra: Any) -> dict[str, Any]:
+    return {"model": route, "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` on the loop (about 5 s at most)."""
+    for _ in range(5000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def settled(gw: Gateway, pairs: int) -> None:
+    """Wait until `pairs` pairs were compared and no copy is in flight."""
+    await until(
+        lambda: gw.tally.snapshot(gw.rollout).pairs >= pairs and not gw.shadows.in_flight,
+        f"{pairs} compared pairs",
+    )
+
+
+@pytest.mark.anyio
+async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = MemoryUpstream(
+        {STABLE: lambda f: "The printer team owns this.", CANDIDATE: lambda f: "I can't help."}
+    )
+    async with gateway(tmp_path, upstream) as gw:
+        for n in range(5):
+            answer = await gw.client.post("/v1/chat/completions", json=ask(f"ticket {n}"))
+            assert answer.status_code == 200
+            assert answer.headers["x-turnout-arm"] == "stable"
+            assert (
+                answer.json()["choices"][0]["message"]["content"] == "The printer team owns this."
+            )
+            assert answer.json()["model"] == "triage"
+        await settled(gw, 5)
+        counts = gw.tally.snapshot(gw.rollout)
+    assert sorted(model for model, _ in upstream.received) == [STABLE] * 5 + [CANDIDATE] * 5
+    assert counts.pairs == 5
+    assert counts.discordant("refusal") == (5, 0)  # the candidate alone refused, every time
+    assert counts.agreement("text")[0] == 5
+    # The canary tally stays empty: the canary this shadow may become starts afresh.
+    assert all(s.stable.trials == 0 for s in gw.recorder.snapshot(gw.rollout).signals)
+    rows = (
+        connect(Path(gw.capture.path))
+        .execute("SELECT request_id, arm, version FROM captures ORDER BY seq")
+        .fetchall()
+    )
+    by_request: dict[str, set[tuple[str, str]]] = {}
+    for request_id, arm, version in rows:
+        by_request.setdefault(request_id, set()).add((arm, version))
+    # Each pair is captured under one request id: stable's answer and the candidate's.
+    assert len(by_request) == 5
+    assert all(
+        sides == {("stable", STABLE), ("shadow", CANDIDATE)} for sides in by_request.values()
+    )
+
+
+@pytest.mark.anyio
+async def test_a_streamed_request_is_shadowed_as_a_whole_request(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = MemoryUpstream(
+        {STABLE: lambda f: '{"team": "it", "urgent": true}'}
+        | {CANDIDATE: lambda f: '{"team": "it", "urgent": false}'}
+    )
+    route = {"schema": SCHEMA, "stream_validation": "buffer"}
+    async with gateway(tmp_path, upstream, route=route) as gw:
+        answer = await gw.client.post(
+            "/v1/chat/completions", json=ask("vpn down", stream=True, stream_options={})
+        )
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        await settled(gw, 1)
+        counts = gw.tally.snapshot(gw.rollout)
+    candidate_fields = [fields for model, fields in upstream.received if model == CANDIDATE]
+    assert len(candidate_fields) == 1
+    assert "stream" not in candidate_fields[0]
+    assert "stream_options" not in candidate_fields[0]
+    # Held to the route's contract as stable is: guided decoding with the same schema.
+    assert candidate_fields[0]["response_format"]["json_schema"]["schema"] == SCHEMA
+    pairs, exact, score = counts.agreement("structured")
+    assert (pairs, exact, score) == (1, 0.0, 0.5)  # `team` agrees, `urgent` does not
+
+
+@pytest.mark.anyio
+async def test_share_decides_how_many_requests_are_copied(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    async with gateway(tmp_path, upstream, share=25.0) as gw:
+        for n in range(400):
+            await gw.client.post("/v1/chat/completions", json=ask(f"t{n}"))
+        await settled(gw, 1)
+    copies = sum(1 for model, _ in upstream.received if model == CANDIDATE)
+    assert 60 <= copies <= 140  # 25 % of 400 is 100; the draw is per request
+
+
+@pytest.mark.anyio
+async def test_overload_sheds_shadows_before_any_real_request(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    async with gateway(tmp_path, upstream, max_concurrent=4, max_queued=0) as gw:
+        preempted = metric("turnout_shadow_requests_total", route="triage", result="preempted")
+        dropped = metric("turnout_shadow_requests_total", route="triage", result="dropped_load")
+        upstream.hold(CANDIDATE)
+        upstream.hold(STABLE)
+        # Two real requests in flight, each with a copy holding a borrowed slot: all 4 busy.
+        first = [
+            asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask(f"a{n}")))
+            for n in range(2)
+        ]
+        await until(lambda: gw.gate.in_flight == 2 and gw.gate.lent_to_shadows == 2, "2 + 2")
+        # Two more real requests: with no queue at all they are admitted only because the
+        # copies give their slots back; their own copies find no free slot and are dropped.
+        second = [
+            asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask(f"b{n}")))
+            for n in range(2)
+        ]
+        await until(lambda: gw.gate.in_flight == 4, "4 real requests in flight")
+        # A fifth real request is past capacity with nothing left to shed: it alone is refused.
+        fifth = await gw.client.post("/v1/chat/completions", json=ask("c"))
+        upstream.release(STABLE)
+        answers = await asyncio.gather(*first, *second)
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
+        assert fifth.status_code == 503
+        assert gw.gate.lent_to_shadows == 0
+        assert upstream.cancelled == [CANDIDATE, CANDIDATE]
+        assert metric("turnout_shadow_requests_total", route="triage", result="preempted") == (
+            preempted + 2
+        )
+        assert metric("turnout_shadow_requests_total", route="triage", result="dropped_load") >= (
+            dropped + 2
+        )
+
+
+@pytest.mark.anyio
+async def test_shadows_beyond_their_own_budget_are_dropped_and_counted(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    settings = ShadowSettings(max_in_flight=1)
+    async with gateway(tmp_path, upstream, settings=settings, route_name="budgeted") as gw:
+        before = metric("turnout_shadow_requests_total", route="budgeted", result="dropped_budget")
+        upstream.hold(CANDIDATE)
+        for n in range(3):
+            answer = await gw.client.post("/v1/chat/completions", json=ask(f"t{n}", "budgeted"))
+            assert answer.status_code == 200  # stable answers while the copy is held
+        assert gw.shadows.in_flight == 1
+        upstream.release(CANDIDATE)
+        await settled(gw, 1)
+        after = metric("turnout_shadow_requests_total", route="budgeted", result="dropped_budget")
+    assert after - before == 2
+
+
+def test_a_shadow_slot_is_never_lent_while_a_real_request_waits() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate(AdmissionLimits(max_concurrent=1, max_queued=4, queue_timeout_s=5))
+        async with gate.slot():
+            waiting = asyncio.create_task(gate.slot().__aenter__())
+            await asyncio.sleep(0)
+            assert gate.queued == 1
+            assert gate.lend_to_shadow(lambda: None) is None
+        await waiting
+        assert gate.in_flight == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_real_request_takes_a_lent_slot_at_once() -> None:
+    async def scenario() -> None:
+        gate = AdmissionGate(AdmissionLimits(max_concurrent=1, max_queued=0, queue_timeout_s=5))
+        cancelled: list[bool] = []
+        token = gate.lend_to_shadow(lambda: cancelled.append(True))
+        assert token is not None
+        async with gate.slot():  # no queue: it would be refused if the shadow kept the slot
+            assert cancelled == [True]
+            gate.give_back(token)  # the cancelled copy ends: nothing more to give back
+            assert gate.in_flight == 1
+            assert gate.lent_to_shadows == 0
+        with pytest.raises(Overloaded):
+            async with gate.slot(), gate.slot():
+                pass
+
+    asyncio.run(scenario())
