@@ -1,5 +1,5 @@
 """Shadow rollouts in process: the real endpoint, proxy, admission, dispatcher and comparison,
-against an in-memory upstream (`tests/support/memory_upstream.py`); no model is needed to test
+against an in-memory upstream (`tests/support/upstream.py`); no model is needed to test
 that the caller gets stable's answer only, that copies are compared and counted, and that
 overload sheds copies before real requests."""
 
@@ -36,7 +36,7 @@ from gateway.shadow.recorder import PairRecorder
 from gateway.shadow.settings import ShadowSettings
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
-from tests.support.memory_upstream import MemoryUpstream
+from tests.support.upstream import InMemoryUpstream
 from training.capture import CaptureSettings, SqliteCaptureSink, connect
 
 BACKEND = "http://backend.test"
@@ -76,7 +76,7 @@ def metric(name: str, **labels: str) -> float:
 @dataclass
 class Gateway:
     client: httpx.AsyncClient
-    upstream: MemoryUpstream
+    upstream: InMemoryUpstream
     shadows: ShadowDispatcher
     tally: PairTally
     gate: AdmissionGate
@@ -88,7 +88,7 @@ class Gateway:
 @asynccontextmanager
 async def gateway(
     tmp_path: Path,
-    upstream: MemoryUpstream,
+    upstream: InMemoryUpstream,
     *,
     route: dict[str, Any] | None = None,
     share: float = 100.0,
@@ -167,8 +167,11 @@ async def settled(gw: Gateway, pairs: int) -> None:
 async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    upstream = MemoryUpstream(
-        {STABLE: lambda f: "The printer team owns this.", CANDIDATE: lambda f: "I can't help."}
+    upstream = InMemoryUpstream(
+        answers={
+            STABLE: lambda f: "The printer team owns this.",
+            CANDIDATE: lambda f: "I can't help.",
+        }
     )
     async with gateway(tmp_path, upstream) as gw:
         for n in range(5):
@@ -181,7 +184,7 @@ async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
             assert answer.json()["model"] == "triage"
         await settled(gw, 5)
         counts = gw.tally.snapshot(gw.rollout)
-    assert sorted(model for model, _ in upstream.received) == [STABLE] * 5 + [CANDIDATE] * 5
+    assert sorted(body["model"] for body in upstream.received()) == [STABLE] * 5 + [CANDIDATE] * 5
     assert counts.pairs == 5
     assert counts.discordant("refusal") == (5, 0)  # the candidate alone refused, every time
     assert counts.agreement("text")[0] == 5
@@ -206,9 +209,11 @@ async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
 async def test_a_streamed_request_is_shadowed_as_a_whole_request(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    upstream = MemoryUpstream(
-        {STABLE: lambda f: '{"team": "it", "urgent": true}'}
-        | {CANDIDATE: lambda f: '{"team": "it", "urgent": false}'}
+    upstream = InMemoryUpstream(
+        answers={
+            STABLE: lambda f: '{"team": "it", "urgent": true}',
+            CANDIDATE: lambda f: '{"team": "it", "urgent": false}',
+        }
     )
     route = {"schema": SCHEMA, "stream_validation": "buffer"}
     async with gateway(tmp_path, upstream, route=route) as gw:
@@ -219,7 +224,7 @@ async def test_a_streamed_request_is_shadowed_as_a_whole_request(
         assert answer.headers["content-type"].startswith("text/event-stream")
         await settled(gw, 1)
         counts = gw.tally.snapshot(gw.rollout)
-    candidate_fields = [fields for model, fields in upstream.received if model == CANDIDATE]
+    candidate_fields = upstream.received(CANDIDATE)
     assert len(candidate_fields) == 1
     assert "stream" not in candidate_fields[0]
     assert "stream_options" not in candidate_fields[0]
@@ -233,12 +238,12 @@ async def test_a_streamed_request_is_shadowed_as_a_whole_request(
 async def test_share_decides_how_many_requests_are_copied(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
     async with gateway(tmp_path, upstream, share=25.0) as gw:
         for n in range(400):
             await gw.client.post("/v1/chat/completions", json=ask(f"t{n}"))
         await settled(gw, 1)
-    copies = sum(1 for model, _ in upstream.received if model == CANDIDATE)
+    copies = len(upstream.received(CANDIDATE))
     assert 60 <= copies <= 140  # 25 % of 400 is 100; the draw is per request
 
 
@@ -246,7 +251,7 @@ async def test_share_decides_how_many_requests_are_copied(
 async def test_overload_sheds_shadows_before_any_real_request(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
     async with gateway(tmp_path, upstream, max_concurrent=4, max_queued=0) as gw:
         preempted = metric("turnout_shadow_requests_total", route="triage", result="preempted")
         dropped = metric("turnout_shadow_requests_total", route="triage", result="dropped_load")
@@ -285,7 +290,7 @@ async def test_overload_sheds_shadows_before_any_real_request(
 async def test_shadows_beyond_their_own_budget_are_dropped_and_counted(
     tmp_path: Path, anyio_backend: str
 ) -> None:
-    upstream = MemoryUpstream({STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
     settings = ShadowSettings(max_in_flight=1)
     async with gateway(tmp_path, upstream, settings=settings, route_name="budgeted") as gw:
         before = metric("turnout_shadow_requests_total", route="budgeted", result="dropped_budget")

@@ -6,7 +6,10 @@ text completion at once, echoing the request's `model` (so the gateway's name re
 streamed as SSE when the body asks for `stream`; it serves vLLM's adapter endpoints (names
 only) and `/health`. A test scripts the next answers (`will_answer`): a status and body of its
 own, text that breaks a contract, invalid JSON, a slow or endless stream, a transport failure,
-and reads back what the gateway sent (`forwarded`, `exchanges`).
+and reads back what the gateway sent (`forwarded`, `exchanges`). Answers can also depend on
+the served model: `answers[model](fields)` gives the text a model answers a request with, and
+`hold(model)` makes that model's answers wait until `release(model)`; a request cancelled while
+held is recorded (`cancelled`), as a backend sees the gateway give up on it.
 
 Transport failures are what the real client raises for them (`gateway.backends`): a backend
 in `down` raises `BackendUnavailable`, an answer later than `response_s` or an SSE gap longer
@@ -20,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -33,6 +36,9 @@ from gateway.errors import BackendTimeout, BackendUnavailable, TurnoutError
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 USAGE = {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22}
 _ADAPTER_PATHS = ("/v1/models", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+
+# Gives the text a served model answers with, from the request's fields.
+Answerer = Callable[[dict[str, Any]], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,8 @@ class _Stream:
 class InMemoryUpstream:
     """`UpstreamClient` answering from memory as a fleet of vLLM servers would; see the module
     docstring. `down` backends refuse every call; `response_s` and `stream_idle_s` are the
-    client's timeouts (the config's `timeouts`); `default` answers what is not scripted."""
+    client's timeouts (the config's `timeouts`); `default` answers what is not scripted, with
+    `answers[model](fields)` as its content where the requested model has an answerer."""
 
     def __init__(
         self,
@@ -160,17 +167,22 @@ class InMemoryUpstream:
         response_s: float = 60.0,
         stream_idle_s: float = 60.0,
         default: Answer = Answer(),
+        answers: Mapping[str, Answerer] | None = None,
     ) -> None:
         self.down = set(down)
         self.default = default
+        self.answers = dict(answers or {})
         self.response_s = response_s
         self.stream_idle_s = stream_idle_s
         self.exchanges: list[Exchange] = []
         self.loaded_adapters: set[str] = set()
         self.started = False
         self.closed = False
+        # The models of requests cancelled while held, in the order they were cancelled.
+        self.cancelled: list[str] = []
         self._script: deque[Answer] = deque()
         self._forwarded_from = 0
+        self._gates: dict[str, asyncio.Event] = {}
 
     def will_answer(self, *answers: Answer) -> None:
         """Answer the next inference requests with `answers`, in order; `default` after."""
@@ -182,6 +194,22 @@ class InMemoryUpstream:
         self._forwarded_from = len(self.exchanges)
         return bodies
 
+    def received(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Every inference body received (for `model` only, if given), oldest first."""
+        return [
+            exchange.body
+            for exchange in self.exchanges
+            if model is None or exchange.body.get("model") == model
+        ]
+
+    def hold(self, model: str) -> None:
+        """Make `model`'s answers wait until `release(model)`."""
+        self._gates.setdefault(model, asyncio.Event())
+
+    def release(self, model: str) -> None:
+        """Let `model`'s held answers go, and answer its next requests at once."""
+        self._gates.pop(model).set()
+
     # --- UpstreamClient -------------------------------------------------------------------
 
     async def post(self, backend: str, path: str, body: bytes, request_id: str) -> UpstreamReply:
@@ -189,7 +217,8 @@ class InMemoryUpstream:
         if path in _ADAPTER_PATHS:
             return self._adapter_endpoint(path, body)
         exchange = self._record(backend, path, body, request_id, streamed=False)
-        answer = self._next_answer()
+        answer = self._next_answer(exchange.body)
+        await self._held(exchange.body)
         await self._wait_for_head(answer, backend)
         if answer.body is not None:
             return UpstreamReply(answer.status, answer.content_type, answer.body)
@@ -207,7 +236,8 @@ class InMemoryUpstream:
     ) -> AsyncIterator[UpstreamStream]:
         self._reachable(backend)
         exchange = self._record(backend, path, body, request_id, streamed=True)
-        answer = self._next_answer()
+        answer = self._next_answer(exchange.body)
+        await self._held(exchange.body)
         await self._wait_for_head(answer, backend)
         if answer.body is not None:
             events = [answer.body]
@@ -258,8 +288,26 @@ class InMemoryUpstream:
         self.exchanges.append(exchange)
         return exchange
 
-    def _next_answer(self) -> Answer:
-        return self._script.popleft() if self._script else self.default
+    def _next_answer(self, fields: dict[str, Any]) -> Answer:
+        if self._script:
+            return self._script.popleft()
+        answerer = self.answers.get(fields.get("model", ""))
+        if answerer is None:
+            return self.default
+        return replace(self.default, content=answerer(fields))
+
+    async def _held(self, fields: dict[str, Any]) -> None:
+        """Wait while the requested model is held; a cancelled wait is recorded."""
+        await asyncio.sleep(0)  # as a socket would, let other tasks run while the answer comes
+        model = fields.get("model", "")
+        gate = self._gates.get(model)
+        if gate is None:
+            return
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(model)
+            raise
 
     async def _wait_for_head(self, answer: Answer, backend: str) -> None:
         if answer.fail is not None:
