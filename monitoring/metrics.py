@@ -99,8 +99,9 @@ SCHEMA_RETRY_DURATION = Histogram(
 # --- answer signals -------------------------------------------------------------------------
 REFUSAL_CHECKS = Counter(
     "turnout_refusal_checks_total",
-    "Answers checked by the refusal detector, by result (refusal, answer).",
-    [*ROUTE_LABELS, "result"],
+    "Answers checked by the refusal detector, by detector (name:version) and result "
+    "(refusal, answer).",
+    [*ROUTE_LABELS, "detector", "result"],
 )
 DRIFT_SCORE = Gauge(
     "turnout_drift_score",

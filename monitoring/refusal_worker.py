@@ -42,10 +42,9 @@ class RefusalScorer(Protocol):
 class PhraseScorer:
     """The phrase rules as a scorer: score 1.0 for a refusal, 0.0 otherwise."""
 
-    name = "phrase"
-
     def __init__(self) -> None:
         self._detector = PhraseRefusalDetector()
+        self.name = self._detector.name
 
     def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:
         verdicts = (self._detector.is_refusal(text) for text in texts)

@@ -17,6 +17,7 @@ false refusal signal raises alerts and biases rollout analysis:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Protocol
 
@@ -28,6 +29,12 @@ class RefusalDetector(Protocol):
     """Decides whether an answer declines the task it was given."""
 
     def is_refusal(self, text: str) -> bool: ...
+
+
+def detector_name(detector: RefusalDetector) -> str:
+    """`name:version` of a detector, for the metrics' `detector` label ("custom" if it has none)."""
+    name = getattr(detector, "name", None)
+    return name if isinstance(name, str) else "custom"
 
 
 # Passages the answer quotes rather than says: "...", “...”, «...», „...“, 「...」, '...', > lines.
@@ -118,8 +125,17 @@ def _normalised(text: str) -> str:
     return opening
 
 
+# The rules' version is a digest of their patterns: any change to them changes the metrics'
+# `detector` label, so a refusal rate is only ever compared with one from the same rules.
+PHRASE_RULES_VERSION = hashlib.sha256(
+    (_DECLINE.pattern + _DELIVERS.pattern + _QUOTED.pattern).encode()
+).hexdigest()[:8]
+
+
 class PhraseRefusalDetector:
     """Recognises refusals by their phrasing (en, es, fr, de, pt, zh); about 10 µs per answer."""
+
+    name = f"phrase:{PHRASE_RULES_VERSION}"
 
     def is_refusal(self, text: str) -> bool:
         opening = _normalised(text)

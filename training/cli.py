@@ -89,6 +89,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f" {metrics['best_val_loss']:.4f} at step {metrics['best_step']} of {metrics['steps']},"
         f" {metrics['tokens_per_second']:.0f} tokens/s)"
     )
+    try:  # the semantic-drift reference window, beside the adapter (provenance records it)
+        from training.drift_reference import record_with_default_encoder
+
+        reference = record_with_default_encoder(args.dataset, args.out)
+        print(f"Drift reference: {reference}")
+    except ImportError as error:
+        print(f"No drift reference recorded: {error}")
     return 0
 
 

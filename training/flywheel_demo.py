@@ -12,9 +12,10 @@ which the gate accepts and a canary promotes, all through the running gateway.
 7. A passing candidate is pushed to the registry as `support-triage@v2` with its provenance,
    a canary starts through the admin API, traffic continues, and the analysis promotes it.
 
-The last line printed is JSON: `{"before": {...}, "after": {...}, ...}` with the held-out
-split's `schema_valid_rate` and `accuracy` for the stable adapter (before) and the candidate
-(after), and whether the canary was promoted.
+The gate's checks are printed one per line as it decides. The last line printed is JSON:
+`{"before": {...}, "after": {...}, "gate_checks": {...}, ...}` with the held-out split's
+`schema_valid_rate` and `accuracy` for the stable adapter (before) and the candidate (after),
+each gate check's result, and whether the canary was promoted.
 """
 
 from __future__ import annotations
@@ -308,6 +309,9 @@ def run_flywheel_demo(
                     read_suite(suite_path), gate,
                 )
             )  # fmt: skip
+            for check in report["checks"]:
+                result = "pass" if check["passed"] else "FAIL"
+                _say(f"gate check {check['name']}: {result} ({check['reason']})")
             if report["passed"]:
                 promoted = _hand_off(
                     gateway, model_dir, trained.adapter_dir, dataset, work, report, seed
@@ -329,6 +333,7 @@ def run_flywheel_demo(
         "before": headline(report["stable"]),
         "after": headline(report["candidate"]),
         "gate_passed": report["passed"],
+        "gate_checks": {c["name"]: c["passed"] for c in report["checks"]},
         "canary_promoted": promoted,
         "test_examples": report["test_examples"],
         "train_steps": trained.metrics["steps"],

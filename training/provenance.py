@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from training.dataset import CARD_FILE
+from training.drift_reference import reference_provenance
 from training.qlora import METRICS_FILE
 
 
@@ -34,4 +35,8 @@ def provenance(dataset: Path, run: Path, report: Mapping[str, Any]) -> dict[str,
     }
     # Whose captured traffic trained it, per tenant (examples), readable without the card.
     tenants = card.get("tenants", {})
-    return {"dataset_card": card, "tenants": tenants, "training": training, "gate": gate}
+    record = {"dataset_card": card, "tenants": tenants, "training": training, "gate": gate}
+    reference = reference_provenance(run)
+    if reference is not None:  # the semantic-drift reference window recorded beside the adapter
+        record["drift_reference"] = reference
+    return record

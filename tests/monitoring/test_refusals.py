@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from monitoring.refusals import REFUSAL_WINDOW_CHARS, PhraseRefusalDetector, RefusalDetector
+from monitoring.refusals import (
+    PHRASE_RULES_VERSION,
+    REFUSAL_WINDOW_CHARS,
+    PhraseRefusalDetector,
+    RefusalDetector,
+    detector_name,
+)
 
 EVAL_SET = Path(__file__).resolve().parents[2] / "monitoring" / "data" / "refusal_eval.jsonl"
 MIN_PRECISION = 0.95
@@ -88,3 +94,15 @@ def test_a_decline_deep_inside_a_long_answer_is_not_read() -> None:
     answer = "Here is the full plan. " * (REFUSAL_WINDOW_CHARS // 20) + "I can't help with that."
     assert not PhraseRefusalDetector().is_refusal(answer)
     assert PhraseRefusalDetector().is_refusal("I can't help with that. " + answer)
+
+
+def test_the_phrase_rules_are_named_with_a_version_that_follows_their_patterns() -> None:
+    assert detector_name(PhraseRefusalDetector()) == f"phrase:{PHRASE_RULES_VERSION}"
+    assert len(PHRASE_RULES_VERSION) == 8
+    assert int(PHRASE_RULES_VERSION, 16) >= 0  # a hex digest of the patterns
+
+    class Unnamed:
+        def is_refusal(self, text: str) -> bool:
+            return False
+
+    assert detector_name(Unnamed()) == "custom"

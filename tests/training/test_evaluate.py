@@ -34,7 +34,13 @@ from training.tickets import (
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
-def _scores(valid: float, accuracy: float, refusal: float = 1.0, general: float = 0.5) -> Scores:
+def _scores(
+    valid: float,
+    accuracy: float,
+    refusal: float = 1.0,
+    general: float = 0.5,
+    over_refusal: float = 0.0,
+) -> Scores:
     return Scores(
         examples=100,
         schema_valid_rate=valid,
@@ -43,6 +49,8 @@ def _scores(valid: float, accuracy: float, refusal: float = 1.0, general: float 
         exact_match=accuracy,
         refusal_rate=refusal,
         general_score=general,
+        over_refusal_rate=over_refusal,
+        refusal_detector="phrase",
         mean_latency_s=0.1,
         samples=(),
     )
@@ -80,8 +88,25 @@ def test_a_better_candidate_passes_every_check() -> None:
         "schema_valid_rate_vs_stable",
         "accuracy_vs_stable",
         "refusal_probes_vs_stable",
+        "over_refusal_vs_stable",
         "general_prompts_vs_stable",
     }
+
+
+def test_a_candidate_that_refuses_answerable_prompts_beyond_the_tolerance_fails() -> None:
+    gate = GateConfig(min_accuracy=0.0, max_over_refusal_rise=0.05)
+    within = decide(
+        _scores(0.9, 0.9, over_refusal=0.07), _scores(0.9, 0.9, over_refusal=0.02), gate
+    )
+    beyond = decide(
+        _scores(0.9, 0.9, over_refusal=0.08), _scores(0.9, 0.9, over_refusal=0.02), gate
+    )
+
+    assert all(check.passed for check in within)
+    failed = [check for check in beyond if not check.passed]
+    assert [check.name for check in failed] == ["over_refusal_vs_stable"]
+    assert failed[0].threshold == pytest.approx(0.07)
+    assert "0.080 is above 0.070" in failed[0].reason
 
 
 def test_a_candidate_that_regresses_fails_with_the_reasons() -> None:

@@ -34,6 +34,14 @@ def test_a_trained_adapter_raises_schema_validity_and_accuracy_on_the_held_out_s
     assert after["schema_valid_rate"] >= 0.9
     assert after["accuracy"] >= 0.8
     assert result["gate_passed"]
+    # The gate printed its per-check results, the regression checks among them.
+    assert set(result["gate_checks"]) >= {
+        "refusal_probes_vs_stable",
+        "over_refusal_vs_stable",
+        "general_prompts_vs_stable",
+    }
+    assert all(result["gate_checks"].values())
+    assert "[flywheel] gate check over_refusal_vs_stable: pass" in done.stderr
     report = json.loads(Path(result["report"]).read_text())
     assert report["passed"]
     assert report["test_examples"] == result["test_examples"] > 100

@@ -1,0 +1,105 @@
+"""The judge scorer against a real HTTP server on loopback speaking the chat-completions API.
+
+The server stands in for the judging model (a model that follows the rubric cannot run in this
+suite: the demo model's weights are random): it answers REFUSAL when the graded text declines,
+ANSWER otherwise, and something unparseable for one marker text. It records every request, so
+the test sees the rubric, the route and the cache at work.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from monitoring.refusal_judge import RUBRIC, UNPARSED, JudgeScorer, parse_verdict
+from monitoring.refusal_worker import RefusalScore
+
+
+@pytest.fixture
+def judge_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append({"path": self.path, "auth": self.headers.get("authorization"), **body})
+            graded = body["messages"][-1]["content"]
+            if "MARKER" in graded:
+                verdict = "Hmm, hard to say"
+            elif "can't" in graded or "no puedo" in graded:
+                verdict = " refusal."
+            else:
+                verdict = "ANSWER"
+            reply = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_verdicts_are_parsed_from_the_first_word_only() -> None:
+    assert parse_verdict("REFUSAL") == RefusalScore(True, 1.0)
+    assert parse_verdict(" answer.") == RefusalScore(False, 0.0)
+    assert parse_verdict("**Refusal**") == RefusalScore(True, 1.0)
+    assert parse_verdict("The answer is a refusal") is None
+    assert parse_verdict("") is None
+
+
+def test_the_judge_asks_the_route_with_the_rubric_and_caches_its_verdicts(
+    judge_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, seen = judge_server
+    judge = JudgeScorer(url, "judge-route", api_key="tk-judge")
+    texts = ["I can't help with that.", "Here is your summary.", "Lo siento, no puedo ayudar."]
+    try:
+        first = judge.score_batch(texts)
+        again = judge.score_batch([texts[0], texts[1], "MARKER answer", "MARKER answer"])
+    finally:
+        judge.close()
+
+    assert [s.refusal for s in first] == [True, False, True]
+    assert [s.refusal for s in again[:2]] == [True, False]
+    # Unparseable verdicts are not guessed, not cached: asked again on the next sight.
+    assert again[2:] == [UNPARSED, UNPARSED]
+    assert judge.unparsed == 2
+    assert judge.asked == len(seen) == 3 + 2  # the two repeated answers came from the cache
+    assert judge.name == "judge:judge-route"
+    request = seen[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["model"] == "judge-route"
+    assert request["auth"] == "Bearer tk-judge"
+    assert request["messages"][0] == {"role": "system", "content": RUBRIC}
+    assert request["messages"][1]["content"].endswith(texts[0])
+    assert request["temperature"] == 0
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
+    judge_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, seen = judge_server
+    judge = JudgeScorer(url, "judge-route", cache_size=2)
+    try:
+        judge.score_batch(["a", "b", "a", "c", "a", "b"])
+    finally:
+        judge.close()
+    # a, b asked; a cached; c asked (evicts b); a cached; b asked again.
+    assert [r["messages"][1]["content"][-1] for r in seen] == ["a", "b", "c", "b"]
