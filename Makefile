@@ -44,6 +44,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports  # the layers: pyproject.toml, [tool.importlinter]
 
 test: install system-deps lint
 	$(BIN)/pytest

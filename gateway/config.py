@@ -20,7 +20,7 @@ from pydantic import (
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
 from gateway.config_paths import CONFIG_FOLDER, ConfigPath
-from gateway.contracts import (
+from gateway.contracts.contract import (
     OnInvalid,
     RequestSchemaPolicy,
     SchemaRejected,
@@ -29,8 +29,7 @@ from gateway.contracts import (
 )
 from gateway.environment import Environment
 from gateway.errors import ConfigError
-from gateway.request_config import RequestsConfig
-from gateway.rollouts import (
+from gateway.rollouts.model import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
     DEFAULT_SHADOW_MIN_PAIRS,
@@ -38,6 +37,7 @@ from gateway.rollouts import (
     DEFAULT_STEPS,
 )
 from gateway.shadow.settings import ShadowSettings
+from gateway.surface.config import RequestsConfig
 from training.capture import CaptureSettings
 from training.review.policy import ReviewPolicy
 

@@ -12,7 +12,7 @@ import pytest
 
 from adapters.demo import DEMO_ADAPTERS, DEMO_VERSION, write_demo_model
 from gateway.config import AdaptersConfig
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
 from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
 from tests.support.processes import running_gateway
 

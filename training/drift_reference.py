@@ -3,9 +3,9 @@
 `record_reference` embeds the prompts of up to `window` training examples (a seeded sample) and
 writes `RUN/drift_reference.npz` next to `RUN/adapter`: the embeddings, the encoder that made
 them and the dataset's sha256. The prompt text is what the gateway reads for drift: the user
-messages joined by newlines (`gateway.outcomes.prompt_text`, not imported: training stays off
-the request path). `provenance()` records the file's digest, so the registry manifest ties the
-window to the adapter it was trained with; `load_reference` reads it back for
+messages joined by newlines (`gateway.outcomes.recorder.prompt_text`, not imported: training
+stays off the request path). `provenance()` records the file's digest, so the registry manifest
+ties the window to the adapter it was trained with; `load_reference` reads it back for
 `SemanticDriftMonitor.set_reference`. Needs the `signals` extra (numpy and the encoder).
 """
 

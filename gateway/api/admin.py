@@ -17,7 +17,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.names import ADAPTER_REF_PATTERN
-from gateway.auth import AdminKeyring
 from gateway.config import describe_validation_error
 from gateway.errors import (
     AdminKeyMissing,
@@ -27,8 +26,9 @@ from gateway.errors import (
     RolloutConflict,
     TurnoutError,
 )
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import (
+from gateway.protection.auth import AdminKeyring
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.model import (
     DEFAULT_SHADOW_MIN_PAIRS,
     DEFAULT_SHADOW_PERCENT,
     DEFAULT_STEPS,

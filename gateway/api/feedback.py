@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gateway.api.openai import read_body
-from gateway.auth import Admin
 from gateway.errors import Failure, InvalidJSON, NotFound, RequestValidationFailed, TurnoutError
-from gateway.guard import RequestGuard
+from gateway.protection.auth import Admin
+from gateway.protection.guard import RequestGuard
 from training.capture import CaptureSink, CaptureUnavailable
 
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._\-]{1,128}$")]

@@ -14,9 +14,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from gateway.api.admin import require_admin
-from gateway.auth import AdminKeyring
-from gateway.backends import BackendPool
-from gateway.health import Readiness
+from gateway.protection.auth import AdminKeyring
+from gateway.upstream.backends import BackendPool
+from gateway.upstream.health import Readiness
 
 
 def fleet_router(pool: BackendPool, readiness: Readiness, admins: AdminKeyring | None) -> APIRouter:

@@ -28,16 +28,15 @@ from gateway.api.protocol import (
     RouteContractView,
 )
 from gateway.api.relay import StreamRelay
-from gateway.auth import Caller
-from gateway.backends import BackendPool, UpstreamReply
-from gateway.contracts import (
+from gateway.contracts.contract import (
     Contract,
+    ContractVerdict,
     SchemaRejected,
-    Verdict,
     check_tool_schemas,
     request_contract,
 )
-from gateway.enforcement import ContractEnforcer, buffered_stream
+from gateway.contracts.enforcement import ContractEnforcer, buffered_stream
+from gateway.contracts.request_schemas import contract_for
 from gateway.errors import (
     BodyTooLarge,
     InvalidJSON,
@@ -46,12 +45,19 @@ from gateway.errors import (
     RequestValidationFailed,
     TurnoutError,
 )
-from gateway.guard import Admission, AdmissionRequest, RequestGuard
-from gateway.outcomes import Answer, Outcome, OutcomeRecorder, StreamTranscript, answer_of
-from gateway.proxy import InferenceProxy, OpenStream
-from gateway.request_schemas import contract_for
-from gateway.routing import PublishedTable, Target
+from gateway.outcomes.recorder import (
+    Answer,
+    FinishedRequest,
+    OutcomeRecorder,
+    StreamTranscript,
+    answer_of,
+)
+from gateway.protection.auth import Caller
+from gateway.protection.guard import Admission, AdmissionRequest, RequestGuard
+from gateway.routing.table import PublishedTable, Target
 from gateway.shadow.dispatch import ShadowDispatcher, ShadowPair
+from gateway.upstream.backends import BackendPool, UpstreamReply
+from gateway.upstream.proxy import InferenceProxy, OpenStream
 from monitoring import metrics
 
 ARM_HEADER = "x-turnout-arm"  # an admin forces the arm (tests, debugging)
@@ -134,7 +140,7 @@ def _turnout_headers(target: Target, request_id: str, client_id: str | None) -> 
     return headers
 
 
-def _schema_headers(verdict: Verdict, retries: int) -> dict[str, str]:
+def _schema_headers(verdict: ContractVerdict, retries: int) -> dict[str, str]:
     return {
         "x-turnout-schema": verdict.result,
         "x-turnout-schema-source": verdict.source,
@@ -161,7 +167,7 @@ class WholeAnswer:
 
 
 @dataclass(slots=True)
-class Exchange:
+class RequestInFlight:
     """One request as it goes: what is known so far, for the outcome at the end."""
 
     path: str
@@ -171,14 +177,14 @@ class Exchange:
     request_id: str = ""
     client_request_id: str | None = None
     admission: Admission | None = None
-    verdicts: list[Verdict] = field(default_factory=list)
+    verdicts: list[ContractVerdict] = field(default_factory=list)
     shadow: ShadowPair | None = None
 
-    def note_verdict(self, verdict: Verdict) -> None:
+    def note_verdict(self, verdict: ContractVerdict) -> None:
         self.verdicts.append(verdict)
 
-    def outcome(self, status: int, answer: Answer) -> Outcome:
-        return Outcome(
+    def outcome(self, status: int, answer: Answer) -> FinishedRequest:
+        return FinishedRequest(
             target=self.target,
             status=status,
             latency_s=time.perf_counter() - self.started,
@@ -249,7 +255,7 @@ class InferenceEndpoints:
         return target
 
     async def _forward(self, request: Request, path: str) -> ASGIApp:
-        exchange = Exchange(path=path, started=time.perf_counter())
+        exchange = RequestInFlight(path=path, started=time.perf_counter())
         try:
             authorization = request.headers.get("authorization")
             caller = self._guard.caller(authorization)  # 401 before the body is read
@@ -308,7 +314,7 @@ class InferenceEndpoints:
         )
 
     async def _judged(
-        self, exchange: Exchange, target: Target, contract: Contract, headers: dict[str, str]
+        self, exchange: RequestInFlight, target: Target, contract: Contract, headers: dict[str, str]
     ) -> ASGIApp:
         """A whole answer judged (and retried) before anything is sent, streamed or not."""
         fields = exchange.fields
@@ -343,7 +349,7 @@ class InferenceEndpoints:
 
     def _finish(
         self,
-        exchange: Exchange,
+        exchange: RequestInFlight,
         status: int,
         body: bytes | None = None,
         transcript: StreamTranscript | None = None,

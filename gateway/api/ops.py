@@ -1,10 +1,11 @@
 """Operational endpoints: liveness and readiness (status only), and Prometheus metrics.
 
 `/healthz` and `/readyz` answer anyone, so they say nothing but a status: no backend address,
-and no probe of their own (readiness is read from the periodic probes, `gateway.health`). The
+and no probe of their own (readiness is read from the periodic probes,
+`gateway.upstream.health`). The
 per-backend detail is on the admin API (`gateway.api.fleet`). `/metrics` names every route,
 version and backend with its traffic, so it is mounted only where the operator's Prometheus
-scrapes (`gateway.listeners` decides where).
+scrapes (`gateway.serving.listeners` decides where).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from gateway.health import Readiness
+from gateway.upstream.health import Readiness
 
 
 def health_router(readiness: Readiness) -> APIRouter:

@@ -1,8 +1,8 @@
 """OpenAI request models: what the gateway checks before a body may go upstream.
 
 They mirror OpenAI's (and vLLM's) fields and types so that wrong input fails here with a 422
-naming the field. They type every field on the allowlist (`gateway/request_fields.py`); which
-fields a route forwards, and their bounds, are checked after them (`gateway/request_surface.py`).
+naming the field. They type every field on the allowlist (`gateway/surface/fields.py`); which
+fields a route forwards, and their bounds, are checked after them (`gateway/surface/check.py`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class _SamplingFields(_OpenAIModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # vLLM's sampling extensions on the allowlist (gateway/request_fields.py).
+    # vLLM's sampling extensions on the allowlist (gateway/surface/fields.py).
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None

@@ -5,7 +5,7 @@ name already rewritten by the proxy) goes out as one body message as it comes; t
 request is closed however the relay ends. A client that leaves is noticed through ASGI's
 `http.disconnect` and cancels the relay at once, which drops the upstream connection (vLLM then
 aborts the generation). Body writes go through `StallGuard`, so a client that stops reading is
-cut (`gateway.stream_guard`).
+cut (`gateway.api.stream_guard`).
 
 Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
 per event a generator layer and its checks. With the timers that used to wrap every event, the
@@ -21,9 +21,9 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.outcomes import StreamTranscript
-from gateway.proxy import OpenStream
-from gateway.stream_guard import ClientStalled, StallGuard, cut_stream
+from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
+from gateway.outcomes.recorder import StreamTranscript
+from gateway.upstream.proxy import OpenStream
 
 # Every this many events the relay yields to the event loop once, so a departure is noticed
 # even from a source that never has to wait (the HTTP/1.1 source waits between reads from its

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.contracts import judge_answer, make_contract
+from gateway.contracts.contract import judge_answer, make_contract
 
 TARGET_US = 50.0
 

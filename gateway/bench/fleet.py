@@ -30,9 +30,7 @@ from typing import Any
 import orjson
 
 from gateway.bench.fleet_sim import SimBackend, SimSpec, start_sim
-from gateway.embedded import free_port
 from gateway.errors import AdapterLoading
-from gateway.http1 import ConnectionPool, Origin
 from gateway.placement.fleet import (
     BackendCapacity,
     Eviction,
@@ -42,6 +40,8 @@ from gateway.placement.fleet import (
     Serve,
 )
 from gateway.placement.loads import AdapterLoads
+from gateway.serving.embedded_vllm import free_port
+from gateway.upstream.http1_pool import ConnectionPool, Origin
 
 _JSON = b"content-type: application/json\r\n"
 

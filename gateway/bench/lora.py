@@ -24,9 +24,9 @@ from adapters.base_model import profile_base_model
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import AdaptersConfig, TurnoutConfig, load_config
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
-from gateway.http1 import ConnectionPool, Origin
-from gateway.readiness import wait_until_answers
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
+from gateway.serving.readiness import wait_until_answers
+from gateway.upstream.http1_pool import ConnectionPool, Origin
 
 SPREADS = {"base": 0, "one_adapter": 1, "three_adapters": 3, "eight_adapters": 8}
 SOURCE_ADAPTER = "summarize"

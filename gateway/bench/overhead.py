@@ -27,8 +27,8 @@ from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
 from gateway.bench.wrk import LoadResult, run_wrk
 from gateway.config import TurnoutConfig, load_config
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
-from gateway.readiness import wait_until_answers
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
+from gateway.serving.readiness import wait_until_answers
 
 CONCURRENCY_LEVELS = (1, 16)
 ROUNDS = {"stub": 1, "vllm": 3}

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 
 
 def _answers_ping(port: int) -> bool:

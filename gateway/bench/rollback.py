@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.audit import AuditLog
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import Rollout, assign_arm, declare
-from gateway.state import RedisStateStore
+from gateway.rollouts.audit import AuditLog
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.model import Rollout, assign_arm, declare
+from gateway.rollouts.state import RedisStateStore
 
 ROUTE = "bench"
 ASSIGNMENTS_AFTER_RETURN = 20_000

@@ -28,7 +28,7 @@ from adapters.validate import AdapterLimits
 from gateway.bench.overhead import _body, _process, _two_cpus
 from gateway.bench.wrk import LoadResult, run_wrk
 from gateway.config import TurnoutConfig
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 
 CONCURRENCY_LEVELS = (1, 16)
 ROUNDS = 3

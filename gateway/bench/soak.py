@@ -32,8 +32,8 @@ import uvloop
 import yaml
 
 from gateway.bench.overhead import STUB_ADAPTER, push_stub_adapter
-from gateway.http1 import ConnectionPool, Origin
-from gateway.readiness import wait_until_answers
+from gateway.serving.readiness import wait_until_answers
+from gateway.upstream.http1_pool import ConnectionPool, Origin
 
 ROUTE = "soak"
 TARGET_GROWTH_PERCENT = 5.0
@@ -225,7 +225,7 @@ def run_soak(
     minutes: float, rate: float, interval_s: float = 60.0, warmup_s: float | None = None
 ) -> dict[str, Any]:
     """Run the soak (stub upstream, gateway process, load) and return the report."""
-    from gateway.embedded import free_port
+    from gateway.serving.embedded_vllm import free_port
 
     duration_s = minutes * 60
     if warmup_s is None:

@@ -160,7 +160,7 @@ def run_streaming_benchmark(
 ) -> list[dict[str, Any]]:
     """One report per level of concurrent streams; see the module docstring for the set-up."""
     from gateway.bench.overhead import _process, _two_cpus, push_stub_adapter
-    from gateway.embedded import free_port
+    from gateway.serving.embedded_vllm import free_port
 
     cpus = _two_cpus()
     gateway_cpu, load_cpu = cpus if cpus is not None else (None, None)

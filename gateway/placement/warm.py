@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.config import RouteConfig
-from gateway.routing import RoutingTable
+from gateway.routing.table import RoutingTable
 
 
 def warm_versions(table: RoutingTable, routes: Mapping[str, RouteConfig]) -> frozenset[str]:

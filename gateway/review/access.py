@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.auth import AdminKeyring, bearer_token
 from gateway.errors import AdminKeyMissing, AdminKeyRejected, TurnoutError
+from gateway.protection.auth import AdminKeyring, bearer_token
 
 
 @dataclass(frozen=True)

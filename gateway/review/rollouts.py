@@ -7,8 +7,8 @@ by the same sequential test as one that breaks schemas.
 
 from __future__ import annotations
 
-from gateway.analysis import RolloutRecorder
-from gateway.routing import PublishedTable
+from gateway.rollouts.analysis import RolloutRecorder
+from gateway.routing.table import PublishedTable
 
 
 class RolloutReviews:

@@ -2,7 +2,7 @@
 
 Every pair signal is tested with `log_e_value_paired` at alpha / k (k signals), so a candidate
 as good as stable is rejected, on any signal at any look, with probability at most alpha. The
-verdict reuses the canary's `Verdict`: "rollback" means reject, "promote_step" means promote
+verdict reuses the canary's `RolloutAdvice`: "rollback" means reject, "promote_step" means promote
 to canary (`RolloutController.record_verdict` maps them for a shadow).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
-from gateway.analysis import DEFAULT_ALPHA, Verdict, VerdictAction, log_e_value_paired
-from gateway.rollouts import Rollout
+from gateway.rollouts.analysis import DEFAULT_ALPHA, AdviceAction, RolloutAdvice, log_e_value_paired
+from gateway.rollouts.model import Rollout
 from gateway.shadow.compare import PAIR_SIGNALS
 from gateway.shadow.evidence import PairSnapshot
 
@@ -43,12 +43,14 @@ def shadow_numbers(snapshot: PairSnapshot) -> dict[str, float]:
 
 def analyse_shadow(
     rollout: Rollout, snapshot: PairSnapshot, now: float, alpha: float = DEFAULT_ALPHA
-) -> Verdict:
+) -> RolloutAdvice:
     """Reject on evidence that the candidate is worse on a signal; advise promotion to canary
     once `shadow_min_pairs` pairs and `min_seconds_per_step` have passed without it."""
 
-    def verdict(action: VerdictAction, reason: str, numbers: dict[str, float]) -> Verdict:
-        return Verdict(rollout.route, rollout.rollout_id, action, reason, MappingProxyType(numbers))
+    def verdict(action: AdviceAction, reason: str, numbers: dict[str, float]) -> RolloutAdvice:
+        return RolloutAdvice(
+            rollout.route, rollout.rollout_id, action, reason, MappingProxyType(numbers)
+        )
 
     if not rollout.shadowing or snapshot.rollout_id != rollout.rollout_id:
         return verdict("continue", "no shadow pairs for this rollout yet", {})

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.contracts import Contract
+from gateway.contracts.contract import Contract
 from gateway.errors import AdapterNotReady, TurnoutError
-from gateway.outcomes import Outcome, answer_of
-from gateway.proxy import InferenceProxy
-from gateway.routing import RouteEntry, Target
+from gateway.outcomes.recorder import FinishedRequest, answer_of
+from gateway.routing.table import RouteEntry, Target
 from gateway.shadow.compare import UPSTREAM_FAILED_STATUS, Side
 from gateway.shadow.settings import ShadowSettings
+from gateway.upstream.proxy import InferenceProxy
 from monitoring.metrics import SHADOW_REQUESTS
 
 _NOT_COPIED = ("stream", "stream_options")
@@ -45,10 +45,10 @@ class ShadowPair:
         self.target = target
         self.contract = contract
         self.sink = sink
-        self.stable: Outcome | None = None
+        self.stable: FinishedRequest | None = None
         self.candidate: Side | None = None
 
-    def stable_finished(self, outcome: Outcome) -> None:
+    def stable_finished(self, outcome: FinishedRequest) -> None:
         self.stable = outcome
         if self.candidate is not None:
             self._complete()

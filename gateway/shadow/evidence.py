@@ -3,7 +3,7 @@
 A tally is a flat set of integer counters per rollout (pairs, per signal and arm, the
 discordant pairs, agreement sums), so pooling is the canary's: at each look a replica adds what
 it counted since its previous look to one Redis hash per rollout (HINCRBY, in one transaction)
-and analyses the sum (`gateway/evidence.py` says why).
+and analyses the sum (`gateway/rollouts/evidence.py` says why).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.analysis import BinomialCounts
 from gateway.errors import StateStoreUnavailable
-from gateway.evidence import EVIDENCE_TTL_S
-from gateway.rollouts import Rollout
+from gateway.rollouts.analysis import BinomialCounts
+from gateway.rollouts.evidence import EVIDENCE_TTL_S
+from gateway.rollouts.model import Rollout
 from gateway.shadow.compare import PAIR_SIGNALS, PairComparison
 
 SCORE_SCALE = 1000  # agreement scores are summed in thousandths (Redis counts integers)

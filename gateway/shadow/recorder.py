@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from gateway.outcomes import Outcome
+from gateway.outcomes.recorder import FinishedRequest
 from gateway.shadow.compare import Side, compare
 from gateway.shadow.dispatch import ShadowPair
 from gateway.shadow.evidence import PairTally
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnout.shadow")
 
 
-def stable_side(outcome: Outcome, refusal: bool | None) -> Side:
+def stable_side(outcome: FinishedRequest, refusal: bool | None) -> Side:
     answer = outcome.answer
     verdict = outcome.verdict
     return Side(
@@ -105,7 +105,7 @@ class PairRecorder:
         except Exception:  # a comparison must never take the gateway down with it
             log.exception("comparing a shadow pair on %s failed", pair.target.route)
 
-    def _capture_candidate(self, pair: ShadowPair, outcome: Outcome, side: Side) -> None:
+    def _capture_candidate(self, pair: ShadowPair, outcome: FinishedRequest, side: Side) -> None:
         if side.text is None:
             return
         verdict: SchemaVerdict = "none"

@@ -14,9 +14,9 @@ from adapters.base_model import profile_base_model
 from adapters.demo import DEMO_VERSION
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
-from gateway.embedded import free_port
-from gateway.rollouts import Rollout
-from gateway.state import FileStateStore
+from gateway.rollouts.model import Rollout
+from gateway.rollouts.state import FileStateStore
+from gateway.serving.embedded_vllm import free_port
 
 
 def turnout(

@@ -17,7 +17,7 @@ from adapters.demo import DEMO_VERSION
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import AdaptersConfig
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
 from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
 from tests.support.processes import running_gateway
 from tests.support.sockets import closed_port_url

@@ -16,7 +16,7 @@ from adapters.demo import DEMO_VERSION
 from adapters.errors import AdapterRefused
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import BASE_MODEL
 from tests.support.waiting import answers, wait_until
 

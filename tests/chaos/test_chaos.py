@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.config import AdaptersConfig
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
 from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
 from tests.support.processes import running_gateway
 from tests.support.waiting import wait_until

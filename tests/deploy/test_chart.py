@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.config import TurnoutConfig, with_environment
-from gateway.listeners import place_metrics
+from gateway.serving.listeners import place_metrics
 from tests.deploy.chart import (
     CHART,
     KUBE_VERSIONS,

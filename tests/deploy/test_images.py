@@ -25,8 +25,10 @@ import pytest
 import yaml
 
 from adapters.registry import AdapterRegistry
-from gateway.auth import hash_api_key
-from gateway.embedded import free_port
+from gateway.cli.flywheel_demo import DEMO_GATE, DEMO_TRAIN_CONFIG, drive_traffic
+from gateway.cli.flywheel_demo import _wait_for_captures as wait_for_captures
+from gateway.protection.auth import hash_api_key
+from gateway.serving.embedded_vllm import free_port
 from tests.deploy.chart import full_name, render
 from tests.deploy.images import (
     GATEWAY_IMAGE,
@@ -42,8 +44,6 @@ from tests.deploy.images import (
 from tests.support.processes import running_gateway, stub_upstream
 from tests.support.waiting import answers, wait_until
 from training.capture import read_captures
-from training.flywheel_demo import DEMO_GATE, DEMO_TRAIN_CONFIG, drive_traffic
-from training.flywheel_demo import _wait_for_captures as wait_for_captures
 from training.tickets import ROUTE, SCHEMA, answer, generate_tickets, write_seed_file
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.deploy.packaging import REPO, build_wheel, fresh_venv, isolated_env
 from tests.support.waiting import answers, wait_until
 

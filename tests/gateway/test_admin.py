@@ -19,13 +19,13 @@ from fastapi import FastAPI
 
 from gateway.api.admin import admin_router
 from gateway.api.errors import install_error_handlers
-from gateway.audit import AuditLog, read_audit_log
-from gateway.auth import hash_api_key, load_admin_keyring
-from gateway.embedded import free_port
-from gateway.rollout_cli import add_commands
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import Rollout, declare
-from gateway.state import FileStateStore
+from gateway.cli.rollouts import add_commands
+from gateway.protection.auth import hash_api_key, load_admin_keyring
+from gateway.rollouts.audit import AuditLog, read_audit_log
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.model import Rollout, declare
+from gateway.rollouts.state import FileStateStore
+from gateway.serving.embedded_vllm import free_port
 from tests.support.waiting import wait_until
 
 ADMIN_KEY = "sk-admin-test"

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.admission import AdmissionGate, AdmissionLimits, BackendGates
 from gateway.api.errors import error_response
 from gateway.errors import Overloaded
+from gateway.upstream.admission import AdmissionGate, AdmissionLimits, BackendGates
 
 pytestmark = pytest.mark.anyio
 

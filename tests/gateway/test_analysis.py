@@ -14,9 +14,9 @@ from types import MappingProxyType
 
 import pytest
 
-from gateway.analysis import (
+from gateway.rollouts.analysis import (
+    AnalysisSample,
     BinomialCounts,
-    RequestOutcome,
     RolloutRecorder,
     SignalCounts,
     SlowerThanStableP95Signal,
@@ -24,7 +24,7 @@ from gateway.analysis import (
     analyse,
     log_e_value,
 )
-from gateway.rollouts import Rollout
+from gateway.rollouts.model import Rollout
 
 SIGNALS = ("error", "schema_invalid", "refusal", "latency_p95")
 # Bad rates of a healthy version: errors, schema breaks, refusals, and (by construction of the
@@ -170,9 +170,9 @@ def test_a_step_is_promoted_once_its_hold_is_met_without_evidence_of_harm() -> N
 def test_recorder_counts_each_signal_per_arm_for_the_current_rollout_only() -> None:
     recorder = RolloutRecorder()
     rollout = canary()
-    recorder.record(rollout, "candidate", RequestOutcome(status=502, latency_s=0.1))
-    recorder.record(rollout, "candidate", RequestOutcome(200, 0.1, schema_valid=False))
-    recorder.record(rollout, "stable", RequestOutcome(200, 0.1, refusal=True))
+    recorder.record(rollout, "candidate", AnalysisSample(status=502, latency_s=0.1))
+    recorder.record(rollout, "candidate", AnalysisSample(200, 0.1, schema_valid=False))
+    recorder.record(rollout, "stable", AnalysisSample(200, 0.1, refusal=True))
     counts = {s.name: s for s in recorder.snapshot(rollout).signals}
     assert counts["error"].candidate == BinomialCounts(1, 2)
     assert counts["error"].stable == BinomialCounts(0, 1)
@@ -187,8 +187,8 @@ def test_recorder_counts_each_signal_per_arm_for_the_current_rollout_only() -> N
 def test_latency_signal_compares_with_stables_p95_fixed_after_calibration() -> None:
     signal = SlowerThanStableP95Signal(calibration_requests=100)
     for i in range(1, 101):
-        assert signal.classify("stable", RequestOutcome(200, i / 100)) is None
+        assert signal.classify("stable", AnalysisSample(200, i / 100)) is None
     assert signal.threshold_s == 0.95
-    assert signal.classify("candidate", RequestOutcome(200, 0.96)) is True
-    assert signal.classify("candidate", RequestOutcome(200, 0.5)) is False
-    assert signal.classify("candidate", RequestOutcome(500, 9.0)) is None
+    assert signal.classify("candidate", AnalysisSample(200, 0.96)) is True
+    assert signal.classify("candidate", AnalysisSample(200, 0.5)) is False
+    assert signal.classify("candidate", AnalysisSample(500, 9.0)) is None

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from gateway.api.errors import error_body, http_status
-from gateway.auth import (
+from gateway.errors import ConfigError, Forbidden, Unauthorized
+from gateway.protection.auth import (
     IssuedKey,
     add_commands,
     authorize,
@@ -21,8 +22,7 @@ from gateway.auth import (
     load_tenant_keyring,
     new_api_key,
 )
-from gateway.errors import ConfigError, Forbidden, Unauthorized
-from gateway.ratelimit import TenantLimits
+from gateway.protection.ratelimit import TenantLimits
 
 
 def write_yaml(folder: Path, name: str, content: dict[str, Any]) -> Path:

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.bench.stream_load import run_streams
 from gateway.bench.stream_stub import serve
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 
 
 async def _against_stub(chunks: int, interval_s: float, streams: int) -> dict[str, object]:

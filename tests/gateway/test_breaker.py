@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.api.errors import error_response
-from gateway.breaker import (
+from gateway.errors import NoHealthyBackend
+from gateway.upstream.breaker import (
     BackendPicker,
     BreakerPolicy,
     BreakerSnapshot,
@@ -21,7 +22,6 @@ from gateway.breaker import (
     failover_order,
     record,
 )
-from gateway.errors import NoHealthyBackend
 
 
 class FakeClock:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config import TurnoutConfig, load_config
 from gateway.errors import ConfigError
 

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.bench.contracts import TEN_FIELD_SCHEMA, VALID_ANSWER
 from gateway.config import parse_config
-from gateway.contracts import (
+from gateway.contracts.contract import (
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_DEPTH,
     SchemaRejected,
@@ -124,7 +124,7 @@ def test_the_guided_decoding_request_carries_the_schema() -> None:
 
 
 def test_a_hostile_tool_schema_is_refused_like_a_response_format() -> None:
-    from gateway.contracts import check_tool_schemas
+    from gateway.contracts.contract import check_tool_schemas
 
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "string",
               "pattern": "x" * 2000}}}]  # fmt: skip

@@ -9,22 +9,22 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.analysis import (
+from gateway.bench.redis_server import RedisServer
+from gateway.errors import StateStoreUnavailable
+from gateway.rollouts.analysis import (
     DEFAULT_ALPHA,
+    AnalysisSample,
     BinomialCounts,
-    RequestOutcome,
     RolloutRecorder,
     analyse,
 )
-from gateway.bench.redis_server import RedisServer
-from gateway.embedded import free_port
-from gateway.errors import StateStoreUnavailable
-from gateway.evidence import LocalEvidence, PooledEvidence
-from gateway.rollouts import Rollout
+from gateway.rollouts.evidence import LocalEvidence, PooledEvidence
+from gateway.rollouts.model import Rollout
+from gateway.serving.embedded_vllm import free_port
 from tests.support.rollouts import CANARY
 
-FAILED = RequestOutcome(status=502, latency_s=0.1)
-SERVED = RequestOutcome(status=200, latency_s=0.1)
+FAILED = AnalysisSample(status=502, latency_s=0.1)
+SERVED = AnalysisSample(status=200, latency_s=0.1)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 import yaml
 
-from gateway.auth import hash_api_key
+from gateway.protection.auth import hash_api_key
 from tests.support.demo import gateway_config
 from tests.support.processes import running_gateway, stub_upstream
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import AuthConfig, ServerConfig
-from gateway.health import BackendHealth, ProbeResult, Readiness, is_ready
-from gateway.listeners import MetricsPlacement, place_metrics
+from gateway.serving.listeners import MetricsPlacement, place_metrics
+from gateway.upstream.health import BackendHealth, ProbeResult, Readiness, is_ready
 
 A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from gateway.bench.stub_upstream import StubUpstreamProtocol
-from gateway.http1 import ConnectionPool, Origin
+from gateway.upstream.http1_pool import ConnectionPool, Origin
 
 JSON = b"content-type: application/json\r\n"
 BODY = b'{"model":"m@v1","messages":[]}'

@@ -10,10 +10,10 @@ from typing import Any
 
 import uvloop
 
-from gateway.embedded import free_port
-from gateway.http_server import CoalescingTransport
-from gateway.server import _server
-from gateway.stream_guard import TRANSPORT_EXTENSION
+from gateway.api.stream_guard import TRANSPORT_EXTENSION
+from gateway.serving.embedded_vllm import free_port
+from gateway.serving.server import _server
+from gateway.serving.transport import CoalescingTransport
 
 
 class _Replier(asyncio.Protocol):

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import yaml
 
-from gateway.app import HEALTH_PROBE_S
-from gateway.auth import issue_key
-from gateway.embedded import free_port
+from gateway.protection.auth import issue_key
+from gateway.serving.app import HEALTH_PROBE_S
+from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import gateway_config
 from tests.support.processes import running_gateway
 from tests.support.sockets import tcp_backend

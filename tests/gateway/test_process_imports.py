@@ -10,7 +10,8 @@ HEAVY = ("torch", "transformers", "vllm", "peft")
 
 def test_the_gateway_and_its_cli_import_no_model_code() -> None:
     probe = (
-        "import sys, gateway.cli, gateway.server, gateway.app, gateway.embedded;"
+        "import sys, gateway.cli.main, gateway.serving.server, gateway.serving.app;"
+        "import gateway.serving.embedded_vllm;"
         "from gateway.bench import overhead;"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )

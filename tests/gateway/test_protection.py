@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.auth import issue_key
+from gateway.protection.auth import issue_key
 from tests.support.demo import gateway_config
 from tests.support.inprocess import InProcessGateway, in_process_gateway
 from tests.support.processes import running_gateway, stub_upstream
@@ -168,7 +168,7 @@ def test_past_the_queue_requests_are_shed_at_once_with_503(tmp_path: Path) -> No
 
 
 def test_the_admin_api_can_have_a_listener_of_its_own(tmp_path: Path) -> None:
-    from gateway.embedded import free_port
+    from gateway.serving.embedded_vllm import free_port
 
     admin_port = free_port()
     admin = issue_key()

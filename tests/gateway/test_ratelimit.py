@@ -13,9 +13,8 @@ from redis.asyncio import Redis
 
 from gateway.api.errors import error_response
 from gateway.bench.redis_server import RedisServer
-from gateway.embedded import free_port
 from gateway.errors import RateLimited
-from gateway.ratelimit import (
+from gateway.protection.ratelimit import (
     Bucket,
     BucketLevel,
     LocalRateLimiter,
@@ -27,6 +26,7 @@ from gateway.ratelimit import (
     refilled,
     wait_s,
 )
+from gateway.serving.embedded_vllm import free_port
 
 pytestmark = pytest.mark.anyio
 

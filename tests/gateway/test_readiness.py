@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gateway.embedded import free_port
-from gateway.readiness import NotAnswering, wait_until_answers
+from gateway.serving.embedded_vllm import free_port
+from gateway.serving.readiness import NotAnswering, wait_until_answers
 
 
 def test_a_server_that_comes_up_is_waited_for() -> None:

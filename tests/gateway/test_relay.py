@@ -16,9 +16,9 @@ import pytest
 from starlette.types import Message
 
 from gateway.api.relay import StreamRelay
-from gateway.outcomes import StreamTranscript
-from gateway.proxy import OpenStream
-from gateway.stream_guard import FLOW_EXTENSION, ClientStalled, StallGuard
+from gateway.api.stream_guard import FLOW_EXTENSION, ClientStalled, StallGuard
+from gateway.outcomes.recorder import StreamTranscript
+from gateway.upstream.proxy import OpenStream
 
 EVENT = b'data: {"model":"route","choices":[{"index":0,"delta":{"content":"hi "}}]}\n\n'
 

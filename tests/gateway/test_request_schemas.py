@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from gateway.api.errors import http_status
 from gateway.config import parse_config
-from gateway.contracts import Contract, check_schema, make_contract, request_contract
+from gateway.contracts.contract import Contract, check_schema, make_contract, request_contract
+from gateway.contracts.request_schemas import CACHE_SIZE, compatible, contract_for, normal_form
 from gateway.errors import ConfigError, SchemaConflict
-from gateway.request_schemas import CACHE_SIZE, compatible, contract_for, normal_form
-from gateway.routing import build_routing_table
+from gateway.routing.table import build_routing_table
 from tests.support.schemas import CLIENT_TRIAGE, TRIAGE
 
 TRIAGE_WITH_REFS = {
@@ -158,7 +158,7 @@ def test_each_distinct_pair_is_decided_once_and_the_cache_is_bounded() -> None:
 
 
 def test_a_request_schema_is_checked_once_however_often_it_comes() -> None:
-    from gateway.contracts import _schema_problem
+    from gateway.contracts.contract import _schema_problem
 
     schema = {**CLIENT_TRIAGE, "title": "checked once"}
     request_contract({"type": "json_schema", "json_schema": {"schema": schema}}, "r")

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import yaml
 
-from gateway.auth import issue_key
+from gateway.protection.auth import issue_key
 from tests.support.demo import gateway_config
 from tests.support.inprocess import InProcessGateway, in_process_gateway
 from tests.support.schemas import CLIENT_TRIAGE, TRIAGE

@@ -11,10 +11,10 @@ import pytest
 from gateway.api.protocol import RESERVED_FIELDS, ChatCompletionRequest, CompletionRequest
 from gateway.config import parse_config
 from gateway.errors import ConfigError, ParameterOutOfBounds, UnsupportedParameter
-from gateway.request_config import RequestsConfig
-from gateway.request_fields import FIELD_RULES, FIELDS, NEVER_FORWARDED, default_fields
-from gateway.request_surface import RequestSurface
-from gateway.routing import build_routing_table
+from gateway.routing.table import build_routing_table
+from gateway.surface.check import RequestSurface
+from gateway.surface.config import RequestsConfig
+from gateway.surface.fields import FIELD_RULES, FIELDS, NEVER_FORWARDED, default_fields
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CHAT = "/v1/chat/completions"

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import issue_key
-from gateway.request_fields import FIELDS, default_fields
+from gateway.protection.auth import issue_key
+from gateway.surface.fields import FIELDS, default_fields
 from tests.support.demo import gateway_config
 from tests.support.inprocess import InProcessGateway, in_process_gateway
 

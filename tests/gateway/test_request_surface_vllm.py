@@ -13,9 +13,9 @@ import openai
 import pytest
 import yaml
 
-from gateway.auth import issue_key
 from gateway.config import AdaptersConfig
-from gateway.embedded import EmbeddedVllm, free_port, vllm_command
+from gateway.protection.auth import issue_key
+from gateway.serving.embedded_vllm import EmbeddedVllm, free_port, vllm_command
 from tests.support.demo import BASE_MODEL, embedded_config, gateway_config
 from tests.support.processes import running_gateway
 

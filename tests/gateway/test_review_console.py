@@ -21,7 +21,7 @@ import yaml
 from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
-from gateway.auth import issue_key
+from gateway.protection.auth import issue_key
 from tests.support.demo import BASE_MODEL, gateway_config
 from tests.support.processes import running_gateway, stub_upstream
 from tests.support.waiting import wait_until
@@ -410,8 +410,8 @@ def test_a_reviewer_works_through_the_queue_by_keyboard_and_the_correction_reach
 def test_keys_create_prints_a_reviewer_entry_for_the_admin_keys_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from gateway.auth import hash_api_key, load_admin_keyring, load_reviewer_keyring
-    from gateway.cli import main
+    from gateway.cli.main import main
+    from gateway.protection.auth import hash_api_key, load_admin_keyring, load_reviewer_keyring
 
     assert main(["keys", "create", "rita", "--reviewer"]) == 0
     printed = capsys.readouterr().out

@@ -3,10 +3,10 @@ judged, tested by the same sequential test as the other signals (optional, off b
 
 from __future__ import annotations
 
-from gateway.analysis import RolloutRecorder, analyse, default_signals, signals_with_review
 from gateway.config import parse_config
 from gateway.review.rollouts import RolloutReviews
-from gateway.routing import PublishedTable, build_routing_table, declared_rollouts
+from gateway.rollouts.analysis import RolloutRecorder, analyse, default_signals, signals_with_review
+from gateway.routing.table import PublishedTable, build_routing_table, declared_rollouts
 
 CONFIG = {
     "routes": {

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import RolloutConflict
-from gateway.rollouts import (
+from gateway.rollouts.model import (
     Rollout,
     Why,
     assign_arm,

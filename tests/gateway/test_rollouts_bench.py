@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
 from gateway.bench.rollback import add_commands, measure_rollback
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import Rollout, declare
-from gateway.state import FileStateStore
+from gateway.rollouts.audit import AuditLog
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.model import Rollout, declare
+from gateway.rollouts.state import FileStateStore
 
 
 def test_bench_rollback_prints_the_three_numbers_and_sends_nothing_to_the_candidate(

@@ -10,13 +10,13 @@ from types import MappingProxyType
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.analysis import Verdict
-from gateway.audit import AuditLog, read_audit_log
-from gateway.embedded import free_port
 from gateway.errors import RolloutConflict, RouteNotFound, StateStoreUnavailable
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import Rollout, assign_arm, declare
-from gateway.state import FileStateStore, RedisStateStore
+from gateway.rollouts.analysis import RolloutAdvice
+from gateway.rollouts.audit import AuditLog, read_audit_log
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.model import Rollout, assign_arm, declare
+from gateway.rollouts.state import FileStateStore, RedisStateStore
+from gateway.serving.embedded_vllm import free_port
 
 DECLARED = {
     "triage": declare("triage", "triage@v1"),
@@ -120,7 +120,9 @@ def test_runtime_state_survives_a_restart_while_the_config_is_unchanged(tmp_path
         await h.controller.start_rollout(
             "triage", "triage@v2", mode="canary", steps=(5, 25, 100), actor="alice"
         )
-        verdict = Verdict("triage", h.controller.get("triage").rollout_id, "promote_step", "held")
+        verdict = RolloutAdvice(
+            "triage", h.controller.get("triage").rollout_id, "promote_step", "held"
+        )
         assert await h.controller.record_verdict(verdict) is not None
 
     async def second(h: Harness) -> None:
@@ -159,7 +161,7 @@ def test_analysis_rolls_a_canary_back_but_only_advises_on_an_ab_split(tmp_path: 
     async def test(h: Harness) -> None:
         await h.controller.start_rollout("triage", "triage@v2", mode="ab", steps=(50,), actor="a")
         ab = h.controller.get("triage")
-        verdict = Verdict(
+        verdict = RolloutAdvice(
             "triage", ab.rollout_id, "rollback", "errors", MappingProxyType({"x": 1.0})
         )
         assert await h.controller.record_verdict(verdict) is None
@@ -171,9 +173,9 @@ def test_analysis_rolls_a_canary_back_but_only_advises_on_an_ab_split(tmp_path: 
             "triage", "triage@v3", mode="canary", steps=(5,), actor="a"
         )
         canary = h.controller.get("triage")
-        stale = Verdict("triage", ab.rollout_id, "rollback", "old rollout")
+        stale = RolloutAdvice("triage", ab.rollout_id, "rollback", "old rollout")
         assert await h.controller.record_verdict(stale) is None
-        verdict = Verdict(
+        verdict = RolloutAdvice(
             "triage", canary.rollout_id, "rollback", "errors", MappingProxyType({"e": 9.5})
         )
         decision = await h.controller.record_verdict(verdict)
@@ -191,7 +193,9 @@ def test_a_paused_rollout_takes_no_automatic_decision(tmp_path: Path) -> None:
             "triage", "triage@v2", mode="canary", steps=(5,), actor="a"
         )
         await h.controller.pause("triage", actor="a")
-        verdict = Verdict("triage", h.controller.get("triage").rollout_id, "rollback", "errors")
+        verdict = RolloutAdvice(
+            "triage", h.controller.get("triage").rollout_id, "rollback", "errors"
+        )
         assert await h.controller.record_verdict(verdict) is None
         assert h.controller.get("triage").candidate == "triage@v2"
 

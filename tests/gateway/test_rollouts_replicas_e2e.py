@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.analysis import DEFAULT_ALPHA, BinomialCounts, RolloutRecorder, log_e_value
-from gateway.audit import read_audit_log
 from gateway.bench.redis_server import RedisServer
-from gateway.rollouts import sticky_position
+from gateway.rollouts.analysis import DEFAULT_ALPHA, BinomialCounts, RolloutRecorder, log_e_value
+from gateway.rollouts.audit import read_audit_log
+from gateway.rollouts.model import sticky_position
 from monitoring.refusals import PhraseRefusalDetector
 from tests.support.demo import BASE_MODEL
 from tests.support.processes import running_gateway

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from gateway.api.errors import http_status
 from gateway.config import parse_config
 from gateway.errors import RouteNotFound
-from gateway.proxy import ModelNameRewrite, upstream_body
-from gateway.routing import AdapterVersion, build_routing_table, declared_rollouts
+from gateway.routing.table import AdapterVersion, build_routing_table, declared_rollouts
+from gateway.upstream.proxy import ModelNameRewrite, upstream_body
 
 CONFIG = parse_config(
     {

@@ -16,24 +16,24 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.admission import AdmissionGate, AdmissionLimits, BackendGates
-from gateway.analysis import RolloutRecorder
 from gateway.api.openai import InferenceEndpoints
-from gateway.backends import BackendPool
-from gateway.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
 from gateway.config import LimitsConfig, TurnoutConfig
 from gateway.errors import Overloaded
-from gateway.guard import RequestGuard
-from gateway.outcomes import OutcomeRecorder, SignalBudget
-from gateway.proxy import InferenceProxy
-from gateway.ratelimit import LocalRateLimiter
-from gateway.residency import Residency
-from gateway.rollouts import DEFAULT_STEPS, Rollout, Why, declare, start
-from gateway.routing import PublishedTable, build_routing_table
+from gateway.outcomes.recorder import OutcomeRecorder, SignalBudget
+from gateway.protection.guard import RequestGuard
+from gateway.protection.ratelimit import LocalRateLimiter
+from gateway.rollouts.analysis import RolloutRecorder
+from gateway.rollouts.model import DEFAULT_STEPS, Rollout, Why, declare, start
+from gateway.routing.table import PublishedTable, build_routing_table
 from gateway.shadow.dispatch import ShadowDispatcher
 from gateway.shadow.evidence import PairTally
 from gateway.shadow.recorder import PairRecorder
 from gateway.shadow.settings import ShadowSettings
+from gateway.upstream.admission import AdmissionGate, AdmissionLimits, BackendGates
+from gateway.upstream.backends import BackendPool
+from gateway.upstream.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
+from gateway.upstream.proxy import InferenceProxy
+from gateway.upstream.residency import Residency
 from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
 from tests.support.upstream import InMemoryUpstream

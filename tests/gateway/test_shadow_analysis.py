@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.analysis import (
+from gateway.bench.redis_server import RedisServer
+from gateway.rollouts.analysis import (
     DEFAULT_ALPHA,
     BinomialCounts,
     RolloutRecorder,
@@ -19,15 +20,14 @@ from gateway.analysis import (
     log_e_value,
     log_e_value_paired,
 )
-from gateway.audit import AuditLog, read_audit_log
-from gateway.bench.redis_server import RedisServer
-from gateway.evidence import LocalEvidence
-from gateway.rollout_controller import RolloutController
-from gateway.rollouts import declare
+from gateway.rollouts.audit import AuditLog, read_audit_log
+from gateway.rollouts.controller import RolloutController
+from gateway.rollouts.evidence import LocalEvidence
+from gateway.rollouts.model import declare
+from gateway.rollouts.state import FileStateStore
 from gateway.shadow.analysis import analyse_shadow
 from gateway.shadow.compare import PAIR_SIGNALS, Side, agreement, compare, field_agreement
 from gateway.shadow.evidence import LocalPairEvidence, PairTally, PooledPairEvidence
-from gateway.state import FileStateStore
 
 SHADOW_THRESHOLD = math.log(len(PAIR_SIGNALS) / DEFAULT_ALPHA)
 CANARY_THRESHOLD = math.log(len(default_signals()) / DEFAULT_ALPHA)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.audit import read_audit_log
+from gateway.rollouts.audit import read_audit_log
 from monitoring.refusals import PhraseRefusalDetector
 from tests.gateway.test_rollouts_e2e import ADMIN, config_for
 from tests.support.demo import BASE_MODEL

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import gateway_config
 from tests.support.waiting import answers, wait_until
 from training.capture import read_captures

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.outcomes import SignalBudget
+from gateway.outcomes.recorder import SignalBudget
 
 
 class Clock:

@@ -25,7 +25,7 @@ import yaml
 from gateway.bench.overhead import _process, push_stub_adapter
 from gateway.bench.stream_load import run_streams
 from gateway.bench.streaming import rss_bytes
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from adapters.demo import DEMO_VERSION
-from gateway.embedded import free_port, last_error_line
-from gateway.startup import redacted
+from gateway.serving.embedded_vllm import free_port, last_error_line
+from gateway.serving.startup import redacted
 from tests.support.demo import TEST_GPU_MEMORY_UTILIZATION
 from tests.support.sockets import closed_port_url
 from tests.support.waiting import answers, wait_until

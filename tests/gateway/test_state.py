@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 
 from gateway.bench.redis_server import RedisServer
 from gateway.errors import RolloutConflict, StateStoreUnavailable
-from gateway.rollouts import Rollout
-from gateway.state import FileStateStore, RedisStateStore
+from gateway.rollouts.model import Rollout
+from gateway.rollouts.state import FileStateStore, RedisStateStore
 from tests.support.rollouts import CANARY
 
 

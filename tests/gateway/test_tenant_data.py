@@ -23,7 +23,7 @@ import yaml
 from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
-from gateway.auth import hash_api_key, issue_key
+from gateway.protection.auth import hash_api_key, issue_key
 from tests.support.demo import gateway_config
 from tests.support.inprocess import InProcessGateway, in_process_gateway
 from tests.support.processes import running_gateway, stub_upstream

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import DEMO_ROUTES, TEST_GPU_MEMORY_UTILIZATION
 from tests.support.waiting import answers, wait_until
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.support.waiting import answers, wait_until
 
 SCRAPE_INTERVAL = "1s"

@@ -109,7 +109,7 @@ def test_worker_drops_rather_than_queueing_past_its_bound() -> None:
 
 def test_scoring_keeps_torch_out_of_the_process() -> None:
     code = (
-        "import sys, gateway.app\n"
+        "import sys, gateway.serving.app\n"
         "from monitoring.refusal_worker import scorer_named\n"
         "print(scorer_named('learned').score_batch(['I cannot help with that.'])[0].refusal)\n"
         "print('torch' in sys.modules)\n"

@@ -21,8 +21,8 @@ from adapters.base_model import profile_base_model
 from adapters.demo import DEMO_VERSION
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
-from gateway.auth import issue_key
-from gateway.embedded import free_port
+from gateway.protection.auth import issue_key
+from gateway.serving.embedded_vllm import free_port
 from tests.monitoring.dashboards import panel_expressions
 from tests.monitoring.prometheus_server import Prometheus, running_prometheus
 from tests.support.demo import BASE_MODEL, gateway_config

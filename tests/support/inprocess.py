@@ -27,8 +27,8 @@ import yaml
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from starlette.types import ASGIApp, Message
 
-from gateway.app import GatewayApps, create_app
 from gateway.config import load_config
+from gateway.serving.app import GatewayApps, create_app
 from tests.support.upstream import InMemoryUpstream
 
 ORIGIN = "http://gateway.test"

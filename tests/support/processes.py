@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 from tests.support.waiting import answers, wait_until
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from gateway.auth import hash_api_key
-from gateway.rollouts import Rollout
+from gateway.protection.auth import hash_api_key
+from gateway.rollouts.model import Rollout
 from tests.support.demo import gateway_config
 
 CANARY = Rollout(

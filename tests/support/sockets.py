@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from gateway.embedded import free_port
+from gateway.serving.embedded_vllm import free_port
 
 
 @contextmanager

@@ -11,7 +11,7 @@ the served model: `answers[model](fields)` gives the text a model answers a requ
 `hold(model)` makes that model's answers wait until `release(model)`; a request cancelled while
 held is recorded (`cancelled`), as a backend sees the gateway give up on it.
 
-Transport failures are what the real client raises for them (`gateway.backends`): a backend
+Transport failures are what the real client raises for them (`gateway.upstream.backends`): a backend
 in `down` raises `BackendUnavailable`, an answer later than `response_s` or an SSE gap longer
 than `stream_idle_s` raises `BackendTimeout`, with the same messages. What that client does on
 real sockets is tested against real TCP servers (tests/gateway/test_http1.py,
@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
-from gateway.backends import UpstreamClient, UpstreamReply, UpstreamStream
 from gateway.errors import BackendTimeout, BackendUnavailable, TurnoutError
+from gateway.upstream.backends import UpstreamClient, UpstreamReply, UpstreamStream
 
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog."
 USAGE = {"prompt_tokens": 12, "completion_tokens": 10, "total_tokens": 22}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from training.qlora import Example, causal_lm_loss, collate, pack
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.training import add_commands
 from gateway.errors import ConfigError
-from training.cli import add_commands
 from training.tickets import ROUTE, SCHEMA, generate_tickets, write_seed_file
 
 
@@ -59,8 +59,8 @@ def test_eval_wants_name_at_version_equals_folder() -> None:
 
 def test_registering_the_commands_imports_no_model_code() -> None:
     probe = (
-        "import sys, argparse, training.cli;"
-        "training.cli.add_commands(argparse.ArgumentParser().add_subparsers());"
+        "import sys, argparse, gateway.cli.training;"
+        "gateway.cli.training.add_commands(argparse.ArgumentParser().add_subparsers());"
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

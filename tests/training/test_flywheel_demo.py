@@ -19,7 +19,14 @@ def test_a_trained_adapter_raises_schema_validity_and_accuracy_on_the_held_out_s
     tmp_path: Path,
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "training.flywheel_demo", "--work", str(tmp_path), "--no-progress"],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.flywheel_demo",
+            "--work",
+            str(tmp_path),
+            "--no-progress",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from adapters.registry import AdapterRegistry
-from gateway.cli import build_parser, main
+from gateway.cli.main import build_parser, main
+from gateway.cli.training import _default_retrain_command
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from tests.training.capture_writer import record
 from training.capture import CaptureSettings, SqliteCaptureSink
-from training.cli import _default_retrain_command
 from training.retrain import RetrainInputs, RetrainRefused, retrain
 from training.tickets import ROUTE, SCHEMA
 

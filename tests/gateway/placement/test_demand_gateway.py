@@ -26,8 +26,8 @@ import yaml
 
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
-from gateway.auth import issue_key
-from gateway.embedded import free_port
+from gateway.protection.auth import issue_key
+from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import BASE_MODEL
 from tests.support.processes import running_gateway
 from tests.support.waiting import answers, wait_until

@@ -1,0 +1,73 @@
+"""The HTTP/1.1 protocol the gateway serves with: uvicorn's httptools one, one write per answer.
+
+uvicorn writes a response's head as soon as the app starts the response and its body when the
+app sends it: two system calls for every whole answer. On loopback each call also delivers the
+bytes to the reader, and the first of them cost the gateway more CPU than any of its own steps
+(docs/performance.md). Here the writes that one step of the event loop makes are held and sent
+together at the end of that step, so a head and its body leave in one call; a stream's events
+still leave as they come, at most one loop step later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.api.stream_guard import FLOW_EXTENSION, TRANSPORT_EXTENSION
+
+
+class CoalescingTransport:
+    """A transport whose writes within one event-loop step become one write to the socket."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        # Reading, flow control, extra info and the rest are the socket transport's own.
+        return getattr(self._transport, name)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through a `CoalescingTransport`.
+
+    Each request's scope carries the transport (extension `turnout.transport`), so a stream
+    whose client stopped reading can be cut, and the connection's flow control (extension
+    `turnout.flow`), so a write that cannot block is not timed (`gateway.api.stream_guard`).
+    """
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions: dict[str, Any] = {
+            TRANSPORT_EXTENSION: self.transport,
+            FLOW_EXTENSION: self.flow,
+        }
+        self.scope["extensions"] = extensions
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        super().connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
