@@ -222,6 +222,12 @@ ADAPTER_PLACEMENT_IMBALANCE = Gauge(
     "turnout_adapter_placement_imbalance_ratio",
     "Most in-flight requests on one backend over the mean across backends (1 is even).",
 )
+ADAPTER_PLACEMENT_ALONE = Counter(
+    "turnout_adapter_placement_alone_total",
+    "Placement steps taken without the other replicas because Redis could not be reached, "
+    "by step (lease, held, in_use, record, mark).",
+    ["step"],
+)
 
 # --- capture --------------------------------------------------------------------------------
 CAPTURE_RECORDS = Counter(

@@ -6,7 +6,9 @@ version, the request waits for the one load of that version on its chosen backen
 many requests want it; when every slot holds a version in use, it waits for one to free. At
 most `max_waiting` requests wait at a time, each at most `wait_deadline_s`; past either,
 `AdapterLoading` (503 with Retry-After). The backend calls
-(vLLM's load and unload endpoints) come in through the small `AdapterCalls` interface.
+(vLLM's load and unload endpoints) come in through the small `AdapterCalls` interface. With
+`shared` (several replicas, `shared.py`), loads and unloads run under a lease on their backend,
+skip a version another replica loaded meanwhile, and spare a version another replica uses.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.placement.fleet import (
     LoadReason,
     Serve,
 )
+from gateway.placement.shared import SharedPlacement
 
 log = logging.getLogger("turnout.placement")
 
@@ -76,6 +79,7 @@ class AdapterLoads:
         wait_deadline_s: float = 30.0,
         observer: PlacementObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedPlacement | None = None,
     ) -> None:
         self.fleet = fleet
         self._calls = calls
@@ -88,6 +92,8 @@ class AdapterLoads:
         self.waiting = 0
         self._freed = asyncio.Event()  # set (and replaced) whenever a slot may have freed
         self._load_s = 1.0  # moving estimate of one load's time, for Retry-After
+        self.shared = shared
+        self._lost: set[tuple[str, str]] = set()  # vLLM said 404: Redis's record is stale
 
     @property
     def loads_in_flight(self) -> int:
@@ -98,6 +104,17 @@ class AdapterLoads:
 
     async def acquire(self, version: str, eligible: Collection[str] | None = None) -> str:
         """The backend for a request for `version`, counted in flight there until `release`."""
+        backend = await self._place(version, eligible)
+        if self.shared is not None:
+            try:
+                await self.shared.using(backend, version)  # other replicas must not evict it
+            except BaseException:  # `using` took its own count back
+                self.fleet.end(backend, version)
+                self._room_changed()
+                raise
+        return backend
+
+    async def _place(self, version: str, eligible: Collection[str] | None) -> str:
         decision = self.fleet.route(version, eligible)
         if isinstance(decision, Serve):
             self.fleet.begin(decision.backend, version)
@@ -179,10 +196,13 @@ class AdapterLoads:
 
     def release(self, backend: str, version: str) -> None:
         self.fleet.end(backend, version)
+        if self.shared is not None:
+            self.shared.done(backend, version)
         self._room_changed()
 
     def lost(self, backend: str, version: str) -> None:
         """vLLM answered 404 for `version` (its own LRU dropped it): forget it there."""
+        self._lost.add((backend, version))
         if version in self.fleet.resident(backend):
             self.fleet.lose(backend, version)
             self._observer.evicted(backend, EvictReason.LOST)
@@ -212,9 +232,24 @@ class AdapterLoads:
         self.warm_up()
         for backend, version in self.fleet.unrouted(routed):
             self._observer.evicted(backend, EvictReason.UNROUTED)
-            task = asyncio.get_running_loop().create_task(self._unload(backend, version))
+            task = asyncio.get_running_loop().create_task(self._unload_unrouted(backend, version))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _unload_unrouted(self, backend: str, version: str) -> None:
+        if self.shared is None:
+            await self._unload(backend, version)
+            return
+        async with self.shared.lease(backend):
+            await self._evict(backend, version, self.shared)
+
+    async def _evict(self, backend: str, version: str, shared: SharedPlacement) -> None:
+        """Unload `version` from `backend` unless another replica uses it (lease held)."""
+        if await shared.used_elsewhere(backend, version):
+            log.info("kept %s on %s: another replica is using it", version, backend)
+            return
+        await self._unload(backend, version)
+        await shared.record(backend, version, held=False)
 
     async def _unload(self, backend: str, version: str) -> None:
         try:
@@ -239,9 +274,13 @@ class AdapterLoads:
         started = self._clock()
         ok = False
         try:
-            for victim in load.evict:  # vLLM's own LRU may have dropped it already: no matter
-                await self._unload(load.backend, victim)
-            await self._calls.load(load.backend, load.version)
+            if self.shared is None:
+                for victim in load.evict:  # vLLM's own LRU may have dropped it already
+                    await self._unload(load.backend, victim)
+                await self._calls.load(load.backend, load.version)
+            else:
+                async with self.shared.lease(load.backend):
+                    await self._load_shared(load, self.shared)
             ok = True
         finally:
             seconds = self._clock() - started
@@ -251,3 +290,16 @@ class AdapterLoads:
             self._observer.loaded(load.backend, load.reason, seconds, ok)
             del self._loads[(load.backend, load.version)]
             self._room_changed()
+
+    async def _load_shared(self, load: Load, shared: SharedPlacement) -> None:
+        """Carry a load out holding the backend's lease: skip it when another replica loaded
+        the version meanwhile (unless vLLM told us it lost it), evict only what no other
+        replica uses (a kept victim stays loaded; vLLM's own LRU makes room then)."""
+        stale = (load.backend, load.version) in self._lost
+        self._lost.discard((load.backend, load.version))
+        if not stale and await shared.holds(load.backend, load.version):
+            return
+        for victim in load.evict:
+            await self._evict(load.backend, victim, shared)
+        await self._calls.load(load.backend, load.version)
+        await shared.record(load.backend, load.version, held=True)

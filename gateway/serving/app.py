@@ -130,7 +130,7 @@ def create_app(
         residency,
         urls,
     )
-    adapter_placement = demand_placement(config.adapters, urls, loader)
+    adapter_placement = demand_placement(config.adapters, urls, loader, config.state.redis_url)
     pool.placement = adapter_placement
     control = ControlPlane(config, config_path, table, loader, adapter_placement)
     Path(config.state.dir).mkdir(parents=True, exist_ok=True)
@@ -185,6 +185,8 @@ def create_app(
         await controller.close()
         await evidence.close()
         await pair_evidence.close()
+        if adapter_placement is not None and adapter_placement.shared is not None:
+            await adapter_placement.shared.close()
         if refusal_worker is not None:
             await asyncio.to_thread(refusal_worker.close)  # judge what is queued
             await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first

@@ -9,6 +9,7 @@ from gateway.config import AdaptersConfig
 from gateway.placement.fleet import BackendCapacity, Eviction, FleetPlacement
 from gateway.placement.loads import AdapterLoads
 from gateway.placement.observe import PrometheusPlacementObserver
+from gateway.placement.shared import SharedPlacement
 from gateway.upstream.adapter_loader import AdapterLoader
 
 
@@ -27,8 +28,12 @@ class LoaderCalls:
 
 
 def demand_placement(
-    config: AdaptersConfig, backends: Sequence[str], loader: AdapterLoader
+    config: AdaptersConfig,
+    backends: Sequence[str],
+    loader: AdapterLoader,
+    redis_url: str | None = None,
 ) -> AdapterLoads | None:
+    """With `redis_url` (`state.redis_url`), placement is coordinated with other replicas."""
     if config.placement != "demand":
         return None
     capacity = BackendCapacity(resident=config.capacity, batch=config.max_loras)
@@ -43,4 +48,5 @@ def demand_placement(
         max_waiting=config.max_load_waiters,
         wait_deadline_s=config.load_wait_s,
         observer=PrometheusPlacementObserver(fleet),
+        shared=SharedPlacement(redis_url) if redis_url else None,
     )
