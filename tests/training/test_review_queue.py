@@ -412,7 +412,7 @@ def test_shadow_pairs_are_queued_with_both_answers_flagged_always_sampled_by_rat
     items = {}
     while (item := queue.next_item()) is not None:
         items[item.request_id] = item
-        queue.judge(item, "good", None, None, "reviewer:test")
+        queue.judge(item, "good", None, '{"label": "refund"}', "reviewer:test")
     assert set(items) == {joined.request_id, worse.request_id, disagreed.request_id}
     assert {rid: (i.reason, i.flags) for rid, i in items.items()} == {
         joined.request_id: ("sampled", ()),
@@ -435,3 +435,9 @@ def test_shadow_pairs_are_queued_with_both_answers_flagged_always_sampled_by_rat
         [(r.request_id, arm) for r in (joined, worse, disagreed) for arm in ("stable", "shadow")]
         + [(over_budget.request_id, "shadow"), (refused_alone.request_id, "shadow")]
     )
+    # A judgement is of the answer its item showed: the stable one, not the candidate's.
+    from training.capture import read_captures
+    from training.dataset import from_captures
+
+    examples, _ = from_captures(read_captures(db), False, latest_judgements(db))
+    assert sorted(e.review["arm"] for e in examples if e.review) == ["stable"] * 3
