@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -55,13 +56,15 @@ from training.capture_store import (
 )
 from training.redaction import redact
 from training.review import store as review_store
-from training.review.policy import ReviewPolicy, flags_of, selection
+from training.review.policy import ReviewPolicy, flags_of, pair_selection, selection
+from training.review.schema import SHADOW_ARM
 
 __all__ = ["SCHEMA_VERSION", "connect"]  # re-exported: they lived here before capture_store
 
 log = logging.getLogger(__name__)
 
 SchemaVerdict = Literal["valid", "invalid", "truncated", "none"]
+_PAIR_STABLE_MEMORY = 4096  # stable answers written by their pair, remembered to skip repeats
 
 
 class CaptureUnavailable(TurnoutError):
@@ -98,6 +101,10 @@ class CaptureRecord:
     training: TrainingUse = "allow"
     # The route/version's prompts had drifted from its reference when this was answered.
     drifted: bool = False
+    # A shadow candidate's answer (arm `shadow`): the stable answer it was compared with, as it
+    # would be captured, and what the comparison flagged (`candidate_worse`, `disagreed`).
+    stable: CaptureRecord | None = None
+    pair_flags: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -320,6 +327,9 @@ class SqliteCaptureSink:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.settings.queue_capacity)
         self._closed = threading.Event()
         self._last_purge = float("-inf")
+        # Stable answers written by their shadow pair, whose own records may still come
+        # (the writer thread's alone; the oldest forgotten past `_PAIR_STABLE_MEMORY`).
+        self._written_by_pairs: OrderedDict[tuple[str, str], None] = OrderedDict()
         connect(self.path).close()
         self._writer = threading.Thread(target=self._write_loop, name="capture-writer", daemon=True)
         self._writer.start()
@@ -339,10 +349,26 @@ class SqliteCaptureSink:
             log.exception("capture: offer failed")
             return False
 
+    def _written_by_pair(self, record: CaptureRecord) -> bool:
+        key = (record.request_id, record.arm)
+        if key in self._written_by_pairs:
+            del self._written_by_pairs[key]
+            return True
+        return False
+
+    def _redacted(self, record: CaptureRecord) -> bool:
+        return self.settings.policy(record.route).redact_pii
+
     def review_policy(self, route: str) -> ReviewPolicy:
         return self._review.get(route, self._review_default)
 
     def _review_reason(self, record: CaptureRecord) -> str | None:
+        if record.arm == SHADOW_ARM:  # reviewed only as a pair, beside the stable answer
+            if record.stable is None:
+                return None
+            return pair_selection(
+                self.review_policy(record.route), record.request_id, record.pair_flags
+            )
         flags = flags_of(
             record.schema_verdict, record.refusal, record.drifted, record.finish_reason
         )
@@ -488,7 +514,8 @@ class SqliteCaptureSink:
         pending = [item for item in batch if isinstance(item, _PendingFeedback)]
         results: list[FeedbackResult] = []
         try:
-            rows = [_row(r, self.settings.policy(r.route).redact_pii) for r in records]
+            # A stable answer a shadow pair already wrote is not written twice.
+            rows = [_row(r, self._redacted(r)) for r in records if not self._written_by_pair(r)]
             with connection:
                 connection.executemany(_INSERT_CAPTURES, rows)
                 self._review_records(connection, records)
@@ -535,6 +562,10 @@ class SqliteCaptureSink:
     ) -> None:
         """Queue the answers the routes' review policies select (in the batch's transaction)."""
         for record in records:
+            if record.arm == SHADOW_ARM:  # reviewed only as a pair, beside the stable answer
+                if record.stable is not None:
+                    self._review_pair(connection, record, record.stable)
+                continue
             flags = flags_of(
                 record.schema_verdict, record.refusal, record.drifted, record.finish_reason
             )
@@ -550,6 +581,38 @@ class SqliteCaptureSink:
                     policy,
                     record.created_at,
                 )
+
+    def _review_pair(
+        self, connection: sqlite3.Connection, candidate: CaptureRecord, stable: CaptureRecord
+    ) -> None:
+        """Queue a shadow pair as the stable answer's item with the candidate's as its second.
+        The stable answer is written here if its own record was not (yet): it was offered before
+        the comparison flagged the pair, and its route's capture policy may have skipped it."""
+        policy = self.review_policy(stable.route)
+        reason = pair_selection(policy, candidate.request_id, candidate.pair_flags)
+        if reason is None:
+            return
+        queued = self._enqueue_review(
+            connection,
+            stable.request_id,
+            (stable.route, stable.version, stable.arm),
+            reason,
+            list(candidate.pair_flags),
+            policy,
+            candidate.created_at,
+            pair=True,
+        )
+        key = (stable.request_id, stable.arm)
+        if (
+            queued != "over_budget"
+            and not connection.execute(
+                "SELECT 1 FROM captures WHERE request_id = ? AND arm = ? LIMIT 1", key
+            ).fetchone()
+        ):
+            connection.execute(_INSERT_CAPTURES, _row(stable, self._redacted(stable)))
+            self._written_by_pairs[key] = None
+            while len(self._written_by_pairs) > _PAIR_STABLE_MEMORY:
+                self._written_by_pairs.popitem(last=False)
 
     def _review_negative(self, connection: sqlite3.Connection, request_id: str, at: float) -> None:
         """Negative feedback flags the answer for review (or its queued item)."""
@@ -573,8 +636,9 @@ class SqliteCaptureSink:
         flags: list[str],
         policy: ReviewPolicy,
         now: float,
+        pair: bool = False,
     ) -> review_store.Enqueued:
-        queued = review_store.enqueue(
+        queued = (review_store.enqueue_pair if pair else review_store.enqueue)(
             connection,
             request_id=request_id,
             stratum=stratum,

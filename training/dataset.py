@@ -27,7 +27,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import TurnoutError
-from training.capture import StoredCapture, read_captures
+from training.capture import CaptureRecord, StoredCapture, read_captures
 from training.capture_store import UNATTRIBUTED, DatasetEntry, record_dataset
 from training.minhash import MinHasher, clusters, normalise
 from training.redaction import redact
@@ -122,6 +122,13 @@ def review_provenance(judgement: Judgement) -> dict[str, Any]:
     }
 
 
+def _judgement_of(judgements: Mapping[str, Judgement], record: CaptureRecord) -> Judgement | None:
+    """The judgement of this answer: of its request id and arm (a shadow pair's item judges the
+    stable answer; the candidate's, captured under the same id, is not judged by it)."""
+    judged = judgements.get(record.request_id)
+    return judged if judged is not None and judged.arm == record.arm else None
+
+
 def from_captures(
     captured: Iterable[StoredCapture],
     include_approved: bool,
@@ -144,7 +151,7 @@ def from_captures(
         else:
             messages = ({"role": "user", "content": record.prompt or ""},)
         tenant = record.tenant or UNATTRIBUTED
-        judged = (judgements or {}).get(record.request_id)
+        judged = _judgement_of(judgements or {}, record)
         if judged is not None:
             review = review_provenance(judged)
             if judged.correction is not None:
@@ -198,7 +205,7 @@ def _review_counts(
 ) -> dict[str, Any]:
     """What reviewers' judgements gave a build: judged requests, corrections and approvals
     used, answers judged bad (left out), and how many each reviewer judged."""
-    judged = [judgements[s.record.request_id] for s in allowed if s.record.request_id in judgements]
+    judged = [j for s in allowed if (j := _judgement_of(judgements, s.record)) is not None]
     return {
         "judged": len(judged),
         "judged_bad": sum(j.verdict == "bad" for j in judged),

@@ -21,6 +21,8 @@ AgreementKind = Literal["structured", "json", "text"]
 SLOWER_FACTOR = 1.5
 SLOWER_MIN_GAP_S = 0.25
 PAIR_SIGNALS = ("error", "schema_invalid", "refusal", "truncated", "slower")
+# Two free-text answers whose similarity is under this disagree (JSON ones: unless equal).
+DISAGREEMENT_BELOW = 0.5
 
 
 # A copy whose upstream call failed (unreachable, timed out, shed): compared as a 5xx answer.
@@ -152,3 +154,19 @@ def compare(
     if _both_answered(stable, candidate) and stable.completion_tokens:
         ratio = candidate.completion_tokens / stable.completion_tokens
     return PairComparison(signals, agreed, ratio)
+
+
+def pair_flags(comparison: PairComparison) -> tuple[str, ...]:
+    """Why a pair deserves a person's look: `candidate_worse` (bad on a signal where stable was
+    not), `disagreed` (JSON answers not equal, or texts less similar than DISAGREEMENT_BELOW)."""
+    flags: list[str] = []
+    if any(candidate and not stable for stable, candidate in comparison.signals.values()):
+        flags.append("candidate_worse")
+    agreed = comparison.agreement
+    if (
+        agreed is not None
+        and not agreed.exact
+        and (agreed.kind != "text" or agreed.score < DISAGREEMENT_BELOW)
+    ):
+        flags.append("disagreed")
+    return tuple(flags)

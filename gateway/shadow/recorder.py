@@ -3,7 +3,8 @@
 Runs on the event loop after both answers are out (scheduled with `call_soon`). The
 candidate's answer is offered to the same capture sink as every answer (same per-route policy,
 redaction and bounded queue) under the stable answer's request id, with `arm="shadow"`: the
-policy's sample is decided by that id, so a sampled pair keeps both sides.
+policy's sample is decided by that id, so a sampled pair keeps both sides. The record carries
+the stable answer and the comparison's flags, for the route's review policy to queue the pair.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.outcomes.recorder import FinishedRequest
-from gateway.shadow.compare import Side, compare
+from gateway.shadow.compare import PairComparison, Side, compare, pair_flags
 from gateway.shadow.dispatch import ShadowPair
 from gateway.shadow.evidence import PairTally
 from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
@@ -101,11 +102,18 @@ class PairRecorder:
                 SHADOW_AGREEMENT.labels(route, comparison.agreement.kind).observe(
                     comparison.agreement.score
                 )
-            self._capture_candidate(pair, outcome, candidate)
+            self._capture_candidate(pair, outcome, candidate, stable, comparison)
         except Exception:  # a comparison must never take the gateway down with it
             log.exception("comparing a shadow pair on %s failed", pair.target.route)
 
-    def _capture_candidate(self, pair: ShadowPair, outcome: FinishedRequest, side: Side) -> None:
+    def _capture_candidate(
+        self,
+        pair: ShadowPair,
+        outcome: FinishedRequest,
+        side: Side,
+        stable: Side,
+        comparison: PairComparison,
+    ) -> None:
         if side.text is None:
             return
         verdict: SchemaVerdict = "none"
@@ -114,6 +122,31 @@ class PairRecorder:
         messages = outcome.fields.get("messages")
         prompt = outcome.fields.get("prompt")
         caller = outcome.caller
+        served = None
+        if outcome.target is not None and stable.text is not None:
+            answer = outcome.verdict
+            served = CaptureRecord(
+                request_id=outcome.request_id,
+                route=outcome.target.route,
+                version=outcome.target.version_label,
+                arm=outcome.target.arm,
+                created_at=time.time(),
+                endpoint=outcome.endpoint,
+                output=stable.text,
+                finish_reason=stable.finish_reason,
+                messages=tuple(messages) if isinstance(messages, list) else None,
+                prompt=prompt if isinstance(prompt, str) else None,
+                schema_verdict=answer.result if answer is not None else "none",
+                schema_errors=tuple(
+                    f"{i.path}: {i.message}" for i in (answer.issues if answer else ())
+                ),
+                refusal=stable.refusal,
+                latency_s=stable.latency_s,
+                tenant=caller.tenant.name if caller is not None else None,
+                key_id=caller.key_id if caller is not None else None,
+                client_request_id=outcome.client_request_id,
+                training=caller.tenant.training if caller is not None else "allow",
+            )
         self._capture.offer(
             CaptureRecord(
                 request_id=outcome.request_id,
@@ -133,5 +166,7 @@ class PairRecorder:
                 key_id=caller.key_id if caller is not None else None,
                 client_request_id=outcome.client_request_id,
                 training=caller.tenant.training if caller is not None else "allow",
+                stable=served,
+                pair_flags=pair_flags(comparison),
             )
         )

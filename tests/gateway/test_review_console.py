@@ -423,3 +423,95 @@ def test_keys_create_prints_a_reviewer_entry_for_the_admin_keys_file(
     assert load_reviewer_keyring(path).authenticate(f"Bearer {key}").name == "rita"
     with pytest.raises(Exception, match="Incorrect API key"):
         load_admin_keyring(path).authenticate(f"Bearer {key}")
+
+
+@pytest.mark.slow
+def test_the_console_shows_a_shadow_pairs_answers_side_by_side(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The console's page and API in a uvicorn of this process, over a capture file holding
+    one flagged shadow pair (written by the capture writer, as the shadow recorder offers it)."""
+    import threading
+
+    import uvicorn
+    from fastapi import FastAPI
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from gateway.api.errors import install_error_handlers
+    from gateway.protection.auth import load_reviewer_keyring
+    from gateway.review.access import ReviewAccess
+    from gateway.review.api import console_router, review_api_router
+    from gateway.serving.embedded_vllm import free_port
+    from training.capture import CapturePolicy, CaptureRecord, CaptureSettings, SqliteCaptureSink
+    from training.review.policy import ReviewPolicy
+    from training.review.store import ReviewQueue
+
+    db = tmp_path / "captures.db"
+    settings = CaptureSettings(path=str(db), default=CapturePolicy(success_sample_rate=0.0))
+    sink = SqliteCaptureSink(settings, review={ROUTE: ReviewPolicy(sample_rate=0.0)})
+    stable = CaptureRecord(
+        request_id="pair-1",
+        route=ROUTE,
+        version=f"{ROUTE}@v1",
+        arm="stable",
+        created_at=1_700_000_000.0,
+        endpoint="chat",
+        messages=({"role": "user", "content": "Ticket: refund please"},),
+        output='{"label": "billing"}',
+        finish_reason="stop",
+    )
+    sink.offer(
+        CaptureRecord(
+            **{
+                **stable.__dict__,
+                "version": f"{ROUTE}@v2",
+                "arm": "shadow",
+                "output": '{"label": "technical"}',
+                "stable": stable,
+                "pair_flags": ("disagreed",),
+            }
+        )
+    )
+    sink.close()
+
+    key = issue_key()
+    keys = tmp_path / "admins.yaml"
+    keys.write_text(yaml.safe_dump({"admins": {}, "reviewers": {"rita": [{"sha256": key.sha256}]}}))
+    queue = ReviewQueue(db)
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(console_router())
+    app.include_router(
+        review_api_router(queue, ReviewAccess(None, load_reviewer_keyring(keys)), lambda r: None)
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10, "the console's server")
+        wait = WebDriverWait(browser, 10)
+        browser.get(f"http://127.0.0.1:{port}/review")
+        field = browser.find_element(By.ID, "key")
+        field.clear()
+        field.send_keys(key.key)
+        field.send_keys(Keys.ENTER)
+        second = browser.find_element(By.ID, "second")
+        wait.until(lambda _: second.is_displayed())
+        answer = browser.find_element(By.ID, "item-answer")
+        shown = browser.find_element(By.ID, "item-second")
+        assert (answer.text, shown.text) == ('{"label": "billing"}', '{"label": "technical"}')
+        assert browser.find_element(By.ID, "answer-title").text == f"Served answer ({ROUTE}@v1)"
+        assert browser.find_element(By.ID, "second-title").text == (
+            f"Candidate's answer (shadow, {ROUTE}@v2)"
+        )
+        # Side by side: the candidate's answer right of the served one, on the same line.
+        assert shown.location["x"] >= answer.location["x"] + answer.size["width"]
+        assert shown.location["y"] == answer.location["y"]
+        browser.save_screenshot(str(_screenshots(tmp_path) / "pair.png"))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        queue.close()

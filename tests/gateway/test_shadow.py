@@ -14,14 +14,20 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
+from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints
 from gateway.config import LimitsConfig, TurnoutConfig
 from gateway.errors import Overloaded
 from gateway.outcomes.recorder import OutcomeRecorder, SignalBudget
+from gateway.protection.auth import issue_key, load_reviewer_keyring
 from gateway.protection.guard import RequestGuard
 from gateway.protection.ratelimit import LocalRateLimiter
+from gateway.review.access import ReviewAccess
+from gateway.review.api import review_api_router
 from gateway.rollouts.analysis import RolloutRecorder
 from gateway.rollouts.model import DEFAULT_STEPS, Rollout, Why, declare, start
 from gateway.routing.table import PublishedTable, build_routing_table
@@ -38,6 +44,8 @@ from monitoring.drift import DriftConfig, DriftMonitor
 from monitoring.refusals import PhraseRefusalDetector
 from tests.support.upstream import InMemoryUpstream
 from training.capture import CaptureSettings, SqliteCaptureSink, connect
+from training.review.policy import ReviewPolicy
+from training.review.store import ReviewQueue
 
 BACKEND = "http://backend.test"
 
@@ -96,6 +104,7 @@ async def gateway(
     max_queued: int = 8,
     settings: ShadowSettings | None = None,
     route_name: str = "triage",
+    review: ReviewPolicy | None = None,
 ) -> AsyncIterator[Gateway]:
     config = TurnoutConfig.model_validate(
         {"routes": {route_name: {"stable": STABLE, **(route or {})}}}
@@ -108,7 +117,8 @@ async def gateway(
     gates = BackendGates([BACKEND], AdmissionLimits(max_concurrent, max_queued, 5.0))
     proxy = InferenceProxy(upstream, pool, gates, RetryBudget(RetryBudgetPolicy()))
     capture = SqliteCaptureSink(
-        CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0})
+        CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0}),
+        review=None if review is None else {route_name: review},
     )
     tally = PairTally()
     recorder = RolloutRecorder()
@@ -203,6 +213,66 @@ async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
     assert all(
         sides == {("stable", STABLE), ("shadow", CANDIDATE)} for sides in by_request.values()
     )
+
+
+@pytest.mark.anyio
+async def test_flagged_pairs_reach_the_review_api_with_both_answers_side_by_side(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    agreed = '{"team": "printers", "urgent": false}'
+    candidate = {
+        "ticket 0": agreed,  # agrees: not flagged, and the sample rate is 0
+        "ticket 1": "I can't help with that.",  # refuses where stable answered
+        "ticket 2": '{"team": "network", "urgent": false}',  # another team: disagrees
+    }
+    upstream = InMemoryUpstream(
+        answers={
+            STABLE: lambda f: agreed,
+            CANDIDATE: lambda f: candidate[f["messages"][0]["content"]],
+        }
+    )
+    async with gateway(tmp_path, upstream, review=ReviewPolicy(sample_rate=0.0)) as gw:
+        served = {}
+        for text in candidate:
+            answer = await gw.client.post("/v1/chat/completions", json=ask(text))
+            assert answer.json()["choices"][0]["message"]["content"] == agreed
+            served[text] = answer.headers["x-request-id"]
+        await settled(gw, 3)  # each pair is offered to capture as it is counted
+        await asyncio.to_thread(gw.capture.close)
+
+    key = issue_key()
+    keys = tmp_path / "admins.yaml"
+    keys.write_text(yaml.safe_dump({"admins": {}, "reviewers": {"rita": [{"sha256": key.sha256}]}}))
+    app = FastAPI()
+    install_error_handlers(app)
+    queue = ReviewQueue(Path(gw.capture.path))
+    app.include_router(
+        review_api_router(queue, ReviewAccess(None, load_reviewer_keyring(keys)), lambda r: None)
+    )
+    shown = {}
+    auth = {"authorization": f"Bearer {key.key}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://console"
+    ) as console:
+        while item := (await console.get("/review/api/next", headers=auth)).json()["item"]:
+            again = (await console.get(f"/review/api/items/{item['id']}", headers=auth)).json()
+            assert again["item"]["second_answer"] == item["second_answer"]
+            shown[item["request_id"]] = item
+            judged = await console.post(
+                f"/review/api/items/{item['id']}/judgement", headers=auth, json={"verdict": "bad"}
+            )
+            assert judged.status_code == 200
+    queue.close()
+    assert set(shown) == {served["ticket 1"], served["ticket 2"]}
+    refused, other = shown[served["ticket 1"]], shown[served["ticket 2"]]
+    assert (refused["reason"], refused["flags"]) == (
+        "candidate_worse",
+        ["candidate_worse", "disagreed"],
+    )
+    assert (other["reason"], other["flags"]) == ("disagreed", ["disagreed"])
+    for item, second in ((refused, candidate["ticket 1"]), (other, candidate["ticket 2"])):
+        assert (item["arm"], item["version"], item["answer"]) == ("stable", STABLE, agreed)
+        assert (item["second_answer"], item["second_version"]) == (second, CANDIDATE)
 
 
 @pytest.mark.anyio

@@ -372,3 +372,72 @@ def test_review_corrections_enter_the_dataset_with_provenance_and_bad_answers_st
     assert provenance["version"] == f"{ROUTE}@v2"
     assert provenance["judged_at"] > 1_700_000_000
     assert not [line for line in lines if line.get("review", {}).get("request_id") == "t1"]
+
+
+def _pair(stable: CaptureRecord, output: str, *flags: str) -> CaptureRecord:
+    """The candidate's answer to `stable`'s request, as the shadow recorder offers it."""
+    return replace(
+        stable, version="triage@v2", arm="shadow", output=output, stable=stable, pair_flags=flags
+    )
+
+
+def test_shadow_pairs_are_queued_with_both_answers_flagged_always_sampled_by_rate(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "captures.db"
+    # Nothing is captured for its own sake: only what review selects reaches the file.
+    sink = _sink(db, ReviewPolicy(sample_rate=0.5, budget=3), success_sample_rate=0.0)
+    sampled, unsampled = _ids_with_bucket(0, 0.5, 2, "in"), _ids_with_bucket(0.5, 1, 5, "out")
+    worse = _answer(unsampled[0])
+    disagreed = _answer(unsampled[1])
+    ordinary = _answer(unsampled[2])
+    refused_alone = _answer(unsampled[3])
+    over_budget = _answer(unsampled[4])
+    # A sampled stable answer is queued by itself first; its pair joins the same item.
+    joined = _answer(sampled[0])
+    sink.offer(joined)
+    sink.offer(_pair(joined, '{"label": "billing"}'))
+    # A flagged pair whose stable answer was not captured (yet): the pair writes it, and the
+    # stable record arriving later is not written twice.
+    sink.offer(_pair(worse, "I can't help with that.", "candidate_worse"))
+    sink.offer(worse)
+    sink.offer(_pair(disagreed, '{"label": "technical"}', "disagreed"))
+    sink.offer(_pair(ordinary, '{"label": "billing"}'))  # outside the sample, not flagged
+    # A shadow answer that refused on its own is never an item of its own.
+    sink.offer(replace(refused_alone, version="triage@v2", arm="shadow", refusal=True))
+    sink.offer(_pair(over_budget, "{}", "disagreed"))  # the stratum holds 3 unjudged items
+    sink.close()
+
+    queue = ReviewQueue(db)  # a new process: nothing but the file
+    items = {}
+    while (item := queue.next_item()) is not None:
+        items[item.request_id] = item
+        queue.judge(item, "good", None, '{"label": "refund"}', "reviewer:test")
+    assert set(items) == {joined.request_id, worse.request_id, disagreed.request_id}
+    assert {rid: (i.reason, i.flags) for rid, i in items.items()} == {
+        joined.request_id: ("sampled", ()),
+        worse.request_id: ("candidate_worse", ("candidate_worse",)),
+        disagreed.request_id: ("disagreed", ("disagreed",)),
+    }
+    assert {rid: (i.arm, i.version, i.answer) for rid, i in items.items()} == {
+        rid: ("stable", "triage@v1", '{"label": "billing"}') for rid in items
+    }
+    assert {rid: (i.second_answer, i.second_version) for rid, i in items.items()} == {
+        joined.request_id: ('{"label": "billing"}', "triage@v2"),
+        worse.request_id: ("I can't help with that.", "triage@v2"),
+        disagreed.request_id: ('{"label": "technical"}', "triage@v2"),
+    }
+    assert items[worse.request_id].as_dict()["second_answer"] == "I can't help with that."
+    # Each queued pair's two answers once; the pair over budget keeps only the candidate's
+    # answer (offered for review); the ordinary pair nothing; a refusal is captured as a failure.
+    rows = connect(db).execute("SELECT request_id, arm FROM captures").fetchall()
+    assert sorted(rows) == sorted(
+        [(r.request_id, arm) for r in (joined, worse, disagreed) for arm in ("stable", "shadow")]
+        + [(over_budget.request_id, "shadow"), (refused_alone.request_id, "shadow")]
+    )
+    # A judgement is of the answer its item showed: the stable one, not the candidate's.
+    from training.capture import read_captures
+    from training.dataset import from_captures
+
+    examples, _ = from_captures(read_captures(db), False, latest_judgements(db))
+    assert sorted(e.review["arm"] for e in examples if e.review) == ["stable"] * 3

@@ -1,6 +1,9 @@
 """Which answers of a route go to review: a sample of ordinary traffic and every flagged one.
 
-Pure functions over one answer's signals; the capture writer applies them as it writes.
+Pure functions over one answer's signals; the capture writer applies them as it writes. A
+shadow pair (a stable answer and the candidate's answer to the same request) is selected the
+same way (`pair_selection`): by the route's sample rate, or always when the comparison flagged
+it, up to the same budget.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 Flag = Literal["schema_invalid", "refused", "drifted", "negative_feedback"]
 FLAGS: tuple[Flag, ...] = ("schema_invalid", "refused", "drifted", "negative_feedback")
 SAMPLED = "sampled"
+# What a shadow pair's comparison flags (`gateway.shadow.compare.pair_flags`).
+PairFlag = Literal["candidate_worse", "disagreed"]
+PAIR_FLAGS: tuple[PairFlag, ...] = ("candidate_worse", "disagreed")
 
 
 class ReviewPolicy(BaseModel):
@@ -62,5 +68,16 @@ def selection(policy: ReviewPolicy, request_id: str, flags: list[Flag]) -> str |
         return None
     for flag in flags:
         if flag in policy.flags:
+            return flag
+    return SAMPLED if sample_bucket(request_id) < policy.sample_rate else None
+
+
+def pair_selection(policy: ReviewPolicy, request_id: str, flags: tuple[str, ...]) -> str | None:
+    """Why a shadow pair is queued (its first flag, or `sampled`); None: it is not. A flagged
+    pair always is, whichever flags the policy lists for single answers."""
+    if not policy.enabled:
+        return None
+    for flag in flags:
+        if flag in PAIR_FLAGS:
             return flag
     return SAMPLED if sample_bucket(request_id) < policy.sample_rate else None

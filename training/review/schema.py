@@ -1,11 +1,15 @@
 """The review queue's tables, created beside the captures in the same SQLite file.
 
-An item points at a captured request (its text stays in `captures`, redacted as captured);
-`second_request_id` leaves room for a pair of answers to compare (shadow rollouts). A
-judgement is appended, never updated: the latest one of an item counts.
+An item points at a captured request (its text stays in `captures`, redacted as captured)
+and its route, version and arm. A shadow pair's item is the stable answer's, with
+`second_request_id` set: the candidate's answer is the capture of that request id whose arm is
+`shadow` (the shadow recorder captures it under the stable answer's id). A judgement is
+appended, never updated: the latest one of an item counts.
 """
 
 from __future__ import annotations
+
+SHADOW_ARM = "shadow"  # the arm a shadow candidate's answer is captured as
 
 REVIEW_TABLES = """
 CREATE TABLE IF NOT EXISTS review_items (

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from training.capture_store import columns_of, connect
 from training.redaction import redact
+from training.review.schema import SHADOW_ARM
 from training.review.stats import Share, wilson
 
 Verdict = Literal["good", "bad"]
@@ -67,10 +68,47 @@ def enqueue(
     return "queued"
 
 
-def stratum_of(connection: sqlite3.Connection, request_id: str) -> Stratum | None:
-    """The route, version and arm of a captured request."""
+def enqueue_pair(
+    connection: sqlite3.Connection,
+    *,
+    request_id: str,
+    stratum: Stratum,
+    reason: str,
+    flags: list[str],
+    budget: int,
+    now: float,
+) -> Enqueued:
+    """Queue a shadow pair: the stable answer captured as `request_id` in `stratum`, beside the
+    candidate's answer captured under the same id as arm `shadow`. An item already queued for
+    the stable answer gets the candidate's answer as its second answer, and the pair's flags."""
     row = connection.execute(
-        "SELECT route, version, arm FROM captures WHERE request_id = ? LIMIT 1", (request_id,)
+        "SELECT seq, flags FROM review_items WHERE request_id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        return enqueue(
+            connection,
+            request_id=request_id,
+            stratum=stratum,
+            reason=reason,
+            flags=flags,
+            budget=budget,
+            now=now,
+            second_request_id=request_id,
+        )
+    known = json.loads(row[1])
+    connection.execute(
+        "UPDATE review_items SET second_request_id = ?, flags = ? WHERE seq = ?",
+        (request_id, json.dumps([*known, *(f for f in flags if f not in known)]), row[0]),
+    )
+    return "present"
+
+
+def stratum_of(connection: sqlite3.Connection, request_id: str) -> Stratum | None:
+    """The route, version and arm of a captured request (the served answer, not a shadow's)."""
+    row = connection.execute(
+        "SELECT route, version, arm FROM captures WHERE request_id = ? AND arm != ?"
+        " ORDER BY seq LIMIT 1",
+        (request_id, SHADOW_ARM),
     ).fetchone()
     return None if row is None else (row[0], row[1], row[2])
 
@@ -149,6 +187,7 @@ class ReviewItem:
     judgement: Judgement | None = None
     # A second answer to the same prompt (shadow pairs); None for a single answer.
     second_answer: str | None = field(default=None)
+    second_version: str | None = field(default=None)  # the version that gave it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -166,6 +205,7 @@ class ReviewItem:
             "prompt": self.prompt,
             "answer": self.answer,
             "second_answer": self.second_answer,
+            "second_version": self.second_version,
             "finish_reason": self.finish_reason,
             "schema_verdict": self.schema_verdict,
             "schema_errors": self.schema_errors,
@@ -256,7 +296,8 @@ class ReviewQueue:
     def _item(self, connection: sqlite3.Connection, item_id: int) -> ReviewItem | None:
         row = connection.execute(
             f"SELECT {_ITEM_COLUMNS} FROM review_items i JOIN captures c"
-            " ON c.request_id = i.request_id WHERE i.seq = ? LIMIT 1",
+            " ON c.request_id = i.request_id AND c.arm = i.arm WHERE i.seq = ?"
+            " ORDER BY c.seq LIMIT 1",
             (item_id,),
         ).fetchone()
         if row is None:
@@ -266,12 +307,13 @@ class ReviewQueue:
             " ORDER BY seq DESC LIMIT 1",
             (item_id,),
         ).fetchone()
-        second = None
+        second: tuple[str, str] | None = None
         if row[17] is not None:
-            found = connection.execute(
-                "SELECT output FROM captures WHERE request_id = ? LIMIT 1", (row[17],)
+            second = connection.execute(
+                "SELECT output, version FROM captures WHERE request_id = ? AND arm = ?"
+                " ORDER BY seq LIMIT 1",
+                (row[17], SHADOW_ARM),
             ).fetchone()
-            second = found[0] if found else None
         return ReviewItem(
             id=row[0],
             request_id=row[1],
@@ -291,7 +333,8 @@ class ReviewQueue:
             schema_errors=json.loads(row[15]),
             refusal=None if row[16] is None else bool(row[16]),
             judgement=Judgement(*judged) if judged is not None else None,
-            second_answer=second,
+            second_answer=second[0] if second else None,
+            second_version=second[1] if second else None,
         )
 
     def judge(

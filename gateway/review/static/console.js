@@ -117,7 +117,12 @@ function render(item) {
     li.textContent = message;
     $("item-errors").appendChild(li);
   }
-  $("second").hidden = item.second_answer === null;
+  // A shadow pair: the served (stable) answer on the left, the candidate's on the right.
+  const paired = item.second_answer !== null;
+  $("answers").classList.toggle("paired", paired);
+  $("answer-title").textContent = paired ? `Served answer (${item.version})` : "Answer";
+  $("second-title").textContent = paired ? `Candidate's answer (shadow, ${item.second_version})` : "";
+  $("second").hidden = !paired;
   $("item-second").textContent = item.second_answer || "";
   $("correction").value = judged && judged.correction ? judged.correction : "";
   $("correction").placeholder = item.has_schema ? "JSON that meets the route's schema" : "";
