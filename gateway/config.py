@@ -335,6 +335,18 @@ class DriftSettings(StrictModel):
     refresh_s: float = Field(default=15.0, gt=0, description="how often scores are recomputed")
 
 
+class SemanticDriftSettings(StrictModel):
+    """Semantic drift per route and version (monitoring/semantic_feed.py); off by default."""
+
+    enabled: bool = Field(
+        default=False,
+        description="embed prompts on the signals worker (signals extra) and compare each "
+        "route and version's live window with its reference by MMD",
+    )
+    window: int = Field(default=500, ge=10, description="prompts in the reference and live windows")
+    refresh_s: float = Field(default=60.0, gt=0, description="how often the tests run")
+
+
 class MonitoringConfig(StrictModel):
     """Signals computed from answers and inputs."""
 
@@ -350,6 +362,7 @@ class MonitoringConfig(StrictModel):
         description="learned: judge answers with the signals extra's encoder and trained head, "
         "on a worker thread with a bounded queue (docs/monitoring.md)",
     )
+    semantic_drift: SemanticDriftSettings = SemanticDriftSettings()
 
 
 class EmbeddedConfig(StrictModel):
