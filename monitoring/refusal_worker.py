@@ -20,7 +20,7 @@ from monitoring.refusals import PhraseRefusalDetector
 
 log = logging.getLogger("turnout.refusals")
 
-DETECTORS = ("phrase", "learned")
+DETECTORS = ("phrase", "learned", "judge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,14 @@ class LearnedScorer:
 
 
 def scorer_named(name: str) -> RefusalScorer:
-    """The scorer for a detector name (`phrase` or `learned`)."""
+    """The scorer for a detector name (`phrase` or `learned`; a judge needs its settings:
+    build `monitoring.refusal_judge.JudgeScorer`)."""
     if name == "phrase":
         return PhraseScorer()
     if name == "learned":
         return LearnedScorer()
+    if name == "judge":
+        raise ValueError("the judge detector needs a route to ask: build a JudgeScorer")
     raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")
 
 

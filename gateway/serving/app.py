@@ -168,7 +168,7 @@ def create_app(
         _rate_limiter(config),
         config.limits,
     )
-    signals = signal_workers(config.monitoring, config.adapters.store)
+    signals = signal_workers(config)
     reviewers = load_reviewer_keyring(Path(auth.admin_keys_file)) if auth.admin_keys_file else None
     review_queue = ReviewQueue(
         Path(config.capture.path), redact_corrections=config.capture.redact_feedback

