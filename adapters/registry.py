@@ -112,6 +112,15 @@ class AdapterRegistry:
                 continue  # reported by the checksum check, which names the file
         return files
 
+    def attachment(self, name: str, version: str, file_name: str) -> bytes | None:
+        """A file pushed as an attachment of the version (None: it has no such file)."""
+        try:
+            return bytes(
+                self._fs.cat_file(self._path(check_name(name), check_version(version), file_name))
+            )
+        except FileNotFoundError:
+            return None
+
     def verify(
         self, name: str, version: str, base: BaseModelProfile, limits: AdapterLimits
     ) -> AdapterManifest:
@@ -130,8 +139,12 @@ class AdapterRegistry:
         version: str | None = None,
         provenance: Mapping[str, Any] | None = None,
         created_by: str | None = None,
+        attachments: Mapping[str, bytes] | None = None,
     ) -> AdapterManifest:
-        """Validate the PEFT adapter in `folder` and store it as a new, immutable version."""
+        """Validate the PEFT adapter in `folder` and store it as a new, immutable version.
+
+        `attachments` are files kept beside the adapter but not part of it (never sent to a
+        backend), such as the semantic-drift reference window; the provenance records them."""
         check_name(name)
         present = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
         if not present:
@@ -159,6 +172,10 @@ class AdapterRegistry:
         target = self._path(name, version)
         self._fs.makedirs(target, exist_ok=True)
         for file_name, content in files.items():
+            self._fs.pipe_file(f"{target}/{file_name}", content)
+        for file_name, content in (attachments or {}).items():
+            if file_name in files or file_name == MANIFEST_FILE or "/" in file_name:
+                raise AdapterRefused("layout", f"attachment {file_name!r} would shadow a file")
             self._fs.pipe_file(f"{target}/{file_name}", content)
         self._publish(
             f"{target}/{MANIFEST_FILE}", manifest.model_dump_json(indent=2).encode(), exclusive=True

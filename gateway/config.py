@@ -335,6 +335,38 @@ class DriftSettings(StrictModel):
     refresh_s: float = Field(default=15.0, gt=0, description="how often scores are recomputed")
 
 
+class SemanticDriftSettings(StrictModel):
+    """Semantic drift per route and version (monitoring/semantic_feed.py); off by default."""
+
+    enabled: bool = Field(
+        default=False,
+        description="embed prompts on the signals worker (signals extra) and compare each "
+        "route and version's live window with its reference by MMD",
+    )
+    window: int = Field(default=500, ge=10, description="prompts in the reference and live windows")
+    refresh_s: float = Field(default=60.0, gt=0, description="how often the tests run")
+
+
+class RefusalJudgeSettings(StrictModel):
+    """The judge detector: a route asked to grade each answer with a rubric (docs/monitoring.md)."""
+
+    route: RouteName = Field(description="the route (adapter or base model) that judges")
+    url: str | None = Field(
+        default=None,
+        description="the OpenAI-compatible endpoint serving `route`; None: this gateway's listener",
+    )
+    rubric: str | None = Field(
+        default=None,
+        description="the system prompt; it must ask for REFUSAL or ANSWER as the first word "
+        "(None: monitoring.refusal_judge.RUBRIC)",
+    )
+    cache_size: int = Field(default=10_000, ge=0, description="verdicts kept, by answer digest")
+    timeout_s: float = Field(default=30.0, gt=0)
+    api_key_env: str | None = Field(
+        default=None, description="environment variable holding the key the judge calls with"
+    )
+
+
 class MonitoringConfig(StrictModel):
     """Signals computed from answers and inputs."""
 
@@ -345,11 +377,22 @@ class MonitoringConfig(StrictModel):
         description="answers a second given refusal, drift and capture checks; past it, a "
         "sample (failed answers are always checked)",
     )
-    refusal_detector: Literal["phrase", "learned"] = Field(
+    refusal_detector: Literal["phrase", "learned", "judge"] = Field(
         default="phrase",
         description="learned: judge answers with the signals extra's encoder and trained head, "
-        "on a worker thread with a bounded queue (docs/monitoring.md)",
+        "on a worker thread with a bounded queue (docs/monitoring.md); judge: ask "
+        "`refusal_judge.route`, on the same worker",
     )
+    refusal_judge: RefusalJudgeSettings | None = None
+    semantic_drift: SemanticDriftSettings = SemanticDriftSettings()
+
+    @model_validator(mode="after")
+    def _judge_has_a_route(self) -> MonitoringConfig:
+        if self.refusal_detector == "judge" and self.refusal_judge is None:
+            raise ValueError(
+                "monitoring.refusal_detector is judge: set monitoring.refusal_judge.route"
+            )
+        return self
 
 
 class EmbeddedConfig(StrictModel):

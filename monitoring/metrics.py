@@ -114,6 +114,12 @@ SEMANTIC_DRIFT_MMD = Gauge(
     "threshold (statistic: mmd2, threshold); drifted when mmd2 > threshold.",
     ["route", "version", "statistic"],
 )
+SEMANTIC_DRIFT_PROMPTS = Counter(
+    "turnout_semantic_drift_prompts_total",
+    "Prompts offered to the semantic-drift windows, by result (queued, dropped: the signals "
+    "worker's queue was full, embedded: added to a window).",
+    ["route", "version", "result"],
+)
 
 # --- rollouts -------------------------------------------------------------------------------
 ROLLOUT_WEIGHT = Gauge(

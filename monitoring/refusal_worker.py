@@ -14,13 +14,13 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from monitoring.refusals import PhraseRefusalDetector
 
 log = logging.getLogger("turnout.refusals")
 
-DETECTORS = ("phrase", "learned")
+DETECTORS = ("phrase", "learned", "judge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +52,13 @@ class PhraseScorer:
 
 
 class LearnedScorer:
-    """The learned detector (encoder plus trained head) as a scorer."""
+    """The learned detector (encoder plus trained head) as a scorer; `embed` shares an encoder
+    already loaded (the semantic-drift feed's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, embed: Callable[[Sequence[str]], Any] | None = None) -> None:
         from monitoring.learned_refusals import LearnedRefusalDetector
 
-        self._detector = LearnedRefusalDetector()
+        self._detector = LearnedRefusalDetector(embed)
         self.name = self._detector.name
         self._threshold = self._detector.head.threshold
 
@@ -67,37 +68,62 @@ class LearnedScorer:
 
 
 def scorer_named(name: str) -> RefusalScorer:
-    """The scorer for a detector name (`phrase` or `learned`)."""
+    """The scorer for a detector name (`phrase` or `learned`; a judge needs its settings:
+    build `monitoring.refusal_judge.JudgeScorer`)."""
     if name == "phrase":
         return PhraseScorer()
     if name == "learned":
         return LearnedScorer()
+    if name == "judge":
+        raise ValueError("the judge detector needs a route to ask: build a JudgeScorer")
     raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")
 
 
 OnScore = Callable[[RefusalScore], None]
+OnEmbedding = Callable[[Any], None]  # one prompt's embedding (a numpy row)
+EmbedPrompts = Callable[[Sequence[str]], Any]  # texts -> a numpy array, one row each
+
+
+_Job = tuple[str, OnScore, bool]  # text, callback, whether it is a prompt to embed
 
 
 class RefusalWorker:
-    """A thread that scores queued answers in batches and hands each score to its callback.
+    """A thread that scores queued answers in batches and hands each score to its callback;
+    with `embed_prompts`, it also embeds queued prompts (for semantic drift) on the same thread.
 
-    `submit` never blocks: it returns False (and counts a drop) when `max_queued` answers are
-    already waiting. Callbacks run on the worker thread; one that must touch event-loop state
-    should hop back with `loop.call_soon_threadsafe`.
+    `submit` and `submit_prompt` never block: they return False (and count a drop) when
+    `max_queued` jobs are already waiting. Callbacks run on the worker thread; one that must
+    touch event-loop state should hop back with `loop.call_soon_threadsafe`.
     """
 
-    def __init__(self, scorer: RefusalScorer, max_queued: int = 256, max_batch: int = 16) -> None:
+    def __init__(
+        self,
+        scorer: RefusalScorer,
+        max_queued: int = 256,
+        max_batch: int = 16,
+        embed_prompts: EmbedPrompts | None = None,
+    ) -> None:
         self.scorer = scorer
         self.dropped = 0
         self.scored = 0
+        self._embed_prompts = embed_prompts
         self._max_batch = max_batch
-        self._queue: queue.Queue[tuple[str, OnScore] | None] = queue.Queue(max_queued)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(max_queued)
         self._thread = threading.Thread(target=self._run, name="turnout-refusals", daemon=True)
         self._thread.start()
 
     def submit(self, text: str, on_score: OnScore) -> bool:
+        return self._put((text, on_score, False))
+
+    def submit_prompt(self, text: str, on_embedding: OnEmbedding) -> bool:
+        """Queues a prompt to embed (needs `embed_prompts`)."""
+        if self._embed_prompts is None:
+            raise ValueError("this worker was started without a prompt encoder")
+        return self._put((text, on_embedding, True))
+
+    def _put(self, job: _Job) -> bool:
         try:
-            self._queue.put_nowait((text, on_score))
+            self._queue.put_nowait(job)
         except queue.Full:
             self.dropped += 1
             return False
@@ -111,7 +137,7 @@ class RefusalWorker:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            batch: list[tuple[str, OnScore]] = []
+            batch: list[_Job] = []
             stopping = item is None
             if item is not None:
                 batch.append(item)
@@ -124,18 +150,35 @@ class RefusalWorker:
                     stopping = True
                 else:
                     batch.append(more)
-            if batch:
-                self._score(batch)
+            answers = [job for job in batch if not job[2]]
+            prompts = [job for job in batch if job[2]]
+            if answers:
+                self._score(answers)
+            if prompts:
+                self._embed(prompts)
             if stopping:
                 return
 
-    def _score(self, batch: list[tuple[str, OnScore]]) -> None:
+    def _embed(self, batch: list[_Job]) -> None:
+        assert self._embed_prompts is not None
         try:
-            scores = self.scorer.score_batch([text for text, _ in batch])
+            embeddings = self._embed_prompts([text for text, _, _ in batch])
+        except Exception:  # a signal must never take the worker down with it
+            log.exception("embedding %d prompts failed", len(batch))
+            return
+        for (_, on_embedding, _), row in zip(batch, embeddings, strict=True):
+            try:
+                on_embedding(row)
+            except Exception:
+                log.exception("a prompt embedding callback failed")
+
+    def _score(self, batch: list[_Job]) -> None:
+        try:
+            scores = self.scorer.score_batch([text for text, _, _ in batch])
         except Exception:  # a signal must never take the worker down with it
             log.exception("scoring %d answers for refusal failed", len(batch))
             return
-        for (_, on_score), score in zip(batch, scores, strict=True):
+        for (_, on_score, _), score in zip(batch, scores, strict=True):
             self.scored += 1
             try:
                 on_score(score)

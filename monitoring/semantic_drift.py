@@ -14,6 +14,7 @@ off the request path; embeddings come from the `signals` extra's encoder.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,36 +97,50 @@ class SemanticDriftMonitor:
         self._permutations = permutations
         self._alpha = alpha
         self._reference: dict[tuple[str, str], list[Array]] = {}
+        self._given: set[tuple[str, str]] = set()  # references set, not filled from traffic
         self._live: dict[tuple[str, str], deque[Array]] = {}
 
     def set_reference(self, route: str, version: str, embeddings: Array) -> None:
-        """The reference window, e.g. the embeddings of the adapter's training prompts."""
+        """The reference window, e.g. the embeddings of the adapter's training prompts (kept
+        as given even when smaller than `window`: live prompts never top it up)."""
         self._reference[(route, version)] = list(embeddings[-self._window :])
+        self._given.add((route, version))
 
     def observe(self, route: str, version: str, embedding: Array) -> None:
         key = (route, version)
         reference = self._reference.setdefault(key, [])
-        if len(reference) < self._window:
+        if key not in self._given and len(reference) < self._window:
             reference.append(embedding)
             return
         live = self._live.setdefault(key, deque(maxlen=self._window))
         live.append(embedding)
 
-    def test(self, route: str, version: str) -> DriftTest | None:
-        """The comparison once both windows are full; None before."""
+    def full(self, route: str, version: str) -> bool:
+        """Whether both windows are full (a test can run)."""
         key = (route, version)
         reference = self._reference.get(key, [])
-        live = self._live.get(key, ())
-        if len(reference) < self._window or len(live) < self._window:
+        ready = len(reference) >= 2 if key in self._given else len(reference) == self._window
+        return ready and len(self._live.get(key, ())) >= self._window
+
+    def test(self, route: str, version: str) -> DriftTest | None:
+        """The comparison once both windows are full; None before."""
+        if not self.full(route, version):
             return None
+        key = (route, version)
         return mmd_permutation_test(
-            np.vstack(reference), np.vstack(list(live)), self._permutations, self._alpha
+            np.vstack(self._reference[key]),
+            np.vstack(list(self._live[key])),
+            self._permutations,
+            self._alpha,
         )
 
-    def refresh_gauges(self) -> dict[tuple[str, str], DriftTest]:
-        """Tests every full profile and publishes MMD² and its threshold as gauges."""
+    def refresh_gauges(
+        self, keys: Iterable[tuple[str, str]] | None = None
+    ) -> dict[tuple[str, str], DriftTest]:
+        """Tests every full profile (or those of `keys`) and publishes MMD² and its threshold
+        as gauges."""
         results: dict[tuple[str, str], DriftTest] = {}
-        for route, version in list(self._reference):
+        for route, version in list(self._reference if keys is None else keys):
             result = self.test(route, version)
             if result is None:
                 continue

@@ -1,24 +1,34 @@
 """`turnout signals refusal`: judge answers from stdin with the gateway's refusal scorers.
 
 Reads JSON lines `{"text": ...}` and writes one JSON line `{"refusal": bool, "score": float}`
-per input, in order. The answers go through a `RefusalWorker`, as the gateway's would.
+per input, in order. The answers go through a `RefusalWorker`, as the gateway's would. The
+judge detector asks `--judge-route` at `--judge-url` (the gateway itself, or any
+OpenAI-compatible endpoint), as `monitoring.refusal_judge` configures it in the gateway.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
-from monitoring.refusal_worker import DETECTORS, RefusalScore, RefusalWorker, scorer_named
+from monitoring.refusal_worker import (
+    DETECTORS,
+    RefusalScore,
+    RefusalScorer,
+    RefusalWorker,
+    scorer_named,
+)
 
 
-def judge_lines(source: TextIO, sink: TextIO, detector: str, batch: int = 64) -> int:
+def judge_lines(source: TextIO, sink: TextIO, scorer: RefusalScorer, batch: int = 64) -> int:
     """Scores each input line, writing verdicts in input order; returns the exit status."""
-    worker = RefusalWorker(scorer_named(detector), max_queued=batch, max_batch=16)
+    worker = RefusalWorker(scorer, max_queued=batch, max_batch=16)
     try:
         pending: list[str] = []
         for number, line in enumerate(source, start=1):
@@ -67,8 +77,20 @@ def _flush(worker: RefusalWorker, texts: list[str], sink: TextIO) -> None:
     texts.clear()
 
 
+def _scorer(arguments: argparse.Namespace) -> RefusalScorer:
+    if arguments.detector != "judge":
+        return scorer_named(arguments.detector)
+    if not (arguments.judge_url and arguments.judge_route):
+        raise SystemExit("signals refusal: --detector judge needs --judge-url and --judge-route")
+    from monitoring.refusal_judge import RUBRIC, JudgeScorer
+
+    key = os.environ.get(arguments.judge_api_key_env) if arguments.judge_api_key_env else None
+    rubric = arguments.judge_rubric.read_text() if arguments.judge_rubric else RUBRIC
+    return JudgeScorer(arguments.judge_url, arguments.judge_route, api_key=key, rubric=rubric)
+
+
 def _run(arguments: argparse.Namespace) -> int:
-    return judge_lines(sys.stdin, sys.stdout, arguments.detector)
+    return judge_lines(sys.stdin, sys.stdout, _scorer(arguments))
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +101,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "refusal", help='JSON lines {"text": ...} in, {"refusal": bool, "score": float} out'
     )
     refusal.add_argument("--detector", choices=DETECTORS, default="phrase")
+    judge = refusal.add_argument_group("judge", "the judge detector: a route asked with a rubric")
+    judge.add_argument("--judge-url", help="an OpenAI-compatible endpoint, e.g. the gateway's")
+    judge.add_argument("--judge-route", help="the route (model) that judges")
+    judge.add_argument("--judge-rubric", type=Path, help="a file holding the rubric to use")
+    judge.add_argument("--judge-api-key-env", help="environment variable holding the API key")
     refusal.set_defaults(run=_run)
 
 

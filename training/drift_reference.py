@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from training.dataset import CARD_FILE, read_split
 
@@ -74,8 +74,8 @@ def record_reference(
     return path
 
 
-def load_reference(path: Path) -> DriftReference:
-    """Read a window written by `record_reference`."""
+def load_reference(path: Path | BinaryIO) -> DriftReference:
+    """Read a window written by `record_reference` (a file, or its bytes as a stream)."""
     import numpy as np
 
     with np.load(path) as saved:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from training.dataset import CARD_FILE
-from training.drift_reference import reference_provenance
+from training.drift_reference import REFERENCE_FILE, reference_provenance
 from training.qlora import METRICS_FILE
 
 
@@ -40,3 +40,10 @@ def provenance(dataset: Path, run: Path, report: Mapping[str, Any]) -> dict[str,
     if reference is not None:  # the semantic-drift reference window recorded beside the adapter
         record["drift_reference"] = reference
     return record
+
+
+def attachments(run: Path) -> dict[str, bytes]:
+    """The run's files that travel beside the adapter: `registry.push(..., attachments=...)`
+    (the drift reference window, which the gateway's semantic-drift feed reads back)."""
+    path = run / REFERENCE_FILE
+    return {REFERENCE_FILE: path.read_bytes()} if path.exists() else {}

@@ -161,7 +161,7 @@ def retrain(config: TurnoutConfig, inputs: RetrainInputs) -> RetrainResult:
     """Run the cycle; `RetrainRefused` when data is short or the gate says no."""
     from training.dataset import build_dataset
     from training.evaluate import AdapterUnderTest, evaluate, write_report
-    from training.provenance import provenance
+    from training.provenance import attachments, provenance
     from training.qlora import train
 
     plan = _plan(config, inputs)
@@ -217,6 +217,7 @@ def retrain(config: TurnoutConfig, inputs: RetrainInputs) -> RetrainResult:
         version=version,
         provenance=provenance(dataset, run, report),
         created_by=CREATED_BY,
+        attachments=attachments(run),
     )
     body = {"reason": "flywheel run: the gate passed", **(inputs.canary or {})}
     rollout = _start_canary(plan, inputs.route, manifest.ref, body)

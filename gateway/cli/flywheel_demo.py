@@ -50,7 +50,7 @@ from training.evaluate import (
     read_suite,
     write_report,
 )
-from training.provenance import provenance
+from training.provenance import attachments, provenance
 from training.qlora import TrainConfig, train
 from training.tickets import (
     ROUTE,
@@ -200,6 +200,7 @@ def _hand_off(
         version=CANDIDATE_REF.partition("@")[2],
         provenance=provenance(dataset, work / "run", report),
         created_by="turnout flywheel-demo",
+        attachments=attachments(work / "run"),
     )
     _say(f"pushed {pushed.ref} with its dataset card, training run and gate report")
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}

@@ -25,6 +25,7 @@ from monitoring import metrics
 from monitoring.drift import DriftMonitor
 from monitoring.refusal_worker import RefusalScore, RefusalWorker
 from monitoring.refusals import RefusalDetector, detector_name
+from monitoring.semantic_feed import SemanticDriftFeed
 from training.capture import CaptureRecord, CaptureSink
 
 log = logging.getLogger("turnout.outcomes")
@@ -183,6 +184,7 @@ class OutcomeRecorder:
         capture: CaptureSink,
         budget: SignalBudget,
         refusal_worker: RefusalWorker | None = None,
+        semantic_drift: SemanticDriftFeed | None = None,
     ) -> None:
         self._rollouts = rollouts
         self._refusals = refusals
@@ -191,6 +193,7 @@ class OutcomeRecorder:
         # The `detector` label: refusal rates are compared only within one detector's version.
         self._detector = refusal_worker.scorer.name if refusal_worker else detector_name(refusals)
         self._drift = drift
+        self._semantic_drift = semantic_drift  # set: prompts are embedded on the worker
         self._capture = capture
         self._budget = budget
         self._children: dict[tuple[str, str, str, int], _RequestSeries] = {}
@@ -246,12 +249,7 @@ class OutcomeRecorder:
                     metrics.REFUSAL_CHECKS.labels(*labels, self._detector, verdict).inc()
                     prompt = prompt_text(outcome.fields)
                 if prompt:
-                    self._drift.observe(
-                        target.route,
-                        target.version_label,
-                        prompt,
-                        outcome.answer.prompt_tokens or None,
-                    )
+                    self._observe_prompt(target, prompt, outcome.answer.prompt_tokens)
             self._capture_outcome(outcome, target, refusal)
         except Exception:  # a signal must never take a request down with it
             log.exception("recording signals for %s failed", target.route)
@@ -275,10 +273,15 @@ class OutcomeRecorder:
 
         prompt = prompt_text(outcome.fields)
         if prompt:
-            self._drift.observe(
-                target.route, target.version_label, prompt, outcome.answer.prompt_tokens or None
-            )
+            self._observe_prompt(target, prompt, outcome.answer.prompt_tokens)
         return self._worker.submit(outcome.answer.text, on_score)
+
+    def _observe_prompt(self, target: Target, prompt: str, prompt_tokens: int) -> None:
+        """The prompt into the drift windows: term and length histograms here, embeddings on
+        the worker (only queued here)."""
+        self._drift.observe(target.route, target.version_label, prompt, prompt_tokens or None)
+        if self._semantic_drift is not None:
+            self._semantic_drift.offer(target.route, target.version_label, prompt)
 
     def _judged(self, outcome: FinishedRequest, target: Target, refusal: bool) -> None:
         """The rest of `_signals` once the worker has judged the answer."""

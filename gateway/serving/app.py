@@ -43,6 +43,7 @@ from gateway.rollouts.evidence import Evidence, LocalEvidence, PooledEvidence
 from gateway.rollouts.state import state_store_for
 from gateway.routing.table import PublishedTable, build_routing_table
 from gateway.serving.listeners import place_metrics
+from gateway.serving.signals import signal_workers
 from gateway.shadow.dispatch import ShadowDispatcher
 from gateway.shadow.evidence import LocalPairEvidence, PairEvidence, PairTally, PooledPairEvidence
 from gateway.shadow.recorder import PairRecorder
@@ -55,7 +56,6 @@ from gateway.upstream.health import Readiness
 from gateway.upstream.proxy import InferenceProxy
 from gateway.upstream.residency import Residency
 from monitoring.drift import DriftConfig, DriftMonitor
-from monitoring.refusal_worker import RefusalWorker, scorer_named
 from monitoring.refusals import PhraseRefusalDetector
 from training.capture import SqliteCaptureSink
 from training.review.store import ReviewQueue
@@ -63,11 +63,6 @@ from training.review.store import ReviewQueue
 HEALTH_PROBE_S = 5.0
 # Readiness ignores probe results older than this: a stopped probe loop means "not ready".
 HEALTH_STALE_S = 3 * HEALTH_PROBE_S
-
-
-def _refusal_worker(detector: str) -> RefusalWorker | None:
-    """The learned detector's worker thread (the phrase rules run inline, in microseconds)."""
-    return RefusalWorker(scorer_named(detector)) if detector != "phrase" else None
 
 
 def _route_schema(table: PublishedTable, route: str) -> Mapping[str, Any] | None:
@@ -173,7 +168,7 @@ def create_app(
         _rate_limiter(config),
         config.limits,
     )
-    refusal_worker = _refusal_worker(config.monitoring.refusal_detector)
+    signals = signal_workers(config)
     reviewers = load_reviewer_keyring(Path(auth.admin_keys_file)) if auth.admin_keys_file else None
     review_queue = ReviewQueue(
         Path(config.capture.path), redact_corrections=config.capture.redact_feedback
@@ -187,8 +182,8 @@ def create_app(
         await pair_evidence.close()
         if adapter_placement is not None and adapter_placement.shared is not None:
             await adapter_placement.shared.close()
-        if refusal_worker is not None:
-            await asyncio.to_thread(refusal_worker.close)  # judge what is queued
+        if signals.worker is not None:
+            await asyncio.to_thread(signals.worker.close)  # judge what is queued
             await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first
         await asyncio.to_thread(capture.close)  # every queued record is written
         review_queue.close()
@@ -311,7 +306,8 @@ def create_app(
             drift,
             capture,
             SignalBudget(config.monitoring.signals_per_second),
-            refusal_worker,
+            signals.refusals,
+            signals.semantic_drift,
         ),
         guard,
         config.server.max_body_bytes,

@@ -172,3 +172,21 @@ def test_remove_deletes_the_version(
     registry.remove("triage", "v1")
     assert registry.list() == []
     assert not (tmp_path / "store" / "triage" / "v1").exists()
+
+
+def test_attachments_are_stored_beside_the_adapter_and_read_back(tmp_path: Path) -> None:
+    from adapters.synthetic import synthetic_base_profile, write_zero_adapter
+
+    base = synthetic_base_profile("tiny")
+    store = AdapterRegistry(str(tmp_path / "store"))
+    store.save_base(base)
+    write_zero_adapter(tmp_path / "zero")
+    pushed = store.push(
+        tmp_path / "zero", "triage", base, LIMITS, attachments={"drift_reference.npz": b"npz"}
+    )
+    assert store.attachment("triage", pushed.version, "drift_reference.npz") == b"npz"
+    assert store.attachment("triage", pushed.version, "other.npz") is None
+    assert "drift_reference.npz" not in pushed.files  # not part of the adapter vLLM loads
+    assert store.verify("triage", pushed.version, base, LIMITS) == pushed
+    with pytest.raises(AdapterRefused, match="shadow"):
+        store.push(tmp_path / "zero", "triage", base, LIMITS, attachments={MANIFEST_FILE: b"{}"})

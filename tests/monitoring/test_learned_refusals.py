@@ -124,4 +124,6 @@ def test_scoring_keeps_torch_out_of_the_process() -> None:
 
 def test_unknown_detector_name_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown refusal detector"):
+        scorer_named("oracle")
+    with pytest.raises(ValueError, match="needs a route"):
         scorer_named("judge")

