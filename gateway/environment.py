@@ -12,6 +12,8 @@ container's env); everything else is the config file. docs/configuration.md list
 | `TURNOUT_ADMIN_URL`, `TURNOUT_ADMIN_KEY` | the admin API that `rollout` and `flywheel` call |
 | `TURNOUT_STORE` | the adapter store of `turnout adapters ...` when no config file names one |
 | `TURNOUT_DEBUG` | `1`: the CLI shows tracebacks (as `--debug`) |
+
+and the secrets whose variable the config names (`secret`): `monitoring.refusal_judge.api_key_env`.
 """
 
 from __future__ import annotations
@@ -61,3 +63,9 @@ class Environment:
             store=value(STORE),
             debug=value(DEBUG) not in (None, "0"),
         )
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of a variable the config names for a secret (unset or empty: None)."""
+    source = os.environ if env is None else env
+    return source.get(name) or None

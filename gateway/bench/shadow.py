@@ -15,11 +15,11 @@ import json
 import re
 import sys
 import tempfile
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from adapters.registry import AdapterRegistry
@@ -72,7 +72,8 @@ def _gateway_command(folder: Path, upstream_url: str, port: int) -> list[str]:
 
 
 def _shadow_counts(gateway_url: str) -> dict[str, float]:
-    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
     counts: dict[str, float] = {}
     for line in text.splitlines():
         if found := _SAMPLE.match(line):

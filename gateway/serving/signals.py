@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters.registry import AdapterRegistry
 from gateway.config import RefusalJudgeSettings, ServerConfig, TurnoutConfig
+from gateway.environment import secret
 from gateway.errors import ConfigError
-from monitoring.refusal_judge import RUBRIC, JudgeScorer
 from monitoring.refusal_worker import (
     EmbedPrompts,
     LearnedScorer,
@@ -26,6 +25,9 @@ from monitoring.refusal_worker import (
     scorer_named,
 )
 from monitoring.semantic_feed import ReferenceFor, SemanticDriftFeed
+
+if TYPE_CHECKING:
+    from monitoring.refusal_judge import JudgeScorer
 
 log = logging.getLogger("turnout.signals")
 
@@ -69,10 +71,13 @@ def recorded_reference(registry: AdapterRegistry) -> ReferenceFor:
 
 
 def judge_scorer(settings: RefusalJudgeSettings, server: ServerConfig) -> JudgeScorer:
-    """The judge detector for `settings`; without a url it asks this gateway's own listener."""
+    """The judge detector for `settings`; without a url it asks this gateway's own listener.
+    Imported here: the judge's HTTP client (httpx) is not part of the base install."""
+    from monitoring.refusal_judge import RUBRIC, JudgeScorer
+
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     url = settings.url or f"http://{host}:{server.port}"
-    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    key = secret(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not key:
         raise ConfigError(f"monitoring.refusal_judge.api_key_env: ${settings.api_key_env} is unset")
     return JudgeScorer(
