@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -26,6 +26,7 @@ from gateway.rollouts.model import Rollout
 # A rollout's pooled counts outlive it by this long, then Redis drops them.
 EVIDENCE_TTL_S = 7 * 24 * 3600
 _ARMS = ("stable", "candidate")
+Snapshot_co = TypeVar("Snapshot_co", covariant=True)
 
 
 class Evidence(Protocol):
@@ -36,14 +37,20 @@ class Evidence(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalEvidence:
-    """One process: the recorder's own counts."""
+class Counts(Protocol[Snapshot_co]):
+    """Whatever counts one process keeps for a rollout (the recorder, shadow's pair tally)."""
 
-    def __init__(self, recorder: RolloutRecorder) -> None:
-        self._recorder = recorder
+    def snapshot(self, rollout: Rollout) -> Snapshot_co: ...
 
-    async def snapshot(self, rollout: Rollout) -> TallySnapshot:
-        return self._recorder.snapshot(rollout)
+
+class LocalEvidence(Generic[Snapshot_co]):
+    """One process: its own counts, canary tallies or shadow pairs alike."""
+
+    def __init__(self, counts: Counts[Snapshot_co]) -> None:
+        self._counts = counts
+
+    async def snapshot(self, rollout: Rollout) -> Snapshot_co:
+        return self._counts.snapshot(rollout)
 
     async def close(self) -> None:
         return None

@@ -45,7 +45,7 @@ from gateway.routing.table import PublishedTable, build_routing_table
 from gateway.serving.listeners import place_metrics
 from gateway.serving.signals import signal_workers
 from gateway.shadow.dispatch import ShadowDispatcher
-from gateway.shadow.evidence import LocalPairEvidence, PairEvidence, PairTally, PooledPairEvidence
+from gateway.shadow.evidence import PairEvidence, PairTally, PooledPairEvidence
 from gateway.shadow.recorder import PairRecorder
 from gateway.upstream.adapter_loader import AdapterLoader, VllmAdapterAdmin
 from gateway.upstream.admission import AdmissionLimits, BackendGates
@@ -146,7 +146,7 @@ def create_app(
     pair_evidence: PairEvidence = (
         PooledPairEvidence(pairs, config.state.redis_url)
         if config.state.redis_url
-        else LocalPairEvidence(pairs)
+        else LocalEvidence(pairs)
     )
     Path(config.capture.path).parent.mkdir(parents=True, exist_ok=True)
     capture = SqliteCaptureSink(

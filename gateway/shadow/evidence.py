@@ -106,19 +106,6 @@ class PairEvidence(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalPairEvidence:
-    """One process: the tally's own counts."""
-
-    def __init__(self, tally: PairTally) -> None:
-        self._tally = tally
-
-    async def snapshot(self, rollout: Rollout) -> PairSnapshot:
-        return self._tally.snapshot(rollout)
-
-    async def close(self) -> None:
-        return None
-
-
 class PooledPairEvidence:
     """Several replicas: this one's counts added to, and read back with, everyone's in Redis."""
 

@@ -27,7 +27,7 @@ from gateway.rollouts.model import declare
 from gateway.rollouts.state import FileStateStore
 from gateway.shadow.analysis import analyse_shadow
 from gateway.shadow.compare import PAIR_SIGNALS, Side, agreement, compare, field_agreement
-from gateway.shadow.evidence import LocalPairEvidence, PairTally, PooledPairEvidence
+from gateway.shadow.evidence import PairTally, PooledPairEvidence
 
 SHADOW_THRESHOLD = math.log(len(PAIR_SIGNALS) / DEFAULT_ALPHA)
 CANARY_THRESHOLD = math.log(len(default_signals()) / DEFAULT_ALPHA)
@@ -180,9 +180,9 @@ def test_a_shadow_that_agrees_is_promoted_to_canary_with_its_evidence(tmp_path: 
         tally = PairTally()
         _feed(tally, controller, 49, refuse_every=0)
         evidence = LocalEvidence(RolloutRecorder())
-        assert await controller.analyse_once(evidence, LocalPairEvidence(tally)) == []
+        assert await controller.analyse_once(evidence, LocalEvidence(tally)) == []
         _feed(tally, controller, 1, refuse_every=0)
-        [decision] = await controller.analyse_once(evidence, LocalPairEvidence(tally))
+        [decision] = await controller.analyse_once(evidence, LocalEvidence(tally))
         assert decision.decision == "promote_to_canary"
         rollout = controller.get("triage")
         assert (rollout.mode, rollout.weight_percent, rollout.candidate) == (
@@ -209,7 +209,7 @@ def test_a_shadow_that_refuses_on_a_subset_is_rejected_with_its_evidence(tmp_pat
         tally = PairTally()
         _feed(tally, controller, 40, refuse_every=3)  # 14 of 40 refused by the candidate alone
         [decision] = await controller.analyse_once(
-            LocalEvidence(RolloutRecorder()), LocalPairEvidence(tally)
+            LocalEvidence(RolloutRecorder()), LocalEvidence(tally)
         )
         assert decision.decision == "reject"
         assert controller.get("triage").candidate is None
@@ -229,7 +229,7 @@ def test_without_auto_promote_a_good_shadow_waits_for_an_operator(tmp_path: Path
         tally = PairTally()
         _feed(tally, controller, 60, refuse_every=0)
         evidence = LocalEvidence(RolloutRecorder())
-        assert await controller.analyse_once(evidence, LocalPairEvidence(tally)) == []
+        assert await controller.analyse_once(evidence, LocalEvidence(tally)) == []
         verdict = controller.latest_verdict("triage")
         assert verdict is not None
         assert verdict.action == "promote_step"
