@@ -142,7 +142,7 @@ def create_app(
         if config.state.redis_url
         else LocalEvidence(recorder)
     )
-    pairs = PairTally()
+    pairs = PairTally(lambda route: table.current.shadow_categories(route))
     pair_evidence: PairEvidence = (
         PooledPairEvidence(pairs, config.state.redis_url)
         if config.state.redis_url

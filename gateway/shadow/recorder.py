@@ -87,7 +87,7 @@ class PairRecorder:
             comparison = compare(stable, candidate, pair.contract is not None, self._max_chars)
             rollout = pair.target.rollout
             assert rollout is not None
-            self.tally.record(rollout, comparison)
+            self.tally.record(rollout, comparison, pair.category)
             route = pair.target.route
             compared = self._compared.get(route)
             if compared is None:

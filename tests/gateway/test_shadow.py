@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 
 from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints
-from gateway.config import LimitsConfig, TurnoutConfig
-from gateway.errors import Overloaded
+from gateway.config import LimitsConfig, TurnoutConfig, parse_config
+from gateway.errors import ConfigError, Overloaded
 from gateway.outcomes.recorder import OutcomeRecorder, SignalBudget
 from gateway.protection.auth import issue_key, load_reviewer_keyring
 from gateway.protection.guard import RequestGuard
@@ -120,7 +120,7 @@ async def gateway(
         CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0}),
         review=None if review is None else {route_name: review},
     )
-    tally = PairTally()
+    tally = PairTally(lambda route: table.current.shadow_categories(route))  # as the app does
     recorder = RolloutRecorder()
     shadows = ShadowDispatcher(
         proxy,
@@ -302,6 +302,53 @@ async def test_a_streamed_request_is_shadowed_as_a_whole_request(
     assert candidate_fields[0]["response_format"]["json_schema"]["schema"] == SCHEMA
     pairs, exact, score = counts.agreement("structured")
     assert (pairs, exact, score) == (1, 0.0, 0.5)  # `team` agrees, `urgent` does not
+
+
+@pytest.mark.anyio
+async def test_each_pair_is_counted_in_its_request_s_category(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    def candidate(fields: dict[str, Any]) -> str:
+        billing = fields.get("metadata", {}).get("topic") == "billing"
+        return "I can't help." if billing else "The printer team owns this."
+
+    upstream = InMemoryUpstream(
+        answers={STABLE: lambda f: "The printer team owns this.", CANDIDATE: candidate}
+    )
+    route = {"shadow_category": {"metadata_key": "topic", "values": ["billing", "hardware"]}}
+    async with gateway(tmp_path, upstream, route=route) as gw:
+        for topic in ("billing", "hardware", "billing", None, "weather"):
+            extra = {} if topic is None else {"metadata": {"topic": topic, "app": "desk"}}
+            answer = await gw.client.post("/v1/chat/completions", json=ask("ticket", **extra))
+            assert answer.status_code == 200
+        await settled(gw, 5)
+        counts = gw.tally.snapshot(gw.rollout)
+    assert counts.categories == ("billing", "hardware", "other")
+    assert counts.discordant("refusal") == (2, 0)
+    billing, hardware, other = (counts.within(c) for c in ("billing", "hardware", "other"))
+    assert (billing.pairs, billing.discordant("refusal")) == (2, (2, 0))
+    assert (hardware.pairs, hardware.discordant("refusal")) == (1, (0, 0))
+    assert other.pairs == 2  # no metadata, and a value the route does not declare
+    # Both sides get the metadata as the caller sent it.
+    sent = [body.get("metadata") for body in upstream.received()]
+    assert sent.count({"topic": "billing", "app": "desk"}) == 4
+
+
+@pytest.mark.parametrize(
+    ("category", "message"),
+    [
+        ({"metadata_key": "topic", "values": []}, r"shadow_category\.values"),
+        ({"metadata_key": "topic", "values": ["a", "a"]}, r"distinct"),
+        ({"metadata_key": "topic", "values": ["other"]}, r"not `other`"),
+        ({"metadata_key": "topic", "values": [str(n) for n in range(9)]}, r"at most 8"),
+        ({"values": ["a"]}, r"shadow_category\.metadata_key"),
+    ],
+)
+def test_a_bad_category_setting_is_refused_naming_the_key(
+    category: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"routes": {"triage": {"stable": STABLE, "shadow_category": category}}})
 
 
 @pytest.mark.anyio
