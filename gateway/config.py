@@ -36,7 +36,7 @@ from gateway.rollouts.model import (
     DEFAULT_SHADOW_PERCENT,
     DEFAULT_STEPS,
 )
-from gateway.shadow.settings import ShadowSettings
+from gateway.shadow.settings import ShadowCategory, ShadowSettings
 from gateway.surface.config import RequestsConfig
 from training.capture import CaptureSettings
 from training.review.policy import ReviewPolicy
@@ -200,6 +200,9 @@ class RouteConfig(StrictModel):
     )
     auto_promote: bool | None = Field(
         default=None, description="shadow: promote to canary automatically (default: no)"
+    )
+    shadow_category: ShadowCategory | None = Field(
+        default=None, description="shadow: test these request categories apart too"
     )
     # --- an output contract -------------------------------------------------------------------
     json_schema: dict[str, Any] | None = Field(

@@ -61,6 +61,7 @@ class _SamplingFields(_OpenAIModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    metadata: dict[str, str] | None = None
     # vLLM's sampling extensions on the allowlist (gateway/surface/fields.py).
     top_k: int | None = None
     min_p: float | None = None

@@ -15,6 +15,7 @@ from gateway.config import RouteConfig, TurnoutConfig
 from gateway.contracts.contract import Contract, make_contract
 from gateway.errors import RouteNotFound
 from gateway.rollouts.model import Arm, Rollout, assign_arm, declare
+from gateway.shadow.settings import ShadowCategory
 from gateway.surface.check import RequestSurface
 from gateway.surface.config import RequestsConfig
 
@@ -70,6 +71,7 @@ class RouteEntry:
     candidate: Target | None = None
     rollout: Rollout | None = None
     requests: RequestSurface = DEFAULT_REQUESTS
+    shadow_category: ShadowCategory | None = None  # how a shadow pair's category is found
 
     def pick(
         self,
@@ -106,6 +108,12 @@ class RoutingTable:
         if found is None:
             raise RouteNotFound(f"The model `{route}` does not exist.", param="model")
         return found
+
+    def shadow_categories(self, route: str) -> tuple[str, ...]:
+        """A route's declared input categories for its shadow's test (none: not split)."""
+        found = self.entries.get(route)
+        rule = found.shadow_category if found is not None else None
+        return () if rule is None else rule.groups
 
     def adapter_versions(self) -> frozenset[AdapterVersion]:
         """Every adapter version some route can send traffic to (stable and candidates)."""
@@ -198,7 +206,11 @@ def build_routing_table(
             route, rollout.candidate, "candidate", config.base_model, contract, ceiling, rollout
         )
         entries[route] = RouteEntry(
-            stable=stable, candidate=candidate, rollout=rollout, requests=requests
+            stable=stable,
+            candidate=candidate,
+            rollout=rollout,
+            requests=requests,
+            shadow_category=route_config.shadow_category,
         )
     return RoutingTable(entries=MappingProxyType(entries))
 

@@ -142,7 +142,7 @@ def create_app(
         if config.state.redis_url
         else LocalEvidence(recorder)
     )
-    pairs = PairTally()
+    pairs = PairTally(lambda route: table.current.shadow_categories(route))
     pair_evidence: PairEvidence = (
         PooledPairEvidence(pairs, config.state.redis_url)
         if config.state.redis_url
@@ -314,7 +314,14 @@ def create_app(
         client_stall_s=config.timeouts.client_stall_s,
         shadows=ShadowDispatcher(
             proxy,
-            PairRecorder(pairs, PhraseRefusalDetector(), capture, config.shadow.max_compare_chars),
+            PairRecorder(
+                pairs,
+                PhraseRefusalDetector(),
+                capture,
+                config.shadow.max_compare_chars,
+                # the judge, where configured, judges both answers of a pair (cached)
+                signals.refusals if config.monitoring.refusal_detector == "judge" else None,
+            ),
             config.shadow,
         ),
     )

@@ -39,12 +39,19 @@ class ShadowPair:
     """One copied request: the stable outcome arrives from the endpoint, the candidate's side
     from the copy's task; whichever comes second hands the pair on."""
 
-    __slots__ = ("candidate", "contract", "sink", "stable", "target")
+    __slots__ = ("candidate", "category", "contract", "sink", "stable", "target")
 
-    def __init__(self, target: Target, contract: Contract | None, sink: PairSink) -> None:
+    def __init__(
+        self,
+        target: Target,
+        contract: Contract | None,
+        sink: PairSink,
+        category: str | None = None,
+    ) -> None:
         self.target = target
         self.contract = contract
         self.sink = sink
+        self.category = category  # the request's input category, where the route has them
         self.stable: FinishedRequest | None = None
         self.candidate: Side | None = None
 
@@ -103,7 +110,9 @@ class ShadowDispatcher:
         copy = {name: value for name, value in fields.items() if name not in _NOT_COPIED}
         if contract is not None:
             copy["response_format"] = contract.response_format()
-        pair = ShadowPair(target, contract, self._sink)
+        rule = entry.shadow_category
+        category = None if rule is None else rule.category_of(fields)
+        pair = ShadowPair(target, contract, self._sink, category)
         # Timed from here, as the stable request is about to be sent, as stable's is timed.
         started = time.perf_counter()
         task = asyncio.create_task(self._run(pair, path, copy, request_id + "-shadow", started))

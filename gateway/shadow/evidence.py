@@ -3,12 +3,14 @@
 A tally is a flat set of integer counters per rollout (pairs, per signal and arm, the
 discordant pairs, agreement sums), so pooling is the canary's: at each look a replica adds what
 it counted since its previous look to one Redis hash per rollout (HINCRBY, in one transaction)
-and analyses the sum (`gateway/rollouts/evidence.py` says why).
+and analyses the sum (`gateway/rollouts/evidence.py` says why). A pair of a route with input
+categories is counted twice: in the rollout's counters and in its category's (`category:<name>:`
+before each name), so categories are pooled as the whole is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -25,15 +27,31 @@ from gateway.shadow.compare import PAIR_SIGNALS, PairComparison
 SCORE_SCALE = 1000  # agreement scores are summed in thousandths (Redis counts integers)
 
 
+def category_prefix(category: str) -> str:
+    """Where one input category's counters sit among a rollout's (`category:<name>:pairs`...)."""
+    return f"category:{category}:"
+
+
 @dataclass(frozen=True, slots=True)
 class PairSnapshot:
-    """A shadow rollout's counters at one moment."""
+    """A shadow rollout's counters at one moment; `within` narrows them to one input category.
+
+    `categories` are the route's declared input categories (`other` last; none without a
+    `shadow_category` setting): the analysis tests each apart, so it must know them all in
+    advance, counted or not, to split alpha.
+    """
 
     rollout_id: str
     fields: Mapping[str, int]
+    categories: tuple[str, ...] = ()
+    prefix: str = ""
 
     def get(self, name: str) -> int:
-        return self.fields.get(name, 0)
+        return self.fields.get(self.prefix + name, 0)
+
+    def within(self, category: str) -> PairSnapshot:
+        """The same counters, for the pairs of one input category only."""
+        return PairSnapshot(self.rollout_id, self.fields, (), category_prefix(category))
 
     @property
     def pairs(self) -> int:
@@ -61,41 +79,61 @@ def _bump(counts: dict[str, int], name: str, by: int = 1) -> None:
     counts[name] = counts.get(name, 0) + by
 
 
-def add_pair(counts: dict[str, int], comparison: PairComparison) -> None:
-    """Count one compared pair into `counts`."""
-    _bump(counts, "pairs")
+def add_pair(counts: dict[str, int], comparison: PairComparison, prefix: str = "") -> None:
+    """Count one compared pair into `counts` (under `prefix`: an input category's counters)."""
+    _bump(counts, f"{prefix}pairs")
     for signal, (stable_bad, candidate_bad) in comparison.signals.items():
         for arm, bad in (("stable", stable_bad), ("candidate", candidate_bad)):
             if bad is not None:
-                _bump(counts, f"{signal}:{arm}:trials")
-                _bump(counts, f"{signal}:{arm}:events", int(bad))
+                _bump(counts, f"{prefix}{signal}:{arm}:trials")
+                _bump(counts, f"{prefix}{signal}:{arm}:events", int(bad))
         if stable_bad is not None and candidate_bad is not None and stable_bad != candidate_bad:
-            _bump(counts, f"{signal}:{'candidate_only' if candidate_bad else 'stable_only'}")
+            side = "candidate_only" if candidate_bad else "stable_only"
+            _bump(counts, f"{prefix}{signal}:{side}")
     agreed = comparison.agreement
     if agreed is not None:
-        _bump(counts, f"agreement:{agreed.kind}:pairs")
-        _bump(counts, f"agreement:{agreed.kind}:exact", int(agreed.exact))
-        _bump(counts, f"agreement:{agreed.kind}:score_milli", round(agreed.score * SCORE_SCALE))
+        kind = f"{prefix}agreement:{agreed.kind}"
+        _bump(counts, f"{kind}:pairs")
+        _bump(counts, f"{kind}:exact", int(agreed.exact))
+        _bump(counts, f"{kind}:score_milli", round(agreed.score * SCORE_SCALE))
+
+
+def _no_categories(route: str) -> tuple[str, ...]:
+    return ()
 
 
 class PairTally:
-    """This process's counters, one set per route for the shadow running on it."""
+    """This process's counters, one set per route for the shadow running on it.
 
-    def __init__(self) -> None:
+    `categories` says a route's declared input categories (from its `shadow_category`
+    setting, as the routing table in force has it), for the snapshots the analysis reads.
+    """
+
+    def __init__(self, categories: Callable[[str], tuple[str, ...]] = _no_categories) -> None:
         self._counts: dict[str, tuple[str, dict[str, int]]] = {}
+        self.categories = categories
 
-    def record(self, rollout: Rollout, comparison: PairComparison) -> None:
+    def record(
+        self, rollout: Rollout, comparison: PairComparison, category: str | None = None
+    ) -> None:
+        """Count a pair, into its input category's counters too when the route has them."""
         rollout_id, counts = self._counts.get(rollout.route, ("", {}))
         if rollout_id != rollout.rollout_id:
             counts = {}
             self._counts[rollout.route] = (rollout.rollout_id, counts)
         add_pair(counts, comparison)
+        if category is not None:
+            add_pair(counts, comparison, category_prefix(category))
 
     def snapshot(self, rollout: Rollout) -> PairSnapshot:
         rollout_id, counts = self._counts.get(rollout.route, ("", {}))
         if rollout_id != rollout.rollout_id:
             counts = {}
-        return PairSnapshot(rollout.rollout_id, MappingProxyType(dict(counts)))
+        return PairSnapshot(
+            rollout.rollout_id,
+            MappingProxyType(dict(counts)),
+            self.categories(rollout.route),
+        )
 
 
 class PairEvidence(Protocol):
@@ -138,7 +176,9 @@ class PooledPairEvidence:
         self._added[rollout.route] = (rollout.rollout_id, local)
         pooled: dict[bytes, bytes] = results[-1]
         fields = {name.decode(): int(value) for name, value in pooled.items()}
-        return PairSnapshot(rollout.rollout_id, MappingProxyType(fields))
+        return PairSnapshot(
+            rollout.rollout_id, MappingProxyType(fields), self._tally.categories(rollout.route)
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

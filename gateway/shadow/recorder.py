@@ -5,10 +5,14 @@ candidate's answer is offered to the same capture sink as every answer (same per
 redaction and bounded queue) under the stable answer's request id, with `arm="shadow"`: the
 policy's sample is decided by that id, so a sampled pair keeps both sides. The record carries
 the stable answer and the comparison's flags, for the route's review policy to queue the pair.
+Refusal is judged by the phrase rules inline, or, where the judge is the configured refusal
+detector, by the judge on the signals worker (both answers, cached), the pair being compared
+once both verdicts are back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,6 +22,7 @@ from gateway.shadow.compare import PairComparison, Side, compare, pair_flags
 from gateway.shadow.dispatch import ShadowPair
 from gateway.shadow.evidence import PairTally
 from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
+from monitoring.refusal_worker import RefusalScore, RefusalWorker
 from monitoring.refusals import RefusalDetector
 from training.capture import CaptureRecord, CaptureSink, SchemaVerdict
 
@@ -50,9 +55,13 @@ class PairRecorder:
         refusals: RefusalDetector,
         capture: CaptureSink,
         max_compare_chars: int = 8192,
+        judge: RefusalWorker | None = None,
     ) -> None:
         self.tally = tally
         self._refusals = refusals
+        # Set (the judge is the configured refusal detector): both answers of a pair are judged
+        # on the signals worker, and the pair is compared once both verdicts are back.
+        self._judge = judge
         self._capture = capture
         self._max_chars = max_compare_chars
         # Metric children looked up once: `labels()` locks and builds tuples on every call.
@@ -73,8 +82,47 @@ class PairRecorder:
         outcome, candidate = pair.stable, pair.candidate
         if outcome is None or candidate is None:
             return
+        if self._judge is not None:
+            answered = outcome.answer.text if outcome.status == 200 else None
+            self._ask_judge(self._judge, pair, answered, candidate.text)
+            return
+        self._compare(pair, self._refusal(outcome.answer.text), self._refusal(candidate.text))
+
+    def _ask_judge(
+        self, judge: RefusalWorker, pair: ShadowPair, stable: str | None, candidate: str | None
+    ) -> None:
+        """Both answers to the judge's worker; the pair is compared, on the loop, once both
+        verdicts are in. An answer the worker's full queue turns away gets no verdict (its
+        refusal is not counted); the judge's own cache answers a repeated text."""
+        loop = asyncio.get_running_loop()
+        verdicts: list[bool | None] = [None, None]
+        waiting = {0, 1}
+
+        def judged(side: int, refusal: bool | None) -> None:  # on the loop
+            verdicts[side] = refusal
+            waiting.discard(side)
+            if not waiting:
+                self._compare(pair, verdicts[0], verdicts[1])
+
+        for side, text in enumerate((stable, candidate)):
+            if text is None:
+                judged(side, None)
+                continue
+
+            def on_score(score: RefusalScore, side: int = side) -> None:  # on the worker
+                loop.call_soon_threadsafe(judged, side, score.refusal)
+
+            if not judge.submit(text, on_score):
+                judged(side, None)
+
+    def _compare(
+        self, pair: ShadowPair, stable_refusal: bool | None, candidate_refusal: bool | None
+    ) -> None:
+        outcome, candidate = pair.stable, pair.candidate
+        assert outcome is not None  # `record` compares only finished pairs
+        assert candidate is not None
         try:
-            stable = stable_side(outcome, self._refusal(outcome.answer.text))
+            stable = stable_side(outcome, stable_refusal)
             candidate = Side(
                 candidate.status,
                 candidate.latency_s,
@@ -82,12 +130,12 @@ class PairRecorder:
                 candidate.finish_reason,
                 candidate.completion_tokens,
                 candidate.schema_valid,
-                self._refusal(candidate.text),
+                candidate_refusal,
             )
             comparison = compare(stable, candidate, pair.contract is not None, self._max_chars)
             rollout = pair.target.rollout
             assert rollout is not None
-            self.tally.record(rollout, comparison)
+            self.tally.record(rollout, comparison, pair.category)
             route = pair.target.route
             compared = self._compared.get(route)
             if compared is None:

@@ -25,6 +25,7 @@ from gateway.surface.fields import (
     default_fields,
 )
 
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 _TEXT_PART_KEYS = frozenset({"type", "text"})
 _PAYLOAD_KEYS = {
     "image_url": frozenset({"url", "detail"}),
@@ -107,6 +108,9 @@ class RequestSurface:
             bound = _BOUNDS.get(name)
             if bound is not None and value is not None:
                 bound(self, value, path, fields)
+
+    def _check_metadata(self, value: Any, path: str, fields: Mapping[str, Any]) -> None:
+        _metadata(value)
 
     def _check_n(self, n: int, path: str, fields: Mapping[str, Any]) -> None:
         _at_most(n, self.max_n, "n")
@@ -227,6 +231,20 @@ def _at_most(value: int | None, limit: int | None, param: str, what: str = "") -
         )
 
 
+def _metadata(value: Any) -> None:
+    """OpenAI's bounds: up to 16 pairs of strings, keys up to 64 characters, values up to 512."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ParameterOutOfBounds(
+            "`metadata` must be an object of string values.", param="metadata"
+        )
+    _at_most(len(value), METADATA_PAIRS, "metadata", "pairs")
+    for key, text in value.items():
+        _at_most(len(key), METADATA_KEY_CHARS, "metadata", "characters in a key")
+        _at_most(len(text), METADATA_VALUE_CHARS, "metadata", "characters in a value")
+
+
 def _logprobs(value: Any, limit: int, param: str) -> None:
     # prompt_logprobs is not typed by the protocol models (it is opt-in); -1 means the whole
     # vocabulary to vLLM, so anything but 0..limit is refused here.
@@ -258,6 +276,7 @@ _BOUNDS: dict[str, _Bound] = {
     "tools": RequestSurface._check_tools,
     "messages": RequestSurface._check_messages,
     "prompt": RequestSurface._check_prompt,
+    "metadata": RequestSurface._check_metadata,
 }
 
 

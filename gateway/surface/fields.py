@@ -103,6 +103,14 @@ FIELDS: tuple[FieldRule, ...] = (
     ),
     FieldRule("user", BOTH, "allowed", "-", "sticky rollout assignment"),
     FieldRule(
+        "metadata",
+        BOTH,
+        "allowed",
+        "16 string pairs, keys up to 64 and values up to 512 characters (OpenAI's)",
+        "the application's labels; a shadow may read a request's input category from it "
+        "(docs/rollouts.md)",
+    ),
+    FieldRule(
         "response_format",
         BOTH,
         "allowed",

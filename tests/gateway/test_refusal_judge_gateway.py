@@ -17,7 +17,7 @@ from gateway.config import MonitoringConfig
 from tests.support.demo import gateway_config
 from tests.support.inprocess import InProcessGateway, in_process_gateway
 from tests.support.judge_server import judge_server
-from tests.support.upstream import Answer
+from tests.support.upstream import Answer, InMemoryUpstream
 
 RUBRIC = "Grade the answer. Reply REFUSAL or ANSWER, one word."
 CHECKS = "turnout_refusal_checks_total"
@@ -65,3 +65,43 @@ def test_the_judge_grades_answers_with_the_configured_route_and_rubric(tmp_path:
 def test_the_judge_detector_needs_a_route() -> None:
     with pytest.raises(ValueError, match=r"monitoring\.refusal_judge\.route"):
         MonitoringConfig(refusal_detector="judge")
+
+
+def test_a_shadow_s_pairs_are_judged_by_the_configured_judge(
+    tmp_path: Path, synthetic_store: Path
+) -> None:
+    """The app wires the judge into the shadow comparison: the candidate's answer, which the
+    phrase rules pass, is a refusal to the judge, and the pair counts it so."""
+    served = "The printer team owns this."
+    judged = "Printers can't print without toner: the printer team owns this."
+    upstream = InMemoryUpstream(
+        answers={"support-triage@v1": lambda f: served, "summarize@v1": lambda f: judged}
+    )
+    route = {
+        "stable": "support-triage@v1",
+        "candidate": "summarize@v1",
+        "mode": "shadow",
+        "shadow_percent": 100,
+    }
+    with judge_server() as (url, seen):
+        monitoring = {"refusal_detector": "judge", "refusal_judge": {"url": url, "route": "j"}}
+        config = gateway_config(
+            ["http://vllm.test"], synthetic_store, monitoring=monitoring, routes={"judged": route}
+        )
+        with in_process_gateway(config, tmp_path, upstream) as gateway:
+            for _ in range(3):
+                reply = gateway.client.post(
+                    "/v1/chat/completions",
+                    json={"model": "judged", "messages": [{"role": "user", "content": "Jam."}]},
+                )
+                assert reply.json()["choices"][0]["message"]["content"] == served
+            events = "turnout_shadow_signal_events_total"
+            labels = {"route": "judged", "signal": "refusal", "arm": "candidate"}
+            deadline = time.monotonic() + 30
+            while gateway.metric(events, result="bad", **labels) < 3:
+                assert time.monotonic() < deadline, "the judged pairs were not counted"
+                time.sleep(0.02)
+            stable = gateway.metric(events, result="bad", **{**labels, "arm": "stable"})
+    assert stable == 0
+    graded = sorted(request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen)
+    assert graded == sorted([served, judged])  # once each: repeats come from the cache

@@ -115,6 +115,24 @@ def test_each_bound_is_inclusive_and_named(fields: dict[str, Any], param: str) -
     SURFACE.check(CHAT, chat(**at_limit))
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{n}": "v" for n in range(17)},
+        {"k" * 65: "v"},
+        {"topic": "v" * 513},
+        {"topic": 1},
+        ["topic"],
+    ],
+)
+def test_metadata_is_held_to_openai_s_bounds(metadata: Any) -> None:
+    with pytest.raises(ParameterOutOfBounds) as refused:
+        SURFACE.check(CHAT, chat(metadata=metadata))
+    assert refused.value.param == "metadata"
+    at_limit = {f"{n:0>64}": "v" * 512 for n in range(16)}
+    SURFACE.check(CHAT, chat(metadata=at_limit))
+
+
 def test_token_prompts_count_one_character_per_token() -> None:
     small = RequestSurface.build(RequestsConfig(max_content_chars=4), None)
     small.check("/v1/completions", {"model": "m", "prompt": [[1, 2], [3, 4]]})

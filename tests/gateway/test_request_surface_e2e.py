@@ -97,6 +97,7 @@ def test_every_allowed_field_reaches_the_upstream_unchanged(gateway: Gateway) ->
         "logprobs": True,
         "top_logprobs": 20,
         "user": "u1",
+        "metadata": {"topic": "billing"},
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
         "tool_choice": "auto",
         "parallel_tool_calls": False,
@@ -119,6 +120,7 @@ def test_every_allowed_field_reaches_the_upstream_unchanged(gateway: Gateway) ->
 
 def test_completions_forward_their_own_fields(gateway: Gateway) -> None:
     body = {"model": "chat", "prompt": "hi", "logprobs": 20, "echo": True, "suffix": "!"}
+    body["metadata"] = {"topic": "billing"}
     assert gateway.post(COMPLETIONS, body).status_code == 200
     assert gateway.forwarded() == [{**body, "model": "tiny"}]
 

@@ -20,15 +20,15 @@ from prometheus_client import REGISTRY
 
 from gateway.api.errors import install_error_handlers
 from gateway.api.openai import InferenceEndpoints
-from gateway.config import LimitsConfig, TurnoutConfig
-from gateway.errors import Overloaded
+from gateway.config import LimitsConfig, TurnoutConfig, parse_config
+from gateway.errors import ConfigError, Overloaded
 from gateway.outcomes.recorder import OutcomeRecorder, SignalBudget
 from gateway.protection.auth import issue_key, load_reviewer_keyring
 from gateway.protection.guard import RequestGuard
 from gateway.protection.ratelimit import LocalRateLimiter
 from gateway.review.access import ReviewAccess
 from gateway.review.api import review_api_router
-from gateway.rollouts.analysis import RolloutRecorder
+from gateway.rollouts.analysis import BinomialCounts, RolloutRecorder
 from gateway.rollouts.model import DEFAULT_STEPS, Rollout, Why, declare, start
 from gateway.routing.table import PublishedTable, build_routing_table
 from gateway.shadow.dispatch import ShadowDispatcher
@@ -41,7 +41,10 @@ from gateway.upstream.breaker import BreakerPolicy, RetryBudget, RetryBudgetPoli
 from gateway.upstream.proxy import InferenceProxy
 from gateway.upstream.residency import Residency
 from monitoring.drift import DriftConfig, DriftMonitor
+from monitoring.refusal_judge import JudgeScorer
+from monitoring.refusal_worker import RefusalWorker
 from monitoring.refusals import PhraseRefusalDetector
+from tests.support.judge_server import judge_server
 from tests.support.upstream import InMemoryUpstream
 from training.capture import CaptureSettings, SqliteCaptureSink, connect
 from training.review.policy import ReviewPolicy
@@ -105,6 +108,7 @@ async def gateway(
     settings: ShadowSettings | None = None,
     route_name: str = "triage",
     review: ReviewPolicy | None = None,
+    judge: RefusalWorker | None = None,
 ) -> AsyncIterator[Gateway]:
     config = TurnoutConfig.model_validate(
         {"routes": {route_name: {"stable": STABLE, **(route or {})}}}
@@ -120,11 +124,11 @@ async def gateway(
         CaptureSettings(path=str(tmp_path / "captures.db"), default={"success_sample_rate": 1.0}),
         review=None if review is None else {route_name: review},
     )
-    tally = PairTally()
+    tally = PairTally(lambda route: table.current.shadow_categories(route))  # as the app does
     recorder = RolloutRecorder()
     shadows = ShadowDispatcher(
         proxy,
-        PairRecorder(tally, PhraseRefusalDetector(), capture),
+        PairRecorder(tally, PhraseRefusalDetector(), capture, judge=judge),
         settings or ShadowSettings(),
     )
     endpoints = InferenceEndpoints(
@@ -302,6 +306,93 @@ async def test_a_streamed_request_is_shadowed_as_a_whole_request(
     assert candidate_fields[0]["response_format"]["json_schema"]["schema"] == SCHEMA
     pairs, exact, score = counts.agreement("structured")
     assert (pairs, exact, score) == (1, 0.0, 0.5)  # `team` agrees, `urgent` does not
+
+
+@pytest.mark.anyio
+async def test_each_pair_is_counted_in_its_request_s_category(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    def candidate(fields: dict[str, Any]) -> str:
+        billing = fields.get("metadata", {}).get("topic") == "billing"
+        return "I can't help." if billing else "The printer team owns this."
+
+    upstream = InMemoryUpstream(
+        answers={STABLE: lambda f: "The printer team owns this.", CANDIDATE: candidate}
+    )
+    route = {"shadow_category": {"metadata_key": "topic", "values": ["billing", "hardware"]}}
+    async with gateway(tmp_path, upstream, route=route) as gw:
+        for topic in ("billing", "hardware", "billing", None, "weather"):
+            extra = {} if topic is None else {"metadata": {"topic": topic, "app": "desk"}}
+            answer = await gw.client.post("/v1/chat/completions", json=ask("ticket", **extra))
+            assert answer.status_code == 200
+        await settled(gw, 5)
+        counts = gw.tally.snapshot(gw.rollout)
+    assert counts.categories == ("billing", "hardware", "other")
+    assert counts.discordant("refusal") == (2, 0)
+    billing, hardware, other = (counts.within(c) for c in ("billing", "hardware", "other"))
+    assert (billing.pairs, billing.discordant("refusal")) == (2, (2, 0))
+    assert (hardware.pairs, hardware.discordant("refusal")) == (1, (0, 0))
+    assert other.pairs == 2  # no metadata, and a value the route does not declare
+    # Both sides get the metadata as the caller sent it.
+    sent = [body.get("metadata") for body in upstream.received()]
+    assert sent.count({"topic": "billing", "app": "desk"}) == 4
+
+
+# The phrase rules and the judge (its loopback stand-in) disagree on both candidate answers.
+SERVED = "The printer team owns this."
+JUDGED_REFUSAL = "Printers can't print without toner: the printer team owns this."
+PHRASE_REFUSAL = "I am unable to assist with that request."
+
+
+@pytest.mark.anyio
+async def test_with_a_judge_both_answers_of_a_pair_are_judged_by_it_once_each(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    phrases = PhraseRefusalDetector()
+    assert not phrases.is_refusal(JUDGED_REFUSAL)
+    assert phrases.is_refusal(PHRASE_REFUSAL)
+    candidate = {"t0": JUDGED_REFUSAL, "t1": PHRASE_REFUSAL, "t2": JUDGED_REFUSAL}
+    upstream = InMemoryUpstream(
+        answers={
+            STABLE: lambda f: SERVED,
+            CANDIDATE: lambda f: candidate[f["messages"][0]["content"]],
+        }
+    )
+    with judge_server() as (url, seen):
+        worker = RefusalWorker(JudgeScorer(url, "judge-route"))
+        try:
+            async with gateway(tmp_path, upstream, judge=worker) as gw:
+                for text in candidate:
+                    answer = await gw.client.post("/v1/chat/completions", json=ask(text))
+                    assert answer.status_code == 200
+                await settled(gw, 3)
+                counts = gw.tally.snapshot(gw.rollout)
+        finally:
+            await asyncio.to_thread(worker.close)
+    # The judge's verdicts, not the phrases': two refusals by the candidate alone.
+    assert counts.discordant("refusal") == (2, 0)
+    assert counts.arm("refusal", "stable") == BinomialCounts(0, 3)
+    assert counts.arm("refusal", "candidate") == BinomialCounts(2, 3)
+    graded = sorted(request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen)
+    assert graded == sorted([SERVED, JUDGED_REFUSAL, PHRASE_REFUSAL])  # repeats from the cache
+    assert {request["model"] for request in seen} == {"judge-route"}
+
+
+@pytest.mark.parametrize(
+    ("category", "message"),
+    [
+        ({"metadata_key": "topic", "values": []}, r"shadow_category\.values"),
+        ({"metadata_key": "topic", "values": ["a", "a"]}, r"distinct"),
+        ({"metadata_key": "topic", "values": ["other"]}, r"not `other`"),
+        ({"metadata_key": "topic", "values": [str(n) for n in range(9)]}, r"at most 8"),
+        ({"values": ["a"]}, r"shadow_category\.metadata_key"),
+    ],
+)
+def test_a_bad_category_setting_is_refused_naming_the_key(
+    category: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"routes": {"triage": {"stable": STABLE, "shadow_category": category}}})
 
 
 @pytest.mark.anyio

@@ -4,6 +4,7 @@ evidence pooled through a real Redis."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 import statistics
@@ -25,9 +26,22 @@ from gateway.rollouts.controller import RolloutController
 from gateway.rollouts.evidence import LocalEvidence
 from gateway.rollouts.model import declare
 from gateway.rollouts.state import FileStateStore
-from gateway.shadow.analysis import analyse_shadow
-from gateway.shadow.compare import PAIR_SIGNALS, Side, agreement, compare, field_agreement
-from gateway.shadow.evidence import PairTally, PooledPairEvidence
+from gateway.shadow.analysis import analyse_shadow, log_threshold, strongest_test
+from gateway.shadow.compare import (
+    PAIR_SIGNALS,
+    PairComparison,
+    Side,
+    agreement,
+    compare,
+    field_agreement,
+)
+from gateway.shadow.evidence import (
+    PairSnapshot,
+    PairTally,
+    PooledPairEvidence,
+    add_pair,
+    category_prefix,
+)
 
 SHADOW_THRESHOLD = math.log(len(PAIR_SIGNALS) / DEFAULT_ALPHA)
 CANARY_THRESHOLD = math.log(len(default_signals()) / DEFAULT_ALPHA)
@@ -121,6 +135,11 @@ def _canary_requests(rng: random.Random) -> int:
     return 20_000
 
 
+@functools.cache
+def _canary_median() -> float:
+    return statistics.median(_canary_requests(random.Random(seed)) for seed in range(100))
+
+
 def _shadow_pairs(rng: random.Random, category_share: float) -> int:
     """Pairs a shadow needs to reject a candidate that breaks the schema on 10 % of one input
     category (`category_share` of the traffic), stable breaking it on 1 % of everything."""
@@ -140,9 +159,130 @@ def test_shadow_rejects_a_schema_breaker_within_the_canary_s_sample() -> None:
     """The target: a candidate breaking the schema on 10 % of one input category is rejected
     within the requests a canary needs for 10 % vs 1 %, here when the category is the traffic
     (docs/rollouts.md gives the numbers, and those for a category that is a quarter of it)."""
-    canary = statistics.median(_canary_requests(random.Random(seed)) for seed in range(100))
+    canary = _canary_median()
     shadow = statistics.median(_shadow_pairs(random.Random(seed), 1.0) for seed in range(100))
     assert shadow <= canary
+
+
+# --- per input category ----------------------------------------------------------------------
+
+# A route declaring four input categories: with `other` five, so 6 groups x 5 signals are tested.
+CATEGORIES = ("billing", "hardware", "access", "account", "other")
+
+
+def _schema_pair(stable_bad: bool, candidate_bad: bool) -> PairComparison:
+    return PairComparison({"schema_invalid": (stable_bad, candidate_bad)}, None, None)
+
+
+def _category_pairs(rng: random.Random, share: float) -> tuple[int, int, PairSnapshot]:
+    """Pairs (all, and those of `billing`) the split test needs to reject a candidate that breaks
+    the schema on 10 % of `billing` (`share` of the traffic) and 1 % of the other categories,
+    stable 1 % everywhere; and the counts then. Counted as the tally counts them, judged by the
+    analysis after every discordant pair (no e-value moves on the others)."""
+    counts: dict[str, int] = {}
+    snapshot = PairSnapshot("r", counts, CATEGORIES)
+    threshold = log_threshold(len(CATEGORIES))
+    pairs = in_category = 0
+    while pairs < 20_000:
+        pairs += 1
+        billing = rng.random() < share
+        in_category += billing
+        category = "billing" if billing else rng.choice(CATEGORIES[1:4])
+        candidate_bad = rng.random() < (0.10 if billing else 0.01)
+        stable_bad = rng.random() < 0.01
+        pair = _schema_pair(stable_bad, candidate_bad)
+        add_pair(counts, pair)
+        add_pair(counts, pair, category_prefix(category))
+        if candidate_bad and not stable_bad:
+            strongest = strongest_test(snapshot)
+            if strongest is not None and strongest.log_e >= threshold:
+                break
+    return pairs, in_category, snapshot
+
+
+def test_a_category_s_schema_breaker_is_rejected_within_the_canary_s_sample_of_it() -> None:
+    """The target with the category a quarter of the traffic: the pairs of that category the
+    split test needs are no more than the requests the canary needs for 10 % vs 1 %, and all
+    pairs fewer than the unsplit test's (docs/rollouts.md gives the numbers)."""
+    canary = _canary_median()
+    unsplit = statistics.median(_shadow_pairs(random.Random(seed), 0.25) for seed in range(100))
+    runs = [_category_pairs(random.Random(seed), 0.25) for seed in range(100)]
+    assert statistics.median(in_category for _, in_category, _ in runs) <= canary
+    assert statistics.median(pairs for pairs, _, _ in runs) < unsplit
+    # The analysis itself names the category that decided.
+    rollout = declare("triage", "triage@v1", candidate="triage@v2", mode="shadow")
+    _, _, counts = runs[0]
+    snapshot = PairSnapshot(rollout.rollout_id, counts.fields, CATEGORIES)
+    advice = analyse_shadow(rollout, snapshot, 0.0)
+    assert advice.action == "rollback"
+    assert advice.reason.startswith("reject: category billing: schema_invalid:")
+
+
+def test_split_by_category_a_candidate_as_good_as_stable_is_rarely_rejected() -> None:
+    """Null, on every signal: both arms bad 5 % of the time, independently; four declared
+    categories and `other` a fifth of the traffic each; 300 shadows of 1,000 pairs, looked at
+    after every pair. Only discordant pairs move an e-value, so each signal's are drawn (which
+    side, which category) and every test they move is looked at. Bonferroni over 6 groups x 5
+    signals bounds the rejected share by alpha: 3 expected at most."""
+    rng = random.Random(11)
+    threshold = log_threshold(len(CATEGORIES))
+    rejected = 0
+    for _ in range(300):
+        counts: dict[tuple[str, str], list[int]] = {}
+        crossed = False
+        for _ in range(1000):
+            for signal in PAIR_SIGNALS:
+                draw = rng.random()
+                if draw >= 0.095:  # P(exactly one side bad) = 2 x 0.05 x 0.95
+                    continue
+                side = 0 if draw < 0.0475 else 1  # 0: the candidate alone
+                for group in ("all", rng.choice(CATEGORIES)):
+                    tally = counts.setdefault((group, signal), [0, 0])
+                    tally[side] += 1
+                    crossed |= side == 0 and log_e_value_paired(*tally) >= threshold
+            if crossed:
+                rejected += 1
+                break
+    assert rejected <= 3
+
+
+def test_a_category_that_refuses_decides_and_the_audit_names_it(tmp_path: Path) -> None:
+    """The candidate alone refuses every billing ticket (a quarter of pairs), stable alone a few
+    hardware ones: over the whole traffic that is no evidence an unsplit test acts on, over
+    billing it is; the audit entry names billing and carries each category's counts."""
+
+    async def scenario() -> None:
+        controller = await _controller(tmp_path, auto_promote=False)
+        rollout = controller.get("triage")
+        tally = PairTally(lambda route: CATEGORIES)
+        answer = ok("Printer team.", refusal=False)
+        refused = ok("I can't help with that.", refusal=True)
+        for n in range(64):
+            category = CATEGORIES[n % 4]
+            stable = refused if category == "hardware" and n < 12 else answer
+            candidate = refused if category == "billing" else answer
+            tally.record(rollout, compare(stable, candidate, False), category)
+        snapshot = tally.snapshot(rollout)
+        assert snapshot.discordant("refusal") == (16, 3)
+        assert snapshot.within("billing").discordant("refusal") == (16, 0)
+        assert log_e_value_paired(16, 3) < log_threshold(0)  # unsplit: no rejection
+        [decision] = await controller.analyse_once(
+            LocalEvidence(RolloutRecorder()), LocalEvidence(tally)
+        )
+        assert decision.decision == "reject"
+        await controller.close()
+
+    asyncio.run(scenario())
+    rejected = read_audit_log(tmp_path / "audit.jsonl")[-1]
+    assert rejected["decision"] == "reject"
+    assert rejected["reason"].startswith("reject: category billing: refusal: candidate 100.00%")
+    numbers = rejected["numbers"]
+    assert numbers["categories"] == len(CATEGORIES)
+    assert numbers["category.billing.refusal.candidate_only"] == 16
+    assert numbers["category.hardware.refusal.stable_only"] == 3
+    assert numbers["category.access.pairs"] == 16
+    assert "category.access.refusal.candidate_only" not in numbers
+    assert numbers["log_threshold"] == round(log_threshold(len(CATEGORIES)), 4)
 
 
 # --- the controller --------------------------------------------------------------------------
@@ -268,4 +408,33 @@ def test_replicas_pool_their_pairs_and_each_judges_the_sum(redis_server: RedisSe
             await evidence.close()
 
     assert log_e_value_paired(6, 0) < SHADOW_THRESHOLD <= log_e_value_paired(12, 0)
+    asyncio.run(scenario())
+
+
+def test_replicas_pool_each_category_and_the_category_decides(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        rollout = declare("triage", "triage@v1", candidate="triage@v2", mode="shadow")
+        tallies = [PairTally(lambda route: CATEGORIES) for _ in range(2)]
+        pooled = [PooledPairEvidence(t, redis_server.url, prefix="shadow-t2") for t in tallies]
+        answer = ok("Printer team.", refusal=False)
+        refused = ok("I can't help with that.", refusal=True)
+        for tally in tallies:  # 8 billing refusals each: enough for billing only together
+            for _ in range(8):
+                tally.record(rollout, compare(answer, refused, False), "billing")
+            for _ in range(3):  # stable alone refuses a few: the whole traffic stays unclear
+                tally.record(rollout, compare(refused, answer, False), "hardware")
+        assert analyse_shadow(rollout, tallies[0].snapshot(rollout), 0.0).action == "continue"
+        await pooled[0].snapshot(rollout)
+        together = await pooled[1].snapshot(rollout)
+        assert together.categories == CATEGORIES
+        assert together.discordant("refusal") == (16, 6)
+        assert together.within("billing").discordant("refusal") == (16, 0)
+        assert together.within("hardware").pairs == 6
+        advice = analyse_shadow(rollout, together, 0.0)
+        assert advice.action == "rollback"
+        assert advice.reason.startswith("reject: category billing: refusal:")
+        for evidence in pooled:
+            await evidence.close()
+
+    assert log_e_value_paired(8, 0) < log_threshold(len(CATEGORIES)) <= log_e_value_paired(16, 0)
     asyncio.run(scenario())
