@@ -380,11 +380,12 @@ class MonitoringConfig(StrictModel):
         description="answers a second given refusal, drift and capture checks; past it, a "
         "sample (failed answers are always checked)",
     )
-    refusal_detector: Literal["phrase", "learned", "judge"] = Field(
+    refusal_detector: Literal["phrase", "learned", "judge", "cascade"] = Field(
         default="phrase",
         description="learned: judge answers with the signals extra's encoder and trained head, "
         "on a worker thread with a bounded queue (docs/monitoring.md); judge: ask "
-        "`refusal_judge.route`, on the same worker",
+        "`refusal_judge.route`, on the same worker; cascade: phrase rules and an n-gram model "
+        "decide the clear answers, the learned detector the rest, on the same worker",
     )
     refusal_judge: RefusalJudgeSettings | None = None
     semantic_drift: SemanticDriftSettings = SemanticDriftSettings()

@@ -20,7 +20,7 @@ from monitoring.refusals import PhraseRefusalDetector
 
 log = logging.getLogger("turnout.refusals")
 
-DETECTORS = ("phrase", "learned", "judge")
+DETECTORS = ("phrase", "learned", "judge", "cascade")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +67,31 @@ class LearnedScorer:
         return [RefusalScore(s >= self._threshold, s) for s in scores]
 
 
+class CascadeScorer:
+    """The cascade (`monitoring/refusal_cascade.py`) as a scorer: phrase rules and the n-gram
+    model decide the clear answers, the learned detector the uncertain ones; `embed` shares an
+    encoder already loaded, else the encoder is loaded when the first uncertain answer comes."""
+
+    def __init__(self, embed: Callable[[Sequence[str]], Any] | None = None) -> None:
+        from monitoring.learned_refusals import LearnedRefusalDetector
+        from monitoring.refusal_cascade import CascadeDetector
+
+        self.detector = CascadeDetector(learned_factory=lambda: LearnedRefusalDetector(embed))
+        self.name = self.detector.name
+
+    def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:
+        return [RefusalScore(d.refusal, d.score) for d in self.detector.decide_batch(texts)]
+
+
 def scorer_named(name: str) -> RefusalScorer:
-    """The scorer for a detector name (`phrase` or `learned`; a judge needs its settings:
-    build `monitoring.refusal_judge.JudgeScorer`)."""
+    """The scorer for a detector name (`phrase`, `learned` or `cascade`; a judge needs its
+    settings: build `monitoring.refusal_judge.JudgeScorer`)."""
     if name == "phrase":
         return PhraseScorer()
     if name == "learned":
         return LearnedScorer()
+    if name == "cascade":
+        return CascadeScorer()
     if name == "judge":
         raise ValueError("the judge detector needs a route to ask: build a JudgeScorer")
     raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")

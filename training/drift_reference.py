@@ -89,13 +89,23 @@ def load_reference(path: Path | BinaryIO) -> DriftReference:
 def reference_provenance(run: Path) -> dict[str, Any] | None:
     """What the registry manifest records of the run's reference window (None without one)."""
     path = run / REFERENCE_FILE
-    if not path.exists():
-        return None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    reference = load_reference(path)
-    return {
+    return file_provenance(path) if path.exists() else None
+
+
+def file_provenance(path: Path) -> dict[str, Any]:
+    """What the manifest records of the reference window in `path`: its digest always, and
+    what it holds (prompts, encoder, dataset) where numpy can read it (the signals extra;
+    `turnout adapters push` from the base install attaches the file by digest alone)."""
+    record: dict[str, Any] = {
         "file": REFERENCE_FILE,
-        "sha256": digest,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    try:
+        reference = load_reference(path)
+    except ImportError:
+        return record
+    return {
+        **record,
         "prompts": int(reference.embeddings.shape[0]),
         "encoder": reference.encoder,
         "dataset_sha256": reference.dataset_sha256,

