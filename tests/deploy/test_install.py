@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,3 +170,11 @@ def test_the_training_extra_runs_one_qlora_step_on_the_demo_model(
     assert metrics["steps"] == 1
     assert metrics["quantized_linear_modules"] > 0  # bitsandbytes 4-bit layers, for real
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_wheel_carries_the_refusal_detectors_data(wheel: Path) -> None:
+    """The learned and cascade detectors read their head and n-gram model from the package."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("refusal_head.npz", "refusal_ngrams.json"):
+        assert f"monitoring/data/{name}" in names
+    assert "gateway/review/static/index.html" in names
