@@ -63,7 +63,7 @@ def _failed(report: dict[str, Any]) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("detector", ["phrase", "learned"])
+@pytest.mark.parametrize("detector", ["phrase", "learned", "cascade"])
 def test_a_candidate_taught_to_refuse_fails_the_refusal_check(
     vllm_url: str,
     adapters: dict[str, Path],
