@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from adapters.registry import AdapterRegistry
 from gateway.api.admin import admin_router
@@ -99,8 +100,10 @@ def create_app(
     config: TurnoutConfig,
     config_path: Path | None = None,
     client: UpstreamClient | None = None,
+    metrics: CollectorRegistry = REGISTRY,
 ) -> GatewayApps:
-    """The gateway for `config` (watched at `config_path` when given); backends must be set."""
+    """The gateway for `config` (watched at `config_path` when given); backends must be set.
+    `/metrics` exposes `metrics` (every worker's, with several: `gateway.serving.workers`)."""
     urls = [backend.url for backend in config.backends]
     residency = Residency(urls)
     breaker = config.breaker
@@ -245,7 +248,7 @@ def create_app(
     api.include_router(health_router(readiness))
     placement = place_metrics(config.server, config.auth)
     if placement.public:
-        api.include_router(metrics_router())
+        api.include_router(metrics_router(metrics))
     operators = admin_router(controller, admins, control.prepare_candidate)
     operators.include_router(captures_router(capture))
     fleet = fleet_router(pool, readiness, admins)
@@ -271,14 +274,14 @@ def create_app(
         admin_api.include_router(console_router())
         admin_api.include_router(review)
         if placement.admin:
-            admin_api.include_router(metrics_router())
+            admin_api.include_router(metrics_router(metrics))
     metrics_api = None
     if placement.own_port is not None:
         metrics_api = FastAPI(
             title="Turnout metrics", docs_url=None, redoc_url=None, openapi_url=None
         )
         install_error_handlers(metrics_api)
-        metrics_api.include_router(metrics_router())
+        metrics_api.include_router(metrics_router(metrics))
     admission = config.admission
     proxy = InferenceProxy(
         upstream,
