@@ -243,14 +243,16 @@ def create_app(
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
-    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes))
+    # With several workers, an answer may still wait in another worker's capture queue.
+    settle_s = 2 * config.capture.flush_interval_s if config.server.workers > 1 else 0.0
+    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes, settle_s))
     readiness = Readiness(pool.health, stale_after_s=HEALTH_STALE_S)
     api.include_router(health_router(readiness))
     placement = place_metrics(config.server, config.auth)
     if placement.public:
         api.include_router(metrics_router(metrics))
     operators = admin_router(controller, admins, control.prepare_candidate)
-    operators.include_router(captures_router(capture))
+    operators.include_router(captures_router(capture, settle_s))
     fleet = fleet_router(pool, readiness, admins)
     review = review_api_router(
         review_queue,

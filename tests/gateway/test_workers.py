@@ -5,6 +5,7 @@ two workers, the streaming benchmark's stub upstream, redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -21,12 +22,18 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api.captures import captures_router
+from gateway.api.errors import install_error_handlers
+from gateway.api.feedback import feedback_router
 from gateway.bench.redis_server import RedisServer
-from gateway.config import TurnoutConfig
+from gateway.config import LimitsConfig, TurnoutConfig
 from gateway.errors import ConfigError
 from gateway.protection.auth import issue_key
+from gateway.protection.guard import RequestGuard
+from gateway.protection.ratelimit import LocalRateLimiter
 from gateway.serving.embedded_vllm import free_port
 from gateway.serving.startup import PortInUse, bind_worker_listeners
 from gateway.serving.workers import check_workers, worker_share
@@ -40,6 +47,7 @@ from training.capture import (
     SqliteCaptureSink,
     read_captures,
 )
+from training.capture_store import read_deletions
 
 LIMIT_PER_MINUTE = 10
 CHUNKS = 40
@@ -127,6 +135,82 @@ def _write_records(path: str, worker: int, count: int) -> None:
     sink.close()
 
 
+def _record(request_id: str, tenant: str | None = None) -> CaptureRecord:
+    return CaptureRecord(
+        request_id, "chat", "base", "stable", time.time(), "chat", "ok", "stop", tenant=tenant
+    )
+
+
+def _worker_sink(path: Path) -> SqliteCaptureSink:
+    everything = CapturePolicy(success_sample_rate=1.0)
+    return SqliteCaptureSink(CaptureSettings(path=str(path), default=everything))
+
+
+def _feedback_and_deletion_app(sink: SqliteCaptureSink, settle_s: float) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    guard = RequestGuard(None, None, LocalRateLimiter(), LimitsConfig())
+    app.include_router(feedback_router(sink, guard, 65_536, settle_s))
+    app.include_router(captures_router(sink, settle_s))  # the admin router's, bare here
+    return app
+
+
+async def _feedback_for_an_answer_another_worker_writes(path: Path, settle_s: float) -> int:
+    mine, other = _worker_sink(path), _worker_sink(path)
+    transport = httpx.ASGITransport(app=_feedback_and_deletion_app(mine, settle_s))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            rating = asyncio.create_task(
+                client.post("/v1/feedback", json={"request_id": "late", "rating": -1})
+            )
+            await asyncio.sleep(0.3)  # this worker has looked for the answer, and not found it
+            assert other.offer(_record("late"))
+            return (await rating).status_code
+    finally:
+        mine.close()
+        other.close()
+
+
+@pytest.mark.parametrize(("settle_s", "status"), [(1.5, 200), (0.0, 404)])
+def test_feedback_finds_an_answer_another_worker_writes_a_moment_later(
+    tmp_path: Path, settle_s: float, status: int
+) -> None:
+    path = tmp_path / "captures.db"
+    got = asyncio.run(_feedback_for_an_answer_another_worker_writes(path, settle_s))
+    assert got == status
+
+
+async def _deletion_while_another_worker_writes(path: Path, settle_s: float) -> dict[str, Any]:
+    mine, other = _worker_sink(path), _worker_sink(path)
+    transport = httpx.ASGITransport(app=_feedback_and_deletion_app(mine, settle_s))
+    try:
+        assert other.offer(_record("early", "acme"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            wait_until(lambda: len(read_captures(path)) == 1, 10, "the first record")
+            deleting = asyncio.create_task(client.delete("/tenants/acme/captures"))
+            for _ in range(500):  # until the first pass is done (10 s at most)
+                if read_deletions(path):
+                    break
+                await asyncio.sleep(0.02)
+            # queued by the other worker before the deletion, written after its first pass
+            assert other.offer(_record("queued-before", "acme"))
+            answer: dict[str, Any] = (await deleting).json()
+        other.close()
+        answer["left"] = [c.record.request_id for c in read_captures(path)]
+        return answer
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_a_deletion_removes_what_another_worker_wrote_just_after_it(tmp_path: Path) -> None:
+    answer = asyncio.run(_deletion_while_another_worker_writes(tmp_path / "c.db", 1.0))
+    assert answer["left"] == []
+    assert answer["captures"] == 2
+    one_pass = asyncio.run(_deletion_while_another_worker_writes(tmp_path / "d.db", 0.0))
+    assert one_pass["left"] == ["queued-before"]  # what the second pass is for
+
+
 # --- real processes -------------------------------------------------------------------------
 
 
@@ -162,7 +246,7 @@ def _config(
         state={"dir": str(folder / "state"), "redis_url": redis_url},
         capture={
             "path": str(folder / "captures.db"),
-            "flush_interval_s": 0.05,
+            "flush_interval_s": 0.5,
             "default": {"success_sample_rate": 1.0, "redact_pii": False},
         },
     )
@@ -281,6 +365,19 @@ def test_two_workers_share_load_rate_limit_captures_and_metrics_and_fall_togethe
     )
     assert ok == opened + admitted
     assert _sum(samples, "turnout_backend_up") == 1  # a gauge: one series, not one per worker
+
+    # Feedback right after an answer finds it, whichever worker each of them reached (the
+    # answer may still wait in the other worker's capture queue).
+    for _ in range(6):
+        answer = _ask(replica.public, replica.open_key)
+        with httpx.Client(timeout=30) as client:
+            rated = client.post(
+                f"{replica.public}/v1/feedback",
+                json={"request_id": answer.headers["x-turnout-request-id"], "rating": 1},
+                headers={"authorization": f"Bearer {replica.open_key}"},
+            )
+        assert rated.status_code == 200, rated.text
+    opened += 6
 
     # Both workers write captures into the one SQLite file.
     wait_until(
