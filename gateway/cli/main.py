@@ -26,7 +26,7 @@ from gateway.config import (
     with_environment,
 )
 from gateway.environment import Environment
-from gateway.errors import TurnoutError
+from gateway.errors import ConfigError, TurnoutError
 from gateway.protection import auth
 from monitoring import bench as signals_bench
 from monitoring import signals_cli
@@ -59,6 +59,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
     with startup.reported_as_start_failure():
+        if config.server.workers > 1:
+            raise ConfigError(
+                f"server.workers is {config.server.workers}: `turnout up` runs one gateway "
+                "process; `turnout serve --workers N` runs several."
+            )
         # Everything that can be found out in a second is, before vLLM takes its minute.
         startup.check_adapters(config, verify=True)
         startup.check_embedded_model(config)
