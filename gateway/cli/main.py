@@ -114,6 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not config.backends:
         raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
+    if not 1 <= config.server.workers <= 64:
+        raise ConfigError(f"--workers: {config.server.workers} is not between 1 and 64.")
     if args.worker_index is not None:  # one of several, started by the command below
         with startup.reported_as_start_failure():
             workers.run_worker(

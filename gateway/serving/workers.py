@@ -153,6 +153,8 @@ class Supervisor:
     def start(self) -> None:
         env = {**os.environ, METRICS_DIR_ENV: str(self.metrics_dir)}
         for index, listeners in enumerate(self._sets):
+            if self._stopping:  # a signal came before every worker was started
+                break
             descriptors, fds = _descriptors(listeners)
             command = [
                 *self._command,
@@ -161,7 +163,7 @@ class Supervisor:
                 "--metrics-dir", str(self.metrics_dir),
             ]  # fmt: skip
             # Its own session: a Ctrl-C in the terminal reaches the supervisor only, which
-            # forwards one SIGTERM (uvicorn takes a second signal as "exit without draining").
+            # forwards one SIGTERM (uvicorn takes a second SIGINT as "exit without draining").
             process = subprocess.Popen(
                 command,
                 env=env,

@@ -47,7 +47,7 @@ from training.capture import (
     SqliteCaptureSink,
     read_captures,
 )
-from training.capture_store import read_deletions
+from training.capture_store import connect, read_deletions
 
 LIMIT_PER_MINUTE = 10
 CHUNKS = 40
@@ -119,6 +119,26 @@ def test_worker_listeners_share_one_port_per_listener() -> None:
     finally:
         for listeners in sets:
             listeners.close()
+
+
+def _open_capture_file(path: str, together: Any) -> None:
+    together.wait()
+    connect(Path(path)).close()
+
+
+def test_workers_opening_a_new_capture_file_at_once_all_open_it(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    for round_ in range(10):  # the schema's columns were added by each, and collided
+        path = str(tmp_path / f"captures-{round_}.db")
+        together = context.Barrier(4)
+        openers = [
+            context.Process(target=_open_capture_file, args=(path, together)) for _ in range(4)
+        ]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(timeout=60)
+        assert [opener.exitcode for opener in openers] == [0, 0, 0, 0]
 
 
 def _write_records(path: str, worker: int, count: int) -> None:
