@@ -75,6 +75,13 @@ class ServerConfig(StrictModel):
         description="also serve /metrics on `port`, to anyone who reaches it; None: only when "
         "no tenant keys (auth.keys_file) and neither admin_port nor metrics_port are set",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="gateway processes for this replica, sharing its ports (SO_REUSEPORT); "
+        "above 1 needs state.redis_url (docs/performance.md)",
+    )
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:

@@ -3,7 +3,12 @@
 Labels come from a small fixed set whose values come from the config, never from client text:
 `route` (a configured route, or "unknown"), `version` (an adapter version such as
 "support-triage@v3", or "base"), `arm` ("stable" or "candidate"), `backend` (a configured
-backend URL), `result`, `kind`.
+backend URL), `result`, `kind`, `worker` (a worker process's index, 0 to `server.workers` - 1).
+
+With several worker processes (`server.workers`), every value lives in a file per process
+(prometheus_client's multiprocess mode) and `/metrics` sums the counters and histograms of all
+of them; each gauge says how its workers' values combine (`multiprocess_mode`, ignored with
+one process).
 """
 
 from __future__ import annotations
@@ -72,10 +77,16 @@ STREAMS_CUT_SLOW_CLIENT = Counter(
     "Streams cut because the client read nothing for `timeouts.client_stall_s`.",
     ROUTE_LABELS,
 )
+WORKER_CONNECTIONS = Counter(
+    "turnout_worker_connections_total",
+    "Client connections accepted, by the worker process that accepted them (server.workers).",
+    ["worker"],
+)
 BACKEND_UP = Gauge(
     "turnout_backend_up",
     "1 when the backend answered its last health probe, else 0.",
     ["backend"],
+    multiprocess_mode="livemin",
 )
 
 # --- output contracts -----------------------------------------------------------------------
@@ -107,12 +118,14 @@ DRIFT_SCORE = Gauge(
     "turnout_drift_score",
     "Divergence of live inputs from the reference profile, by feature and statistic (psi, js).",
     ["route", "version", "feature", "statistic"],
+    multiprocess_mode="livemostrecent",
 )
 SEMANTIC_DRIFT_MMD = Gauge(
     "turnout_semantic_drift_mmd",
     "MMD² of live prompt embeddings against the reference window, and its permutation "
     "threshold (statistic: mmd2, threshold); drifted when mmd2 > threshold.",
     ["route", "version", "statistic"],
+    multiprocess_mode="livemostrecent",
 )
 SEMANTIC_DRIFT_PROMPTS = Counter(
     "turnout_semantic_drift_prompts_total",
@@ -126,6 +139,7 @@ ROLLOUT_WEIGHT = Gauge(
     "turnout_rollout_weight_percent",
     "Share of traffic each arm of a route receives, in percent.",
     ["route", "arm"],
+    multiprocess_mode="livemostrecent",
 )
 ROLLOUT_DECISIONS = Counter(
     "turnout_rollout_decisions_total",
@@ -136,6 +150,7 @@ SHADOW_SHARE = Gauge(
     "turnout_shadow_share_percent",
     "Share of a route's requests copied to its shadowed candidate, as configured, in percent.",
     ["route"],
+    multiprocess_mode="livemostrecent",
 )
 SHADOW_REQUESTS = Counter(
     "turnout_shadow_requests_total",
@@ -160,6 +175,7 @@ SHADOW_VERDICT = Gauge(
     "A shadow's latest analysis verdict: 1 for the action in force (continue, rollback meaning"
     " reject, promote_step meaning promote to canary), 0 for the others.",
     ["route", "action"],
+    multiprocess_mode="livemostrecent",
 )
 CONFIG_RELOADS = Counter(
     "turnout_config_reloads_total",
@@ -169,6 +185,7 @@ CONFIG_RELOADS = Counter(
 STATE_STORE_UP = Gauge(
     "turnout_state_store_up",
     "1 when the shared rollout state store answers, 0 while serving the last known table.",
+    multiprocess_mode="livemin",
 )
 
 # --- adapters on the backends ---------------------------------------------------------------
@@ -192,15 +209,18 @@ ADAPTERS_RESIDENT = Gauge(
     "turnout_adapters_resident",
     "Adapter versions Turnout has loaded on a backend.",
     ["backend"],
+    multiprocess_mode="livemostrecent",
 )
 ADAPTERS_ROUTED = Gauge(
     "turnout_adapters_routed",
     "Adapter versions some route can send traffic to.",
+    multiprocess_mode="livemostrecent",
 )
 ADAPTER_CAPACITY = Gauge(
     "turnout_adapter_capacity",
     "Adapters a backend can keep in memory (vLLM's --max-cpu-loras).",
     ["backend"],
+    multiprocess_mode="livemostrecent",
 )
 ADAPTER_PLACEMENT_LOADS = Counter(
     "turnout_adapter_placement_loads_total",
@@ -227,6 +247,7 @@ ADAPTER_PLACEMENT_REQUESTS = Counter(
 ADAPTER_PLACEMENT_IMBALANCE = Gauge(
     "turnout_adapter_placement_imbalance_ratio",
     "Most in-flight requests on one backend over the mean across backends (1 is even).",
+    multiprocess_mode="livemax",
 )
 ADAPTER_PLACEMENT_ALONE = Counter(
     "turnout_adapter_placement_alone_total",
@@ -244,6 +265,7 @@ CAPTURE_RECORDS = Counter(
 CAPTURE_QUEUE_DEPTH = Gauge(
     "turnout_capture_queue_depth",
     "Capture records waiting in memory to be written.",
+    multiprocess_mode="livesum",
 )
 
 # --- review queue ---------------------------------------------------------------------------
@@ -256,6 +278,7 @@ REVIEW_QUEUE_DEPTH = Gauge(
     "turnout_review_queue_depth",
     "Review items not judged yet (pending or skipped).",
     ROUTE_LABELS,
+    multiprocess_mode="livemostrecent",
 )
 REVIEW_JUDGEMENTS = Counter(
     "turnout_review_judgements_total",

@@ -104,12 +104,19 @@ def columns_of(connection: sqlite3.Connection, table: str) -> set[str]:
 def migrate(connection: sqlite3.Connection) -> None:
     """Create what is missing: tables, the columns version 2 added, indexes."""
     connection.executescript(_TABLES)
-    with connection:
+    # Several gateway workers open the file at once: the check and the additions are one
+    # write transaction, so a second migrator waits and then finds the columns there.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
         for table, added in _ADDED_COLUMNS.items():
             present = columns_of(connection, table)
             for name, declaration in added:
                 if name not in present:
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
     connection.executescript(_INDEXES)
     connection.executescript(REVIEW_TABLES)
     connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -9,30 +9,45 @@ that hold the tenant's data (the operator rebuilds those).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 
 from adapters.names import NAME_PATTERN
 from training.capture import CaptureSink, CaptureUnavailable
+from training.capture_store import TenantDeletion
 
 # A deletion waits behind at most the queue's records; past this the capture file is stuck.
 DELETION_TIMEOUT_S = 60.0
 
 
-def captures_router(sink: CaptureSink) -> APIRouter:
-    """Routes to include in the admin router (which checks the admin key)."""
+def captures_router(sink: CaptureSink, settle_s: float = 0.0) -> APIRouter:
+    """Routes to include in the admin router (which checks the admin key). With `settle_s`
+    (several workers write the capture file), the deletion runs again after that long, for the
+    tenant's records other workers had queued before it; the answer counts both passes."""
     router = APIRouter()
+
+    async def deleted(tenant: str, actor: str) -> TenantDeletion:
+        deletion = sink.delete_tenant(tenant, actor)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(deletion), DELETION_TIMEOUT_S)
+        except TimeoutError:
+            raise CaptureUnavailable("The deletion did not finish in time; retry.") from None
 
     async def delete_tenant(
         tenant: Annotated[str, Path(pattern=NAME_PATTERN)], request: Request
     ) -> dict[str, Any]:
         actor = getattr(request.state, "actor", "admin")
-        deleted = sink.delete_tenant(tenant, actor)
-        try:
-            deletion = await asyncio.wait_for(asyncio.wrap_future(deleted), DELETION_TIMEOUT_S)
-        except TimeoutError:
-            raise CaptureUnavailable("The deletion did not finish in time; retry.") from None
+        deletion = await deleted(tenant, actor)
+        if settle_s > 0:
+            await asyncio.sleep(settle_s)
+            late = await deleted(tenant, actor)
+            deletion = replace(
+                deletion,
+                captures=deletion.captures + late.captures,
+                feedback=deletion.feedback + late.feedback,
+            )
         return {"object": "turnout.tenant_deletion", **deletion.as_dict()}
 
     router.add_api_route(

@@ -66,8 +66,25 @@ def _parse(raw: bytes) -> FeedbackRequest:
         raise RequestValidationFailed(message, param=where or None) from None
 
 
-def feedback_router(sink: CaptureSink, guard: RequestGuard, max_body_bytes: int) -> APIRouter:
+def feedback_router(
+    sink: CaptureSink, guard: RequestGuard, max_body_bytes: int, settle_s: float = 0.0
+) -> APIRouter:
+    """`POST /v1/feedback`. With `settle_s` (several workers write the capture file), feedback
+    whose answer is not in the file yet is tried once more after that long: the answer may be
+    waiting in another worker's capture queue."""
     router = APIRouter()
+
+    async def written_feedback(
+        request_id: str, rating: int, correction: str | None, tenant: str | None, author: str,
+        key_id: str | None,
+    ) -> str:  # fmt: skip
+        written = sink.add_feedback(
+            request_id, rating, correction, tenant=tenant, author=author, key_id=key_id
+        )
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(written), FEEDBACK_TIMEOUT_S)
+        except TimeoutError:
+            return "unavailable"
 
     async def give_feedback(request: Request) -> FeedbackAccepted:
         who = guard.caller_or_admin(request.headers.get("authorization"))  # 401 for strangers
@@ -81,18 +98,11 @@ def feedback_router(sink: CaptureSink, guard: RequestGuard, max_body_bytes: int)
             tenant, author, key_id = who.tenant.name, f"tenant:{who.tenant.name}", who.key_id
         else:
             tenant, author, key_id = None, "", None
-        written = sink.add_feedback(
-            body.request_id,
-            body.rating,
-            body.correction,
-            tenant=tenant,
-            author=author,
-            key_id=key_id,
-        )
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(written), FEEDBACK_TIMEOUT_S)
-        except TimeoutError:
-            result = "unavailable"
+        feedback = (body.request_id, body.rating, body.correction, tenant, author, key_id)
+        result = await written_feedback(*feedback)
+        if result == "not_found" and settle_s > 0:
+            await asyncio.sleep(settle_s)
+            result = await written_feedback(*feedback)
         if result == "not_found":
             raise NotFound(
                 f"No captured answer with the request id `{body.request_id}` for this API key.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.responses import Response
 
 from gateway.upstream.health import Readiness
@@ -37,12 +37,13 @@ def health_router(readiness: Readiness) -> APIRouter:
     return router
 
 
-def metrics_router() -> APIRouter:
-    """`/metrics`: the Prometheus exposition of this process."""
+def metrics_router(registry: CollectorRegistry = REGISTRY) -> APIRouter:
+    """`/metrics`: the Prometheus exposition of `registry` (this process's metrics, or every
+    worker's when the registry reads them all: `gateway.serving.workers`)."""
     router = APIRouter()
 
     async def metrics_text() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     router.add_api_route(
         "/metrics",

@@ -1,13 +1,17 @@
 """`turnout bench streaming`: time to the first event and the gaps after it, direct and relayed.
 
 One paced upstream (`gateway.bench.stream_stub`: `--chunks` events `--interval-ms` apart, or
-back to back with 0) and one gateway (one worker) in front of it. For each level of concurrent
-streams, the load client (`gateway.bench.stream_load`) runs the streams against the upstream
-directly and then through the gateway, so both sides are measured side by side in one run.
-Processes are pinned as `bench overhead` pins them against its stub: the gateway gets CPU 0,
-the load client and the upstream share CPU 1.
+back to back with 0) and one gateway in front of it per `--workers` count (`server.workers`;
+with several counts, every gateway uses one Redis, so the worker count is the only
+difference). For each level of concurrent streams, the load client (`gateway.bench.stream_load`)
+runs the streams against the upstream directly and then through each gateway, so every side is
+measured side by side in one run. Processes are pinned as `bench overhead` pins them against
+its stub: a one-worker gateway gets CPU 0, the load client and the upstream share CPU 1; a
+gateway of several workers may use every CPU (on two CPUs its second worker shares CPU 1 with
+the load client and the upstream).
 
-For the gateway side it also reads the gateway process from /proc: its peak resident memory
+For the gateway side it also reads the gateway's processes (a supervisor's workers summed) from
+/proc: their peak resident memory
 during the level less its memory after warm-up, per open stream, its CPU time (all threads,
 nanosecond scheduler accounting) over the level per relayed event, and how long it waited,
 runnable, for a CPU (a shared core shows here before it shows in the latencies).
@@ -39,9 +43,20 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _family(pid: int) -> list[int]:
+    """`pid` and its children (a supervisor's workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
 def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` now."""
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    """Resident memory of `pid` and its children now."""
+    return sum(
+        int(Path(f"/proc/{member}/statm").read_text().split()[1]) * _PAGE for member in _family(pid)
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,8 +69,11 @@ def cpu_seconds(pid: int) -> float:
     schedstat = _schedstat(pid)
     if schedstat is not None:
         return schedstat[0]
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    total = 0.0
+    for member in _family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
 
 
 def run_queue_seconds(pid: int) -> float | None:
@@ -68,13 +86,15 @@ def run_queue_seconds(pid: int) -> float | None:
 
 
 def _schedstat(pid: int) -> tuple[float, float] | None:
-    """Seconds on a CPU and seconds waiting for one, summed over `pid`'s live threads."""
+    """Seconds on a CPU and seconds waiting for one, summed over the live threads of `pid`
+    and its children."""
     running = waiting = 0
     try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            fields = (task / "schedstat").read_text().split()
-            running += int(fields[0])
-            waiting += int(fields[1])
+        for member in _family(pid):
+            for task in Path(f"/proc/{member}/task").iterdir():
+                fields = (task / "schedstat").read_text().split()
+                running += int(fields[0])
+                waiting += int(fields[1])
     except (OSError, IndexError, ValueError):
         return None
     return running / 1e9, waiting / 1e9
@@ -112,16 +132,20 @@ def _load(url: str, model: str, streams: int, cpu: int | None) -> dict[str, Any]
     return result
 
 
-def _gateway_command(folder: Path, upstream_url: str, port: int) -> list[str]:
-    config = {
-        "server": {"port": port},
+def _gateway_command(
+    folder: Path, upstream_url: str, port: int, workers: int = 1, redis_url: str | None = None
+) -> list[str]:
+    config: dict[str, Any] = {
+        "server": {"port": port, "workers": workers},
         "backends": [{"url": upstream_url}],
         "adapters": {"store": str(folder / "adapters")},
         "routes": {ROUTE: {"stable": STUB_ADAPTER}},
         # Every stream of the largest level in flight at once: admission is not measured here.
         "admission": {"max_concurrent": 8192, "max_queued": 0},
     }
-    path = folder / "bench.yaml"
+    if redis_url is not None:
+        config["state"] = {"dir": str(folder / f"state-{port}"), "redis_url": redis_url}
+    path = folder / f"bench-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
 
@@ -155,61 +179,79 @@ def _level(
     }
 
 
+def _relayed(
+    pid: int, url: str, streams: int, cpu: int | None, baseline: int
+) -> tuple[dict[str, Any], int, float, float | None]:
+    """One level through one gateway: the load's report, the gateway's memory growth, CPU
+    seconds and run-queue wait over it."""
+    peaks: list[int] = []
+    cpu_before = cpu_seconds(pid)
+    waited_before = run_queue_seconds(pid)
+    with _peak_rss(pid, peaks):
+        relayed = _load(url, ROUTE, streams, cpu)
+    cpu_s = cpu_seconds(pid) - cpu_before
+    waited_after = run_queue_seconds(pid)
+    waited_s = (
+        None if waited_before is None or waited_after is None else waited_after - waited_before
+    )
+    return relayed, max(0, peaks[0] - baseline), cpu_s, waited_s
+
+
 def run_streaming_benchmark(
-    levels: tuple[int, ...], chunks: int, interval_ms: float
+    levels: tuple[int, ...], chunks: int, interval_ms: float, workers: tuple[int, ...] = (1,)
 ) -> list[dict[str, Any]]:
-    """One report per level of concurrent streams; see the module docstring for the set-up."""
+    """One report per level of concurrent streams and gateway (`workers` processes); see the
+    module docstring for the set-up."""
     from gateway.bench.overhead import _process, _two_cpus, push_stub_adapter
+    from gateway.bench.redis_server import running_redis_server
     from gateway.serving.embedded_vllm import free_port
 
     cpus = _two_cpus()
     gateway_cpu, load_cpu = cpus if cpus is not None else (None, None)
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
         folder = Path(scratch)
-        upstream_port, gateway_port = free_port(), free_port()
+        upstream_port = free_port()
         upstream_url = f"http://127.0.0.1:{upstream_port}"
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
         stub = [
             sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(upstream_port),
             "--chunks", str(chunks), "--interval-ms", str(interval_ms),
         ]  # fmt: skip
         running.enter_context(_process(stub, load_cpu, f"{upstream_url}/health"))
         push_stub_adapter(folder)
-        gateway = running.enter_context(
-            _process(
-                _gateway_command(folder, upstream_url, gateway_port),
-                gateway_cpu,
-                f"{gateway_url}/healthz",
+        redis_url = running.enter_context(running_redis_server()).url if max(workers) > 1 else None
+        gateways: list[tuple[int, int, str]] = []  # workers, pid, relayed URL
+        for count in workers:
+            port = free_port()
+            gateway = running.enter_context(
+                _process(
+                    _gateway_command(folder, upstream_url, port, count, redis_url),
+                    gateway_cpu if count == 1 else None,
+                    f"http://127.0.0.1:{port}/readyz",
+                )
             )
-        )
-        direct_url, relayed_url = upstream_url + PATH, gateway_url + PATH
+            gateways.append((count, gateway.pid, f"http://127.0.0.1:{port}{PATH}"))
+        direct_url = upstream_url + PATH
         _load(direct_url, STUB_ADAPTER, WARM_UP_STREAMS, load_cpu)
-        _load(relayed_url, ROUTE, WARM_UP_STREAMS, load_cpu)
+        for _, _, url in gateways:
+            _load(url, ROUTE, WARM_UP_STREAMS, load_cpu)
         time.sleep(0.2)
-        baseline = rss_bytes(gateway.pid)
+        baselines = {pid: rss_bytes(pid) for _, pid, _ in gateways}
         reports = []
         for streams in levels:
             direct = _load(direct_url, STUB_ADAPTER, streams, load_cpu)
-            peaks: list[int] = []
-            cpu_before = cpu_seconds(gateway.pid)
-            waited_before = run_queue_seconds(gateway.pid)
-            with _peak_rss(gateway.pid, peaks):
-                relayed = _load(relayed_url, ROUTE, streams, load_cpu)
-            cpu_s = cpu_seconds(gateway.pid) - cpu_before
-            waited_after = run_queue_seconds(gateway.pid)
-            waited_s = (
-                None
-                if waited_before is None or waited_after is None
-                else waited_after - waited_before
-            )
-            growth = max(0, peaks[0] - baseline)
-            reports.append(_level(streams, direct, relayed, growth, cpu_s, waited_s))
+            for count, pid, url in gateways:
+                relayed, growth, cpu_s, waited_s = _relayed(
+                    pid, url, streams, load_cpu, baselines[pid]
+                )
+                report = _level(streams, direct, relayed, growth, cpu_s, waited_s)
+                reports.append({"workers": count, **report})
         return reports
 
 
 def cmd_bench_streaming(args: argparse.Namespace) -> int:
     levels = tuple(int(part) for part in args.streams.split(","))
-    report = run_streaming_benchmark(levels, args.chunks, args.interval_ms)
+    workers = tuple(int(part) for part in args.workers.split(","))
+    report = run_streaming_benchmark(levels, args.chunks, args.interval_ms, workers)
     for level in report:
         print(json.dumps(level, indent=None if args.json else 2))
     return 0
@@ -228,6 +270,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     command.add_argument("--chunks", type=int, default=50, help="events per stream")
     command.add_argument(
         "--interval-ms", type=float, default=20.0, help="between events (0: no pause)"
+    )
+    command.add_argument(
+        "--workers",
+        default="1",
+        help="gateway worker counts (server.workers), comma-separated: one gateway each, "
+        "measured side by side",
     )
     command.add_argument("--json", action="store_true", help="one JSON object per line")
     command.set_defaults(run=cmd_bench_streaming)

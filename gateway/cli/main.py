@@ -26,7 +26,7 @@ from gateway.config import (
     with_environment,
 )
 from gateway.environment import Environment
-from gateway.errors import TurnoutError
+from gateway.errors import ConfigError, TurnoutError
 from gateway.protection import auth
 from monitoring import bench as signals_bench
 from monitoring import signals_cli
@@ -37,11 +37,14 @@ DEFAULT_LOG_DIR = Path(".turnout/logs")
 
 
 def _with_overrides(
-    config: TurnoutConfig, *, host: str | None = None, port: int | None = None
+    config: TurnoutConfig,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
 ) -> TurnoutConfig:
-    server = config.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
+    overrides = {"host": host, "port": port, "workers": workers}
+    server = config.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     return config.model_copy(update={"server": server})
 
 
@@ -56,6 +59,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _with_overrides(with_environment(load_config(args.config)), port=args.port)
     with startup.reported_as_start_failure():
+        if config.server.workers > 1:
+            raise ConfigError(
+                f"server.workers is {config.server.workers}: `turnout up` runs one gateway "
+                "process; `turnout serve --workers N` runs several."
+            )
         # Everything that can be found out in a second is, before vLLM takes its minute.
         startup.check_adapters(config, verify=True)
         startup.check_embedded_model(config)
@@ -95,17 +103,36 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serving import startup
+    from gateway.serving import startup, workers
     from gateway.serving.server import serve
 
     config = _with_overrides(
-        with_environment(load_config(args.config)), host=args.host, port=args.port
+        with_environment(load_config(args.config)),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
     )
     if not config.backends:
         raise TurnoutError(f"{args.config}: backends: `turnout serve` needs at least one backend.")
+    if not 1 <= config.server.workers <= 64:
+        raise ConfigError(f"--workers: {config.server.workers} is not between 1 and 64.")
+    if args.worker_index is not None:  # one of several, started by the command below
+        with startup.reported_as_start_failure():
+            workers.run_worker(
+                config, args.config, args.worker_index, args.worker_fds,
+                Path(args.metrics_dir), _say,
+            )  # fmt: skip
+        return 0
     with startup.reported_as_start_failure():
         startup.check_adapters(config, verify=False)  # verified as they load
-        listeners = startup.bind_listeners(config.server)
+        workers.check_workers(config)
+        several = config.server.workers > 1
+        sets = (
+            startup.bind_worker_listeners(config.server)
+            if several
+            else [startup.bind_listeners(config.server)]
+        )
+        listeners = sets[0]
         try:
             if config.state.redis_url:
                 startup.check_redis(config.state.redis_url)
@@ -113,11 +140,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ready = startup.banner(
                 config, listeners.port, f"backends: {backends}", "Ctrl-C stops the gateway."
             )
+            if several:
+                command = workers.worker_command(
+                    ["--config", str(args.config), "--host", config.server.host,
+                     "--port", str(listeners.port), "--workers", str(config.server.workers)]
+                    + (["--debug"] if args.debug else [])
+                )  # fmt: skip
+                return workers.serve_workers(command, config, sets, _say, ready)
             serve(config, args.config, listeners, _say, ready)
         except KeyboardInterrupt:
             pass
         finally:
-            listeners.close()
+            for bound in sets:
+                bound.close()
     return 0
 
 
@@ -201,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers", type=int, help="gateway processes sharing the ports (server.workers)"
+    )
+    # How the command above starts each of its workers (not for people).
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-dir", help=argparse.SUPPRESS)
     serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     serve.set_defaults(run=cmd_serve)
 

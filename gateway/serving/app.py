@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from adapters.registry import AdapterRegistry
 from gateway.api.admin import admin_router
@@ -99,8 +100,10 @@ def create_app(
     config: TurnoutConfig,
     config_path: Path | None = None,
     client: UpstreamClient | None = None,
+    metrics: CollectorRegistry = REGISTRY,
 ) -> GatewayApps:
-    """The gateway for `config` (watched at `config_path` when given); backends must be set."""
+    """The gateway for `config` (watched at `config_path` when given); backends must be set.
+    `/metrics` exposes `metrics` (every worker's, with several: `gateway.serving.workers`)."""
     urls = [backend.url for backend in config.backends]
     residency = Residency(urls)
     breaker = config.breaker
@@ -240,14 +243,16 @@ def create_app(
     )
     install_error_handlers(api)
     api.include_router(models_router(table, guard))
-    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes))
+    # With several workers, an answer may still wait in another worker's capture queue.
+    settle_s = 2 * config.capture.flush_interval_s if config.server.workers > 1 else 0.0
+    api.include_router(feedback_router(capture, guard, config.capture.feedback_max_bytes, settle_s))
     readiness = Readiness(pool.health, stale_after_s=HEALTH_STALE_S)
     api.include_router(health_router(readiness))
     placement = place_metrics(config.server, config.auth)
     if placement.public:
-        api.include_router(metrics_router())
+        api.include_router(metrics_router(metrics))
     operators = admin_router(controller, admins, control.prepare_candidate)
-    operators.include_router(captures_router(capture))
+    operators.include_router(captures_router(capture, settle_s))
     fleet = fleet_router(pool, readiness, admins)
     review = review_api_router(
         review_queue,
@@ -271,14 +276,14 @@ def create_app(
         admin_api.include_router(console_router())
         admin_api.include_router(review)
         if placement.admin:
-            admin_api.include_router(metrics_router())
+            admin_api.include_router(metrics_router(metrics))
     metrics_api = None
     if placement.own_port is not None:
         metrics_api = FastAPI(
             title="Turnout metrics", docs_url=None, redoc_url=None, openapi_url=None
         )
         install_error_handlers(metrics_api)
-        metrics_api.include_router(metrics_router())
+        metrics_api.include_router(metrics_router(metrics))
     admission = config.admission
     proxy = InferenceProxy(
         upstream,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import socket
 import time
@@ -249,10 +250,12 @@ class Listeners:
                 sock.close()
 
 
-def _bind(host: str, port: int, key: str) -> socket.socket:
+def _bind(host: str, port: int, key: str, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except socket.gaierror as error:
@@ -277,19 +280,52 @@ def _bind(host: str, port: int, key: str) -> socket.socket:
     return sock
 
 
-def bind_listeners(server: ServerConfig) -> Listeners:
+def bind_listeners(server: ServerConfig, *, reuse_port: bool = False) -> Listeners:
     """Bind `server.port` (and `server.admin_port`, `server.metrics_port`) now, so a taken port
     fails the start before anything else is started, naming the key."""
-    listeners = Listeners(_bind(server.host, server.port, "server.port"), None)
+    bind = functools.partial(_bind, reuse_port=reuse_port)
+    listeners = Listeners(bind(server.host, server.port, "server.port"), None)
     try:
         if server.admin_port is not None:
-            listeners.admin = _bind(server.host, server.admin_port, "server.admin_port")
+            listeners.admin = bind(server.host, server.admin_port, "server.admin_port")
         if server.metrics_port is not None:
-            listeners.metrics = _bind(server.host, server.metrics_port, "server.metrics_port")
+            listeners.metrics = bind(server.host, server.metrics_port, "server.metrics_port")
     except BaseException:
         listeners.close()
         raise
     return listeners
+
+
+def _port(sock: socket.socket | None) -> int | None:
+    return None if sock is None else int(sock.getsockname()[1])
+
+
+def bind_worker_listeners(server: ServerConfig) -> list[Listeners]:
+    """One set of listeners per worker (`server.workers`), all on the same ports, each socket
+    with SO_REUSEPORT: the kernel spreads new connections over the workers' sockets.
+
+    The ports are first bound once without SO_REUSEPORT and let go, so a port that another
+    program holds fails the start as with one worker, instead of that program quietly getting
+    a share of the connections (SO_REUSEPORT lets any socket of the same user that also sets
+    it join the port).
+    """
+    probe = bind_listeners(server)
+    ports = {
+        "port": probe.port,
+        "admin_port": _port(probe.admin),
+        "metrics_port": _port(probe.metrics),
+    }
+    probe.close()
+    same = server.model_copy(update=ports)
+    sets: list[Listeners] = []
+    try:
+        for _ in range(server.workers):
+            sets.append(bind_listeners(same, reuse_port=True))
+    except BaseException:
+        for listeners in sets:
+            listeners.close()
+        raise
+    return sets
 
 
 # --- the banner, once ready -----------------------------------------------------------------

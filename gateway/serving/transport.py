@@ -16,6 +16,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.api.stream_guard import FLOW_EXTENSION, TRANSPORT_EXTENSION
+from monitoring.metrics import WORKER_CONNECTIONS
 
 
 class CoalescingTransport:
@@ -71,3 +72,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         loop = asyncio.get_running_loop()
         super().connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
+
+
+def counting_protocol(worker: int) -> type[CoalescingHttpToolsProtocol]:
+    """The protocol for the public listener of worker `worker`: it also counts the connections
+    it accepts (`turnout_worker_connections_total`), which shows how the kernel spreads them
+    over the workers."""
+    accepted = WORKER_CONNECTIONS.labels(worker=str(worker))
+
+    class CountingProtocol(CoalescingHttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            accepted.inc()
+            super().connection_made(transport)
+
+    return CountingProtocol

@@ -533,3 +533,12 @@ def values_model(which: str) -> str:
     )
     model: str = values["vllm"]["model"]
     return model
+
+
+def test_gateway_workers_become_the_serve_flag_and_need_shared_state(chart: helm.Chart) -> None:
+    rendered = render(chart, {"gateway": {"workers": 2}})
+    gateway = container(rendered.one("Deployment", full_name("gateway")), "gateway")
+    assert gateway["args"][-2:] == ["--workers", "2"]
+    values = {"gateway": {"replicas": 1, "workers": 2}, "redis": {"bundled": {"enabled": False}}}
+    with pytest.raises(helm.HelmRenderError, match=r"gateway\.workers > 1 needs shared state"):
+        render(chart, values)

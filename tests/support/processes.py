@@ -56,3 +56,21 @@ def stub_upstream(record: bool = False) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def paced_stub_upstream(chunks: int, interval_ms: float) -> Iterator[str]:
+    """The streaming benchmark's upstream (`gateway.bench.stream_stub`: every stream `chunks`
+    events `interval_ms` apart) as a real process on a free port; yields its origin."""
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--chunks", str(chunks), "--interval-ms", str(interval_ms)]
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{origin}/health"), 30, "the paced stub upstream")
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
