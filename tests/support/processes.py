@@ -74,3 +74,21 @@ def paced_stub_upstream(chunks: int, interval_ms: float) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def simulated_vllm(*options: str) -> Iterator[str]:
+    """`gateway.bench.fleet_sim` as a real process on a free port: vLLM's adapter load/unload
+    endpoints, its 404 for an adapter it does not hold and its own LRU, no model. `options` are
+    the simulator's flags (`--resident`, `--batch`, `--load-ms`, ...)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.bench.fleet_sim", "--port", str(port), *options]
+    )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{origin}/health"), 30, "a simulated backend")
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -27,10 +28,8 @@ import yaml
 from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.protection.auth import issue_key
-from gateway.serving.embedded_vllm import free_port
 from tests.support.demo import BASE_MODEL
-from tests.support.processes import running_gateway
-from tests.support.waiting import answers, wait_until
+from tests.support.processes import running_gateway, simulated_vllm
 
 ADAPTERS = 12
 ADMIN = issue_key()
@@ -56,20 +55,9 @@ def store(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sim_backends() -> Iterator[list[str]]:
-    processes, urls = [], []
-    try:
-        for _ in range(2):
-            port = free_port()
-            command = [sys.executable, "-m", "gateway.bench.fleet_sim", "--port", str(port)]
-            processes.append(subprocess.Popen([*command, "--resident", "2", "--batch", "2"]))
-            urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            wait_until(lambda url=url: answers(f"{url}/health"), 30, "a simulated backend")
-        yield urls
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+    with ExitStack() as stack:
+        flags = ("--resident", "2", "--batch", "2")
+        yield [stack.enter_context(simulated_vllm(*flags)) for _ in range(2)]
 
 
 @pytest.fixture(scope="module")
