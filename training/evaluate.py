@@ -8,9 +8,9 @@ are absolute (schema-valid rate, accuracy) and relative to the stable adapter (n
 beyond a tolerance). The report is JSON plus a Markdown summary that says why a candidate failed.
 
 Refusals are judged by the monitoring's refusal scorers (`monitoring.refusal_worker`, the code
-the gateway runs; `GateConfig.refusal_detector` picks `phrase`, `learned` or `cascade`), both ways: refusal
-probes the candidate no longer refuses, and answerable prompts (the test split and the general
-prompts) it now refuses. A general prompt answered with a refusal scores 0.
+the gateway runs; `GateConfig.refusal_detector` picks `phrase`, `learned` or `cascade`), both
+ways: refusal probes the candidate no longer refuses, and answerable prompts (the test split and
+the general prompts) it now refuses. A general prompt answered with a refusal scores 0.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class GateConfig(BaseModel):
     )
     refusal_detector: Literal["phrase", "learned", "cascade"] = Field(
         default="phrase",
-        description="the monitoring scorer that judges refusals (learned, cascade need the signals extra)",
+        description="the monitoring scorer that judges refusals (learned and cascade need the "
+        "signals extra)",
     )
     max_tokens: int = Field(default=64, gt=0)
     concurrency: int = Field(default=8, gt=0)
