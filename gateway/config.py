@@ -29,6 +29,7 @@ from gateway.contracts.contract import (
 )
 from gateway.environment import Environment
 from gateway.errors import ConfigError
+from gateway.gc_pause import gc_paused
 from gateway.rollouts.model import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
@@ -507,6 +508,7 @@ def _with_schema_files(raw: Any, folder: Path, source: Path) -> Any:
     return {**raw, "routes": resolved}
 
 
+@gc_paused()  # 10,000 routes: nothing their parse allocates is garbage
 def load_config(path: Path) -> TurnoutConfig:
     """Read and validate a YAML config file; relative paths in it are relative to the file."""
     try:
