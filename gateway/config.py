@@ -20,6 +20,7 @@ from pydantic import (
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
 from gateway.config_paths import CONFIG_FOLDER, ConfigPath
+from gateway.config_yaml import load_yaml
 from gateway.contracts.contract import (
     OnInvalid,
     RequestSchemaPolicy,
@@ -516,8 +517,7 @@ def load_config(path: Path) -> TurnoutConfig:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        # libyaml's loader when present: 7x faster than the pure one on 10,000 routes
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        raw = load_yaml(text)  # safe_load's values, 10,000 routes in 0.2 s (config_yaml.py)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     folder = path.resolve().parent
