@@ -97,7 +97,7 @@ class AdapterRegistry:
     def _read(self, path: str) -> bytes:
         if not self._local:
             return bytes(self._fs.cat_file(path))
-        # fsspec's file objects cost 90 us a read; 10,000 manifests took 0.9 s, now 0.07 s
+        # 10,000 manifests: 0.08 s of CPU, 0.30 s through fsspec's file objects
         descriptor = os.open(path, os.O_RDONLY)
         try:
             chunks = [os.read(descriptor, 65536)]

@@ -517,7 +517,7 @@ def load_config(path: Path) -> TurnoutConfig:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        raw = load_yaml(text)  # safe_load's values, 10,000 routes in 0.2 s (config_yaml.py)
+        raw = load_yaml(text)  # safe_load's values, 1.8x faster on 10,000 routes (config_yaml.py)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     folder = path.resolve().parent

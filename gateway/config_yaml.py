@@ -1,5 +1,5 @@
 """Reading a YAML config file: libyaml's parser, and plain documents built without PyYAML's
-generic constructor (the same values, in a third of the time for 10,000 routes)."""
+generic constructor (the same values; 10,000 routes in 0.10 s of CPU instead of 0.18 s)."""
 
 from __future__ import annotations
 
