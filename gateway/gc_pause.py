@@ -11,10 +11,10 @@ from contextlib import contextmanager
 def gc_paused() -> Iterator[None]:
     """No garbage collection inside (unless it was already off, it is back on after).
 
-    Building 10,000 routes allocates millions of objects, none of them garbage, and each
-    collection pass walks them all: a config check plus table build took 1.4 s with collection
-    and 1.1 s without (`turnout bench fleet-scale`). What was allocated is collected as usual
-    afterwards.
+    A config of 10,000 routes, its manifests and its table allocate millions of objects, none
+    of them garbage, and each collection pass walks all that survived: loading, checking and
+    building took 0.8 s of CPU paused against 1.0 s collecting (median of 4 each, one process).
+    What was allocated is collected as usual afterwards.
     """
     was_enabled = gc.isenabled()
     gc.disable()
