@@ -21,5 +21,6 @@ the answers, `review/` is the human review console (admin listener),
 `control/` publishes new routing tables (config changes, rollouts),
 `rollouts/` steps and judges versions over time, `cli/` and `bench/` are entry points.
 At the bottom, importable from every package: `errors` (no HTTP in it), `config`,
-`config_paths` and `environment` (the one reader of environment variables).
+`config_paths`, `config_yaml` (reading YAML files), `gc_pause` and `environment` (the one
+reader of environment variables).
 """

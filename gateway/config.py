@@ -20,6 +20,7 @@ from pydantic import (
 
 from adapters.names import ADAPTER_REF_PATTERN, NAME_PATTERN
 from gateway.config_paths import CONFIG_FOLDER, ConfigPath
+from gateway.config_yaml import load_yaml
 from gateway.contracts.contract import (
     OnInvalid,
     RequestSchemaPolicy,
@@ -29,6 +30,7 @@ from gateway.contracts.contract import (
 )
 from gateway.environment import Environment
 from gateway.errors import ConfigError
+from gateway.gc_pause import gc_paused
 from gateway.rollouts.model import (
     DEFAULT_MIN_REQUESTS_PER_STEP,
     DEFAULT_MIN_SECONDS_PER_STEP,
@@ -518,6 +520,7 @@ def _with_schema_files(raw: Any, folder: Path, source: Path) -> Any:
     return {**raw, "routes": resolved}
 
 
+@gc_paused()  # 10,000 routes: nothing their parse allocates is garbage
 def load_config(path: Path) -> TurnoutConfig:
     """Read and validate a YAML config file; relative paths in it are relative to the file."""
     try:
@@ -525,8 +528,7 @@ def load_config(path: Path) -> TurnoutConfig:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        # libyaml's loader when present: 7x faster than the pure one on 10,000 routes
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        raw = load_yaml(text)  # safe_load's values, 1.8x faster on 10,000 routes (config_yaml.py)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
     folder = path.resolve().parent

@@ -363,7 +363,10 @@ def cmd_bench_fleet(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `fleet` on the `turnout bench` subparsers."""
+    """Register `fleet` (and `fleet-scale`) on the `turnout bench` subparsers."""
+    from gateway.bench import fleet_scale
+
+    fleet_scale.add_command(subparsers)
     default = Scenario()
     command = subparsers.add_parser(
         "fleet", help="adapter placement vs round-robin vs ideal on a simulated vLLM fleet"

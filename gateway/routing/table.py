@@ -14,6 +14,7 @@ from types import MappingProxyType
 from gateway.config import RouteConfig, TurnoutConfig
 from gateway.contracts.contract import Contract, make_contract
 from gateway.errors import RouteNotFound
+from gateway.gc_pause import gc_paused
 from gateway.rollouts.model import Arm, Rollout, assign_arm, declare
 from gateway.shadow.settings import ShadowCategory
 from gateway.surface.check import RequestSurface
@@ -154,6 +155,7 @@ def route_contract(route: str, config: RouteConfig) -> Contract | None:
     )
 
 
+@gc_paused()
 def declared_rollouts(config: TurnoutConfig) -> dict[str, Rollout]:
     """Every route's `Rollout` as the config file declares it (settled routes included)."""
     return {
@@ -174,6 +176,7 @@ def declared_rollouts(config: TurnoutConfig) -> dict[str, Rollout]:
     }
 
 
+@gc_paused()  # 10,000 routes: nothing the build allocates is garbage
 def build_routing_table(
     config: TurnoutConfig, rollouts: Mapping[str, Rollout] | None = None
 ) -> RoutingTable:

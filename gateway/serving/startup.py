@@ -24,6 +24,7 @@ from adapters.registry import AdapterRegistry
 from adapters.validate import AdapterLimits
 from gateway.config import ServerConfig, TurnoutConfig
 from gateway.errors import ConfigError, StateStoreUnavailable, TurnoutError
+from gateway.gc_pause import gc_paused
 from gateway.routing.table import AdapterVersion, build_routing_table
 from gateway.upstream.adapter_loader import check_capacity
 
@@ -103,6 +104,7 @@ def local_store(config: TurnoutConfig) -> Path | None:
     return None if "://" in store else Path(store)
 
 
+@gc_paused()  # 10,000 manifests read: nothing they allocate is garbage
 def check_adapters(config: TurnoutConfig, *, verify: bool) -> int:
     """What would stop a start at the adapters, found before one: capacity, a store that is no
     folder or cannot be read, a version missing from it, and with `verify` one that fails

@@ -165,6 +165,27 @@ def test_a_push_that_died_before_its_manifest_leaves_no_version(
     assert registry.push(adapter, "triage", base, LIMITS).version == "v1"
 
 
+def test_a_manifest_edited_in_the_store_is_read_as_it_is_now(
+    registry: AdapterRegistry, adapter: Path, base: BaseModelProfile, tmp_path: Path
+) -> None:
+    registry.push(adapter, "triage", base, LIMITS)
+    path = tmp_path / "store" / "triage" / "v1" / MANIFEST_FILE
+    edited = json.loads(path.read_text()) | {"created_by": "someone else"}
+    path.write_text(json.dumps(edited))
+    assert registry.manifest("triage", "v1").created_by == "someone else"
+    path.write_text(json.dumps(edited | {"rank": 0}))
+    with pytest.raises(AdapterRefused, match="triage@v1"):
+        registry.manifest("triage", "v1")
+
+
+def test_a_file_where_the_adapters_folder_should_be_is_no_version(
+    registry: AdapterRegistry, tmp_path: Path
+) -> None:
+    (tmp_path / "store" / "triage").write_text("not a folder")
+    with pytest.raises(AdapterNotFound, match="triage@v1"):
+        registry.manifest("triage", "v1")
+
+
 def test_remove_deletes_the_version(
     registry: AdapterRegistry, adapter: Path, base: BaseModelProfile, tmp_path: Path
 ) -> None:
