@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,54 +41,36 @@ def running_gateway(config: dict[str, Any], folder: Path) -> Iterator[str]:
 
 
 @contextmanager
-def stub_upstream(record: bool = False) -> Iterator[str]:
+def serving_module(module: str, *options: str, what: str) -> Iterator[str]:
+    """`python -m module --port PORT *options` as a real process on a free port, once its
+    `/health` answers; yields its origin. `what` names it in a time-out."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *options])
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{origin}/health"), 30, what)
+        yield origin
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def stub_upstream(record: bool = False) -> AbstractContextManager[str]:
     """The benchmark's instant OpenAI-compatible upstream, as a real process on a free port;
     with `record`, `GET /recorded` on it returns the bodies it received since the last call."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.bench.stub_upstream", "--port", str(port)]
-        + (["--record"] if record else [])
-    )
-    origin = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: answers(f"{origin}/health"), 30, "the stub upstream")
-        yield origin
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    options = ["--record"] if record else []
+    return serving_module("gateway.bench.stub_upstream", *options, what="the stub upstream")
 
 
-@contextmanager
-def paced_stub_upstream(chunks: int, interval_ms: float) -> Iterator[str]:
+def paced_stub_upstream(chunks: int, interval_ms: float) -> AbstractContextManager[str]:
     """The streaming benchmark's upstream (`gateway.bench.stream_stub`: every stream `chunks`
     events `interval_ms` apart) as a real process on a free port; yields its origin."""
-    port = free_port()
-    command = [sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(port)]
-    process = subprocess.Popen(
-        [*command, "--chunks", str(chunks), "--interval-ms", str(interval_ms)]
-    )
-    origin = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: answers(f"{origin}/health"), 30, "the paced stub upstream")
-        yield origin
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    options = ["--chunks", str(chunks), "--interval-ms", str(interval_ms)]
+    return serving_module("gateway.bench.stream_stub", *options, what="the paced stub upstream")
 
 
-@contextmanager
-def simulated_vllm(*options: str) -> Iterator[str]:
+def simulated_vllm(*options: str) -> AbstractContextManager[str]:
     """`gateway.bench.fleet_sim` as a real process on a free port: vLLM's adapter load/unload
     endpoints, its 404 for an adapter it does not hold and its own LRU, no model. `options` are
     the simulator's flags (`--resident`, `--batch`, `--load-ms`, ...)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.bench.fleet_sim", "--port", str(port), *options]
-    )
-    origin = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: answers(f"{origin}/health"), 30, "a simulated backend")
-        yield origin
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return serving_module("gateway.bench.fleet_sim", *options, what="a simulated backend")
