@@ -236,18 +236,19 @@ class InferenceEndpoints:
         request = Request(scope, receive)
         exchange = RequestInFlight(path=scope["path"], started=time.perf_counter())
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
-            response = await self._forward(request, exchange)
-        except TurnoutError as error:
-            response = error_response(error)
-        except Exception:
-            response = unexpected_error_response(scope["path"])
-        try:
+            try:
+                if scope["method"] != "POST":
+                    raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
+                response = await self._forward(request, exchange)
+            except TurnoutError as error:
+                response = error_response(error)
+            except Exception:
+                response = unexpected_error_response(scope["path"])
             await response(scope, receive, send)
         finally:
             if exchange.shadow is not None and self._shadows is not None:
-                # Only now, with the answer's last byte handed over, is its copy sent.
+                # Only now, with the answer's last byte handed over, is its copy sent (or, if
+                # the request never finished, given up: `send` keeps the budget right).
                 self._shadows.send(exchange.shadow)
 
     def _choose(self, admission: Admission, request: Request, fields: dict[str, Any]) -> Target:

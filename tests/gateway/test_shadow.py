@@ -243,6 +243,30 @@ async def test_the_copy_is_sent_only_once_the_stable_answer_is_out(
 
 
 @pytest.mark.anyio
+async def test_a_request_cancelled_before_its_answer_sends_no_copy_and_frees_its_budget(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    settings = ShadowSettings(max_in_flight=1)
+    async with gateway(tmp_path, upstream, settings=settings, route_name="cut") as gw:
+        failed = metric("turnout_shadow_requests_total", route="cut", result="failed")
+        upstream.hold(STABLE)
+        served = asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask("a", "cut")))
+        await until(lambda: len(upstream.received(STABLE)) == 1, "the stable request")
+        assert gw.shadows.in_flight == 1
+        served.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await served
+        assert gw.shadows.in_flight == 0  # its place in the budget is given back
+        assert metric("turnout_shadow_requests_total", route="cut", result="failed") == failed + 1
+        upstream.release(STABLE)
+        answer = await gw.client.post("/v1/chat/completions", json=ask("b", "cut"))
+        assert answer.status_code == 200
+        await settled(gw, 1)
+    assert [body["messages"][0]["content"] for body in upstream.received(CANDIDATE)] == ["b"]
+
+
+@pytest.mark.anyio
 async def test_flagged_pairs_reach_the_review_api_with_both_answers_side_by_side(
     tmp_path: Path, anyio_backend: str
 ) -> None:
