@@ -234,15 +234,22 @@ class InferenceEndpoints:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        exchange = RequestInFlight(path=scope["path"], started=time.perf_counter())
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
-            response = await self._forward(request, scope["path"])
-        except TurnoutError as error:
-            response = error_response(error)
-        except Exception:
-            response = unexpected_error_response(scope["path"])
-        await response(scope, receive, send)
+            try:
+                if scope["method"] != "POST":
+                    raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
+                response = await self._forward(request, exchange)
+            except TurnoutError as error:
+                response = error_response(error)
+            except Exception:
+                response = unexpected_error_response(scope["path"])
+            await response(scope, receive, send)
+        finally:
+            if exchange.shadow is not None and self._shadows is not None:
+                # Only now, with the answer's last byte handed over, is its copy sent (or, if
+                # the request never finished, given up: `send` keeps the budget right).
+                self._shadows.send(exchange.shadow)
 
     def _choose(self, admission: Admission, request: Request, fields: dict[str, Any]) -> Target:
         """The arm for this request; a candidate no backend holds yet gets nothing."""
@@ -254,8 +261,8 @@ class InferenceEndpoints:
             return admission.entry.stable
         return target
 
-    async def _forward(self, request: Request, path: str) -> ASGIApp:
-        exchange = RequestInFlight(path=path, started=time.perf_counter())
+    async def _forward(self, request: Request, exchange: RequestInFlight) -> ASGIApp:
+        path = exchange.path
         try:
             authorization = request.headers.get("authorization")
             caller = self._guard.caller(authorization)  # 401 before the body is read

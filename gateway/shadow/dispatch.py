@@ -1,12 +1,15 @@
 """Send a share of a route's requests to its shadowed candidate too, and pair the answers.
 
-The caller only ever gets the stable answer. `begin` is called as the stable request is sent:
-it draws whether this request is copied, checks the shadows' own budget, and schedules the
-copy as a task, which first runs when the request handler waits for the stable answer, and
-never delays it. The copy borrows a free backend slot or is dropped (it never queues), and a
-real request that needs its slot cancels it. A streamed request is copied as a whole request.
-When both sides have finished, the pair is compared off the request path
-(`gateway.shadow.recorder`). Every copy that is not compared is counted with its reason.
+The caller only ever gets the stable answer, and pays for the copy only what `begin` costs:
+`begin` is called as the stable request is sent; it draws whether this request is copied,
+checks the shadows' own budget and keeps a copy of the request's fields. The copy is sent by
+`send`, which the endpoint calls once the stable answer's last byte has been handed to the
+client, so none of the copy's work (serialising, the upstream call, parsing, judging,
+comparing) runs while the stable answer is being made or relayed. The copy borrows a free
+backend slot or is dropped (it never queues), and a real request that needs its slot cancels
+it. A streamed request is copied as a whole request. When both sides have finished, the pair
+is compared off the request path (`gateway.shadow.recorder`). Every copy that is not compared
+is counted with its reason.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from gateway.errors import AdapterNotReady, TurnoutError
 from gateway.outcomes.recorder import FinishedRequest, answer_of
 from gateway.routing.table import RouteEntry, Target
 from gateway.shadow.compare import UPSTREAM_FAILED_STATUS, Side
-from gateway.shadow.settings import ShadowSettings
+from gateway.shadow.settings import ShadowCategory, ShadowSettings
 from gateway.upstream.proxy import InferenceProxy
 from monitoring.metrics import SHADOW_REQUESTS
 
@@ -39,19 +42,38 @@ class ShadowPair:
     """One copied request: the stable outcome arrives from the endpoint, the candidate's side
     from the copy's task; whichever comes second hands the pair on."""
 
-    __slots__ = ("candidate", "category", "contract", "sink", "stable", "target")
+    __slots__ = (
+        "candidate",
+        "category",
+        "contract",
+        "copy",
+        "path",
+        "request_id",
+        "rule",
+        "sink",
+        "stable",
+        "target",
+    )
 
     def __init__(
         self,
         target: Target,
         contract: Contract | None,
         sink: PairSink,
-        category: str | None = None,
+        path: str,
+        copy: dict[str, Any],
+        request_id: str,
+        rule: ShadowCategory | None = None,
     ) -> None:
         self.target = target
         self.contract = contract
         self.sink = sink
-        self.category = category  # the request's input category, where the route has them
+        # The request as copied, kept until it is sent (`ShadowDispatcher.send`).
+        self.path = path
+        self.copy = copy
+        self.request_id = request_id
+        self.rule = rule  # how the route finds a request's input category, if it has them
+        self.category: str | None = None  # set as the copy is sent
         self.stable: FinishedRequest | None = None
         self.candidate: Side | None = None
 
@@ -84,11 +106,13 @@ class ShadowDispatcher:
         self._sink = sink
         self._settings = settings
         self._draw = draw
+        self._waiting = 0  # copies taken whose stable answer is not out yet
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Copies taken and not finished: waiting for their stable answer, or sent."""
+        return self._waiting + len(self._tasks)
 
     def begin(
         self,
@@ -98,39 +122,45 @@ class ShadowDispatcher:
         request_id: str,
         contract: Contract | None,
     ) -> ShadowPair | None:
-        """Copy this request to the route's shadowed candidate, if it is drawn and budgeted."""
+        """Copy this request to the route's shadowed candidate, if it is drawn and budgeted;
+        the copy goes out at `send`, which must follow (once) for every pair returned."""
         target = entry.shadow
         if target is None or target.rollout is None or target.rollout.paused:
             return None
         if self._draw() * 100.0 >= target.rollout.shadow_percent:
             return None
-        if len(self._tasks) >= self._settings.max_in_flight:
+        if self.in_flight >= self._settings.max_in_flight:
             SHADOW_REQUESTS.labels(target.route, "dropped_budget").inc()
             return None
+        # A shallow copy now, before the stable request's own fields are changed on its way.
         copy = {name: value for name, value in fields.items() if name not in _NOT_COPIED}
-        if contract is not None:
-            copy["response_format"] = contract.response_format()
-        rule = entry.shadow_category
-        category = None if rule is None else rule.category_of(fields)
-        pair = ShadowPair(target, contract, self._sink, category)
-        # Timed from here, as the stable request is about to be sent, as stable's is timed.
-        started = time.perf_counter()
-        task = asyncio.create_task(self._run(pair, path, copy, request_id + "-shadow", started))
+        self._waiting += 1
+        return ShadowPair(
+            target, contract, self._sink, path, copy, request_id, entry.shadow_category
+        )
+
+    def send(self, pair: ShadowPair) -> None:
+        """The stable answer is out (its last byte handed to the client, or it failed): send
+        the copy. A pair whose stable side never finished cannot be compared: not sent."""
+        self._waiting -= 1
+        if pair.stable is None:
+            SHADOW_REQUESTS.labels(pair.target.route, "failed").inc()
+            return
+        task = asyncio.create_task(self._run(pair))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return pair
 
-    async def _run(
-        self,
-        pair: ShadowPair,
-        path: str,
-        fields: dict[str, Any],
-        request_id: str,
-        started: float,
-    ) -> None:
+    async def _run(self, pair: ShadowPair) -> None:
         target = pair.target
+        fields = pair.copy
+        if pair.contract is not None:
+            fields["response_format"] = pair.contract.response_format()
+        if pair.rule is not None:
+            pair.category = pair.rule.category_of(fields)
+        # Timed from just before the copy is sent (stable's answer: from its arrival).
+        started = time.perf_counter()
         try:
-            reply = await self._proxy.shadow(target, path, fields, request_id)
+            reply = await self._proxy.shadow(target, pair.path, fields, pair.request_id + "-shadow")
         except asyncio.CancelledError:
             SHADOW_REQUESTS.labels(target.route, "preempted").inc()
             return

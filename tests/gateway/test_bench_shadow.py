@@ -1,5 +1,6 @@
 """`turnout bench shadow` runs, shadows every request of its shadowed route, and prints its
-report; the latency numbers themselves are not judged (docs/rollouts.md quotes a run)."""
+report, with the gateway's CPU time per request; the numbers themselves are not judged
+(docs/rollouts.md quotes runs)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def test_bench_shadow_compares_both_sides_in_one_run() -> None:
         for side in ("no_shadow", "shadow_100"):
             assert level[side]["errors"] == 0
             assert level[side]["requests_per_s"] > 0
+            assert level[side]["gateway_cpu_ms_per_request"] > 0  # read from /proc
+        assert level["added_gateway_cpu_ms_per_request"] == pytest.approx(
+            level["shadow_100"]["gateway_cpu_ms_per_request"]
+            - level["no_shadow"]["gateway_cpu_ms_per_request"],
+            abs=0.002,
+        )
         assert level["added_p50_ms"] == pytest.approx(
             level["shadow_100"]["p50_ms"] - level["no_shadow"]["p50_ms"], abs=0.002
         )

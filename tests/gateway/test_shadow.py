@@ -220,6 +220,53 @@ async def test_caller_gets_only_stable_answer_and_every_request_is_compared(
 
 
 @pytest.mark.anyio
+async def test_the_copy_is_sent_only_once_the_stable_answer_is_out(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    async with gateway(tmp_path, upstream) as gw:
+        upstream.hold(STABLE)
+        asked = ask("ticket", temperature=0.5, stream=True)
+        served = asyncio.create_task(gw.client.post("/v1/chat/completions", json=asked))
+        await until(lambda: len(upstream.received(STABLE)) == 1, "the stable request")
+        for _ in range(50):  # the loop runs on while stable's answer is held
+            await asyncio.sleep(0)
+        assert upstream.received(CANDIDATE) == []
+        assert gw.shadows.in_flight == 1  # taken, counted against the shadows' budget
+        upstream.release(STABLE)
+        assert (await served).status_code == 200
+        await settled(gw, 1)
+    [copy] = upstream.received(CANDIDATE)
+    assert copy["messages"] == asked["messages"]
+    assert copy["temperature"] == 0.5
+    assert "stream" not in copy
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_before_its_answer_sends_no_copy_and_frees_its_budget(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    upstream = InMemoryUpstream(answers={STABLE: lambda f: "ok", CANDIDATE: lambda f: "ok"})
+    settings = ShadowSettings(max_in_flight=1)
+    async with gateway(tmp_path, upstream, settings=settings, route_name="cut") as gw:
+        failed = metric("turnout_shadow_requests_total", route="cut", result="failed")
+        upstream.hold(STABLE)
+        served = asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask("a", "cut")))
+        await until(lambda: len(upstream.received(STABLE)) == 1, "the stable request")
+        assert gw.shadows.in_flight == 1
+        served.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await served
+        assert gw.shadows.in_flight == 0  # its place in the budget is given back
+        assert metric("turnout_shadow_requests_total", route="cut", result="failed") == failed + 1
+        upstream.release(STABLE)
+        answer = await gw.client.post("/v1/chat/completions", json=ask("b", "cut"))
+        assert answer.status_code == 200
+        await settled(gw, 1)
+    assert [body["messages"][0]["content"] for body in upstream.received(CANDIDATE)] == ["b"]
+
+
+@pytest.mark.anyio
 async def test_flagged_pairs_reach_the_review_api_with_both_answers_side_by_side(
     tmp_path: Path, anyio_backend: str
 ) -> None:
@@ -417,34 +464,36 @@ async def test_overload_sheds_shadows_before_any_real_request(
         preempted = metric("turnout_shadow_requests_total", route="triage", result="preempted")
         dropped = metric("turnout_shadow_requests_total", route="triage", result="dropped_load")
         upstream.hold(CANDIDATE)
+        # Two requests answered; their copies, sent once the answers were out, hold 2 slots.
+        for n in range(2):
+            answered = await gw.client.post("/v1/chat/completions", json=ask(f"a{n}"))
+            assert answered.status_code == 200
+        await until(lambda: gw.gate.lent_to_shadows == 2, "2 copies holding borrowed slots")
         upstream.hold(STABLE)
-        # Two real requests in flight, each with a copy holding a borrowed slot: all 4 busy.
-        first = [
-            asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask(f"a{n}")))
-            for n in range(2)
-        ]
-        await until(lambda: gw.gate.in_flight == 2 and gw.gate.lent_to_shadows == 2, "2 + 2")
-        # Two more real requests: with no queue at all they are admitted only because the
-        # copies give their slots back; their own copies find no free slot and are dropped.
+        # Four real requests: with no queue at all they are admitted only because the copies
+        # give their slots back.
         second = [
             asyncio.create_task(gw.client.post("/v1/chat/completions", json=ask(f"b{n}")))
-            for n in range(2)
+            for n in range(4)
         ]
         await until(lambda: gw.gate.in_flight == 4, "4 real requests in flight")
-        # A fifth real request is past capacity with nothing left to shed: it alone is refused.
-        fifth = await gw.client.post("/v1/chat/completions", json=ask("c"))
-        upstream.release(STABLE)
-        answers = await asyncio.gather(*first, *second)
-        assert [a.status_code for a in answers] == [200, 200, 200, 200]
-        assert fifth.status_code == 503
         assert gw.gate.lent_to_shadows == 0
-        assert upstream.cancelled == [CANDIDATE, CANDIDATE]
+        await until(lambda: upstream.cancelled == [CANDIDATE, CANDIDATE], "2 copies cancelled")
+        # A fifth real request is past capacity with nothing left to shed: it alone is refused,
+        # and its copy, finding no free slot, is dropped.
+        fifth = await gw.client.post("/v1/chat/completions", json=ask("c"))
+        assert fifth.status_code == 503
+        upstream.release(STABLE)
+        answers = await asyncio.gather(*second)
+        assert [a.status_code for a in answers] == [200, 200, 200, 200]
         assert metric("turnout_shadow_requests_total", route="triage", result="preempted") == (
             preempted + 2
         )
-        assert metric("turnout_shadow_requests_total", route="triage", result="dropped_load") >= (
-            dropped + 2
+        assert metric("turnout_shadow_requests_total", route="triage", result="dropped_load") == (
+            dropped + 1
         )
+        upstream.release(CANDIDATE)
+        await settled(gw, 4)  # the four later requests' copies, sent after their answers
 
 
 @pytest.mark.anyio
