@@ -23,7 +23,7 @@ from gateway.shadow.dispatch import ShadowPair
 from gateway.shadow.evidence import PairTally
 from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
 from monitoring.refusal_worker import RefusalScore, RefusalWorker
-from monitoring.refusals import RefusalDetector
+from monitoring.refusals import RefusalDetector, detector_name
 from training.capture import CaptureRecord, PairCaptureSink, SchemaVerdict, answer_failed
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class PairRecorder:
     ) -> None:
         self.tally = tally
         self._refusals = refusals
+        self._detector = detector_name(refusals)
         # Set (the judge is the configured refusal detector): both answers of a pair are judged
         # on the signals worker, and the pair is compared once both verdicts are back.
         self._judge = judge
@@ -88,9 +89,16 @@ class PairRecorder:
             answered = outcome.answer.text if outcome.status == 200 else None
             self._ask_judge(self._judge, pair, answered, candidate.text)
             return
-        # Stable's verdict counts only on an answer (200); a candidate that gave the same text
-        # gets the same verdict (the phrase rules are a function of the text): scored once.
-        stable_refusal = self._refusal(outcome.answer.text) if outcome.status == 200 else None
+        # Stable's verdict counts only on an answer (200), and is the served path's where it
+        # scored the answer with the same rules; a candidate that gave the same text gets the
+        # same verdict (the rules are a function of the text): each text is scored once.
+        stable_refusal = None
+        if outcome.status == 200:
+            judged = pair.stable_judged  # the served path's own verdict, by the same rules
+            if judged.detector == self._detector:
+                stable_refusal = judged.refusal
+            else:
+                stable_refusal = self._refusal(outcome.answer.text)
         if candidate.text is not None and candidate.text == outcome.answer.text:
             candidate_refusal = stable_refusal
             if candidate_refusal is None:
