@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,9 @@ from training.redaction import redact
 from training.review import store as review_store
 from training.review.policy import ReviewPolicy, flags_of, pair_selection, selection
 from training.review.schema import SHADOW_ARM
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter as CounterChild
 
 __all__ = ["SCHEMA_VERSION", "connect"]  # re-exported: they lived here before capture_store
 
@@ -109,11 +112,16 @@ class CaptureRecord:
     @property
     def failed(self) -> bool:
         """The answer broke its schema, was cut off, or refused."""
-        return (
-            self.schema_verdict in ("invalid", "truncated")
-            or self.refusal is True
-            or self.finish_reason == "length"
-        )
+        return answer_failed(self.schema_verdict, self.refusal, self.finish_reason)
+
+
+def answer_failed(
+    schema_verdict: SchemaVerdict, refusal: bool | None, finish_reason: str | None
+) -> bool:
+    """What `CaptureRecord.failed` says of a record with these fields (before one is built)."""
+    return (
+        schema_verdict in ("invalid", "truncated") or refusal is True or finish_reason == "length"
+    )
 
 
 @dataclass(frozen=True)
@@ -161,11 +169,15 @@ class CapturePolicy(BaseModel):
 
     def wants(self, record: CaptureRecord) -> bool:
         """Whether this policy keeps `record`; the sample is decided by the request id's hash."""
+        return self.keeps(record.request_id, record.failed)
+
+    def keeps(self, request_id: str, failed: bool) -> bool:
+        """`wants` for a record with this request id that did or did not fail."""
         if not self.enabled:
             return False
-        if record.failed:
+        if failed:
             return self.failures
-        bucket = zlib.crc32(record.request_id.encode()) / 0x1_0000_0000
+        bucket = zlib.crc32(request_id.encode()) / 0x1_0000_0000
         return bucket < self.success_sample_rate
 
 
@@ -220,6 +232,18 @@ class CaptureSink(Protocol):
 
     def close(self) -> None:
         """Write everything queued, then stop."""
+        ...
+
+
+class PairCaptureSink(CaptureSink, Protocol):
+    """A capture sink that can say a shadow candidate's record would be skipped before the
+    record is built (most are: only failures and a sample are kept)."""
+
+    def skips_candidate(
+        self, route: str, request_id: str, failed: bool, pair_flags: tuple[str, ...] | None
+    ) -> bool:
+        """True, and the record counted as skipped, if `offer` would skip a shadow candidate's
+        record with these fields (`pair_flags` None: no stable answer beside it)."""
         ...
 
 
@@ -324,6 +348,7 @@ class SqliteCaptureSink:
         self._review_default = ReviewPolicy(enabled=review is not None)
         self.path = Path(settings.path)
         self.stats = CaptureStats()
+        self._skipped: CounterChild | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=self.settings.queue_capacity)
         self._closed = threading.Event()
         self._last_purge = float("-inf")
@@ -340,14 +365,35 @@ class SqliteCaptureSink:
                 self.settings.policy(record.route).wants(record)
                 or self._review_reason(record) is not None
             ):
-                self.stats.skipped += 1
-                CAPTURE_RECORDS.labels(result="skipped").inc()
+                self._skip()
                 return False
             self.stats.offered += 1
             return self._enqueue(record)
         except Exception:
             log.exception("capture: offer failed")
             return False
+
+    def skips_candidate(
+        self, route: str, request_id: str, failed: bool, pair_flags: tuple[str, ...] | None
+    ) -> bool:
+        """`offer`'s decision for a shadow candidate's record (arm `shadow`), before it is built."""
+        try:
+            if self.settings.policy(route).keeps(request_id, failed) or (
+                pair_flags is not None
+                and pair_selection(self.review_policy(route), request_id, pair_flags) is not None
+            ):
+                return False
+            self._skip()
+            return True
+        except Exception:
+            log.exception("capture: offer failed")
+            return True
+
+    def _skip(self) -> None:
+        self.stats.skipped += 1
+        if self._skipped is None:  # looked up once: `labels()` locks and builds tuples
+            self._skipped = CAPTURE_RECORDS.labels(result="skipped")
+        self._skipped.inc()
 
     def _written_by_pair(self, record: CaptureRecord) -> bool:
         key = (record.request_id, record.arm)

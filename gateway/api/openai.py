@@ -195,6 +195,7 @@ class RequestInFlight:
             caller=self.admission.caller if self.admission is not None else None,
             endpoint="chat" if self.path.endswith("/chat/completions") else "completions",
             fields=self.fields,
+            refusal_listener=self.shadow.stable_judged if self.shadow is not None else None,
         )
 
 

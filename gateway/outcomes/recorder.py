@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from prometheus_client import Counter, Histogram
@@ -47,6 +47,12 @@ class Answer:
         return self.prompt_tokens + self.completion_tokens
 
 
+class RefusalListener(Protocol):
+    """Told the refusal verdict the served path gave an answer (a shadow pair reuses it)."""
+
+    def judged(self, detector: str, refusal: bool) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FinishedRequest:
     """What one finished request amounted to (target None: it never resolved to a route)."""
@@ -61,6 +67,7 @@ class FinishedRequest:
     caller: Caller | None = None
     endpoint: Literal["chat", "completions"] = "chat"
     fields: Mapping[str, Any] = field(default_factory=dict)
+    refusal_listener: RefusalListener | None = None  # told this answer's refusal verdict
 
 
 def prompt_text(fields: Mapping[str, Any]) -> str:
@@ -245,6 +252,8 @@ class OutcomeRecorder:
                     prompt = None  # queue full: no verdict; drift has seen the prompt
                 else:
                     refusal = self._refusals.is_refusal(outcome.answer.text)
+                    if outcome.refusal_listener is not None:
+                        outcome.refusal_listener.judged(self._detector, refusal)
                     verdict = "refusal" if refusal else "answer"
                     metrics.REFUSAL_CHECKS.labels(*labels, self._detector, verdict).inc()
                     prompt = prompt_text(outcome.fields)

@@ -38,6 +38,21 @@ class PairSink(Protocol):
     def record(self, pair: ShadowPair) -> None: ...
 
 
+class StableVerdict:
+    """The served path's refusal verdict on a pair's stable answer (`detector` None: none yet),
+    for the pair to reuse instead of scoring the same text again. The stable outcome points
+    here rather than at the pair, so pair and outcome hold no reference cycle."""
+
+    __slots__ = ("detector", "refusal")
+
+    def __init__(self) -> None:
+        self.detector: str | None = None
+        self.refusal = False
+
+    def judged(self, detector: str, refusal: bool) -> None:
+        self.detector, self.refusal = detector, refusal
+
+
 class ShadowPair:
     """One copied request: the stable outcome arrives from the endpoint, the candidate's side
     from the copy's task; whichever comes second hands the pair on."""
@@ -52,6 +67,7 @@ class ShadowPair:
         "rule",
         "sink",
         "stable",
+        "stable_judged",
         "target",
     )
 
@@ -75,6 +91,8 @@ class ShadowPair:
         self.rule = rule  # how the route finds a request's input category, if it has them
         self.category: str | None = None  # set as the copy is sent
         self.stable: FinishedRequest | None = None
+        # The served path's refusal verdict on the stable answer, if it scored it.
+        self.stable_judged = StableVerdict()
         self.candidate: Side | None = None
 
     def stable_finished(self, outcome: FinishedRequest) -> None:

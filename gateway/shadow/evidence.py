@@ -75,27 +75,58 @@ class PairSnapshot:
         return pairs, exact, self.get(f"agreement:{kind}:score_milli") / SCORE_SCALE / pairs
 
 
-def _bump(counts: dict[str, int], name: str, by: int = 1) -> None:
-    counts[name] = counts.get(name, 0) + by
+_Names = dict[str, tuple[tuple[str, str], tuple[str, str], str, str]]
+_NAMES: dict[str, _Names] = {}  # per prefix: each signal's counter names, built once
+
+
+def _names(prefix: str) -> _Names:
+    """A signal's counter names under `prefix`: (trials, events) per arm, then the two
+    discordant ones (`candidate_only`, `stable_only`)."""
+    names = _NAMES.get(prefix)
+    if names is None:
+        names = _NAMES[prefix] = {signal: _signal_names(prefix, signal) for signal in PAIR_SIGNALS}
+    return names
 
 
 def add_pair(counts: dict[str, int], comparison: PairComparison, prefix: str = "") -> None:
     """Count one compared pair into `counts` (under `prefix`: an input category's counters)."""
-    _bump(counts, f"{prefix}pairs")
+    get = counts.get
+    name = f"{prefix}pairs"
+    counts[name] = get(name, 0) + 1
+    names = _names(prefix)
     for signal, (stable_bad, candidate_bad) in comparison.signals.items():
-        for arm, bad in (("stable", stable_bad), ("candidate", candidate_bad)):
-            if bad is not None:
-                _bump(counts, f"{prefix}{signal}:{arm}:trials")
-                _bump(counts, f"{prefix}{signal}:{arm}:events", int(bad))
-        if stable_bad is not None and candidate_bad is not None and stable_bad != candidate_bad:
-            side = "candidate_only" if candidate_bad else "stable_only"
-            _bump(counts, f"{prefix}{signal}:{side}")
+        stable_names, candidate_names, candidate_only, stable_only = names.get(signal) or (
+            _signal_names(prefix, signal)
+        )
+        if stable_bad is not None:
+            trials, events = stable_names
+            counts[trials] = get(trials, 0) + 1
+            counts[events] = get(events, 0) + stable_bad
+        if candidate_bad is not None:
+            trials, events = candidate_names
+            counts[trials] = get(trials, 0) + 1
+            counts[events] = get(events, 0) + candidate_bad
+            if stable_bad is not None and stable_bad != candidate_bad:
+                side = candidate_only if candidate_bad else stable_only
+                counts[side] = get(side, 0) + 1
     agreed = comparison.agreement
     if agreed is not None:
         kind = f"{prefix}agreement:{agreed.kind}"
-        _bump(counts, f"{kind}:pairs")
-        _bump(counts, f"{kind}:exact", int(agreed.exact))
-        _bump(counts, f"{kind}:score_milli", round(agreed.score * SCORE_SCALE))
+        for name, by in (
+            (f"{kind}:pairs", 1),
+            (f"{kind}:exact", int(agreed.exact)),
+            (f"{kind}:score_milli", round(agreed.score * SCORE_SCALE)),
+        ):
+            counts[name] = get(name, 0) + by
+
+
+def _signal_names(prefix: str, signal: str) -> tuple[tuple[str, str], tuple[str, str], str, str]:
+    return (
+        (f"{prefix}{signal}:stable:trials", f"{prefix}{signal}:stable:events"),
+        (f"{prefix}{signal}:candidate:trials", f"{prefix}{signal}:candidate:events"),
+        f"{prefix}{signal}:candidate_only",
+        f"{prefix}{signal}:stable_only",
+    )
 
 
 def _no_categories(route: str) -> tuple[str, ...]:

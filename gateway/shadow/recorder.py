@@ -23,11 +23,12 @@ from gateway.shadow.dispatch import ShadowPair
 from gateway.shadow.evidence import PairTally
 from monitoring.metrics import SHADOW_AGREEMENT, SHADOW_REQUESTS, SHADOW_SIGNAL_EVENTS
 from monitoring.refusal_worker import RefusalScore, RefusalWorker
-from monitoring.refusals import RefusalDetector
-from training.capture import CaptureRecord, CaptureSink, SchemaVerdict
+from monitoring.refusals import RefusalDetector, detector_name
+from training.capture import CaptureRecord, PairCaptureSink, SchemaVerdict, answer_failed
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter as CounterChild
+    from prometheus_client.metrics import Histogram as HistogramChild
 
 log = logging.getLogger("turnout.shadow")
 
@@ -53,12 +54,13 @@ class PairRecorder:
         self,
         tally: PairTally,
         refusals: RefusalDetector,
-        capture: CaptureSink,
+        capture: PairCaptureSink,
         max_compare_chars: int = 8192,
         judge: RefusalWorker | None = None,
     ) -> None:
         self.tally = tally
         self._refusals = refusals
+        self._detector = detector_name(refusals)
         # Set (the judge is the configured refusal detector): both answers of a pair are judged
         # on the signals worker, and the pair is compared once both verdicts are back.
         self._judge = judge
@@ -67,6 +69,7 @@ class PairRecorder:
         # Metric children looked up once: `labels()` locks and builds tuples on every call.
         self._events: dict[tuple[str, str, str, str], CounterChild] = {}
         self._compared: dict[str, CounterChild] = {}
+        self._agreement: dict[tuple[str, str], HistogramChild] = {}
 
     def _count(self, route: str, signal: str, arm: str, bad: bool) -> None:
         key = (route, signal, arm, "bad" if bad else "good")
@@ -86,7 +89,23 @@ class PairRecorder:
             answered = outcome.answer.text if outcome.status == 200 else None
             self._ask_judge(self._judge, pair, answered, candidate.text)
             return
-        self._compare(pair, self._refusal(outcome.answer.text), self._refusal(candidate.text))
+        # Stable's verdict counts only on an answer (200), and is the served path's where it
+        # scored the answer with the same rules; a candidate that gave the same text gets the
+        # same verdict (the rules are a function of the text): each text is scored once.
+        stable_refusal = None
+        if outcome.status == 200:
+            judged = pair.stable_judged  # the served path's own verdict, by the same rules
+            if judged.detector == self._detector:
+                stable_refusal = judged.refusal
+            else:
+                stable_refusal = self._refusal(outcome.answer.text)
+        if candidate.text is not None and candidate.text == outcome.answer.text:
+            candidate_refusal = stable_refusal
+            if candidate_refusal is None:
+                candidate_refusal = self._refusal(candidate.text)
+        else:
+            candidate_refusal = self._refusal(candidate.text)
+        self._compare(pair, stable_refusal, candidate_refusal)
 
     def _ask_judge(
         self, judge: RefusalWorker, pair: ShadowPair, stable: str | None, candidate: str | None
@@ -146,10 +165,13 @@ class PairRecorder:
                     self._count(route, signal, "stable", stable_bad)
                 if candidate_bad is not None:
                     self._count(route, signal, "candidate", candidate_bad)
-            if comparison.agreement is not None:
-                SHADOW_AGREEMENT.labels(route, comparison.agreement.kind).observe(
-                    comparison.agreement.score
-                )
+            agreed = comparison.agreement
+            if agreed is not None:
+                observed = self._agreement.get((route, agreed.kind))
+                if observed is None:
+                    observed = SHADOW_AGREEMENT.labels(route, agreed.kind)
+                    self._agreement[(route, agreed.kind)] = observed
+                observed.observe(agreed.score)
             self._capture_candidate(pair, outcome, candidate, stable, comparison)
         except Exception:  # a comparison must never take the gateway down with it
             log.exception("comparing a shadow pair on %s failed", pair.target.route)
@@ -167,11 +189,22 @@ class PairRecorder:
         verdict: SchemaVerdict = "none"
         if side.schema_valid is not None:
             verdict = "valid" if side.schema_valid else "invalid"
+        paired = outcome.target is not None and stable.text is not None
+        flags = pair_flags(comparison)
+        # Decided first: most records are skipped by the sample, and building one costs more.
+        failed = answer_failed(verdict, side.refusal, side.finish_reason)
+        route = pair.target.route
+        if self._capture.skips_candidate(
+            route, outcome.request_id, failed, flags if paired else None
+        ):
+            return
         messages = outcome.fields.get("messages")
         prompt = outcome.fields.get("prompt")
         caller = outcome.caller
         served = None
-        if outcome.target is not None and stable.text is not None:
+        if paired:
+            assert outcome.target is not None
+            assert stable.text is not None
             answer = outcome.verdict
             served = CaptureRecord(
                 request_id=outcome.request_id,
@@ -215,6 +248,6 @@ class PairRecorder:
                 client_request_id=outcome.client_request_id,
                 training=caller.tenant.training if caller is not None else "allow",
                 stable=served,
-                pair_flags=pair_flags(comparison),
+                pair_flags=flags,
             )
         )

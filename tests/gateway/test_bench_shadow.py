@@ -39,3 +39,15 @@ def test_bench_shadow_compares_both_sides_in_one_run() -> None:
     assert report["levels"][0]["target_added_p50_ms"] == 0.2
     # The copies were made and compared, not dropped: shadowing really was on.
     assert report["shadows"]["compared"] > 0
+
+
+def test_pair_recording_bench_times_every_pair_and_offers_each_to_capture() -> None:
+    """`gateway/bench/shadow_pairs.py` (in process, a second): every timed pair reaches the
+    capture sink's decision, the default 5 % sample keeps a few and skips the rest."""
+    from gateway.bench.shadow_pairs import WARM_UP, run
+
+    for differ in (False, True):
+        report = run(300, differ)
+        assert report["p50_us"] > 0
+        assert report["captured"] + report["skipped"] == 300 + WARM_UP
+        assert 0 < report["captured"] < report["skipped"]

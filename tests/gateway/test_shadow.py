@@ -109,6 +109,7 @@ async def gateway(
     route_name: str = "triage",
     review: ReviewPolicy | None = None,
     judge: RefusalWorker | None = None,
+    pair_refusals: PhraseRefusalDetector | None = None,
 ) -> AsyncIterator[Gateway]:
     config = TurnoutConfig.model_validate(
         {"routes": {route_name: {"stable": STABLE, **(route or {})}}}
@@ -128,7 +129,7 @@ async def gateway(
     recorder = RolloutRecorder()
     shadows = ShadowDispatcher(
         proxy,
-        PairRecorder(tally, PhraseRefusalDetector(), capture, judge=judge),
+        PairRecorder(tally, pair_refusals or PhraseRefusalDetector(), capture, judge=judge),
         settings or ShadowSettings(),
     )
     endpoints = InferenceEndpoints(
@@ -423,6 +424,45 @@ async def test_with_a_judge_both_answers_of_a_pair_are_judged_by_it_once_each(
     graded = sorted(request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen)
     assert graded == sorted([SERVED, JUDGED_REFUSAL, PHRASE_REFUSAL])  # repeats from the cache
     assert {request["model"] for request in seen} == {"judge-route"}
+
+
+class CountingPhrases(PhraseRefusalDetector):
+    """The phrase rules (same name and version), keeping every text they scored."""
+
+    def __init__(self) -> None:
+        self.scored: list[str] = []
+
+    def is_refusal(self, text: str) -> bool:
+        self.scored.append(text)
+        return super().is_refusal(text)
+
+
+@pytest.mark.anyio
+async def test_each_text_of_a_pair_is_scored_once_reusing_the_served_verdict(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The stable answer's verdict is the one the served path gave it (the same rules); a
+    candidate that answered the same text gets that verdict; only other texts are scored."""
+    candidate = {"t0": SERVED, "t1": PHRASE_REFUSAL, "t2": SERVED, "t3": PHRASE_REFUSAL}
+    upstream = InMemoryUpstream(
+        answers={
+            STABLE: lambda f: SERVED if f["messages"][0]["content"] != "t3" else PHRASE_REFUSAL,
+            CANDIDATE: lambda f: candidate[f["messages"][0]["content"]],
+        }
+    )
+    pair_phrases = CountingPhrases()
+    async with gateway(tmp_path, upstream, pair_refusals=pair_phrases) as gw:
+        for text in candidate:
+            answer = await gw.client.post("/v1/chat/completions", json=ask(text))
+            assert answer.status_code == 200
+        await settled(gw, 4)
+        counts = gw.tally.snapshot(gw.rollout)
+    # The pairs' stable answers were never scored again, nor t3's candidate (same text as its
+    # stable answer); t1's candidate refusal was, once.
+    assert pair_phrases.scored == [PHRASE_REFUSAL]
+    assert counts.arm("refusal", "stable") == BinomialCounts(1, 4)
+    assert counts.arm("refusal", "candidate") == BinomialCounts(2, 4)
+    assert counts.discordant("refusal") == (1, 0)
 
 
 @pytest.mark.parametrize(
