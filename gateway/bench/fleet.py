@@ -71,6 +71,7 @@ class Scenario:
     replicate_at: int = 4
     load_blocks: bool = True
     backend_metrics: bool = True  # placement reads each backend's /metrics (queue depth)
+    other_clients: int = 0  # closed-loop clients calling the first backend directly, not counted
 
 
 def request_sequence(scenario: Scenario) -> list[str]:
@@ -160,6 +161,13 @@ async def _complete(pool: ConnectionPool, backend: str, version: str) -> tuple[i
 
 
 Sender = Callable[[str, Tally], Awaitable[None]]
+
+
+async def _other_client(pool: ConnectionPool, backend: str, stop: asyncio.Event) -> None:
+    """Another client of one backend, beside the gateway: its requests fill that backend's
+    queue (and are not counted in any policy's report)."""
+    while not stop.is_set():
+        await _complete(pool, backend, "other")
 
 
 def _check_answer(status: int, answer: Any, version: str, backend: str, tally: Tally) -> None:
@@ -276,7 +284,18 @@ async def run_policy(policy: str, scenario: Scenario, sequence: list[str]) -> di
                 watch = asyncio.create_task(BackendMetrics(urls, on_reading=feed).watch(scraper))
         else:
             send = _rotating_sender(pool, urls)
-        tally, elapsed = await _drive(sequence, scenario.concurrency, send)
+        if scenario.other_clients:
+            sims[0].preload(["other"])
+        stop = asyncio.Event()
+        others = [
+            asyncio.create_task(_other_client(pool, urls[0], stop))
+            for _ in range(scenario.other_clients)
+        ]
+        try:
+            tally, elapsed = await _drive(sequence, scenario.concurrency, send)
+        finally:
+            stop.set()  # each ends its request first, so no backend is left answering one
+            await asyncio.gather(*others, return_exceptions=True)
     finally:
         if watch is not None:
             watch.cancel()
@@ -369,6 +388,7 @@ def cmd_bench_fleet(args: argparse.Namespace) -> int:
         replicate_at=args.replicate_at,
         load_blocks=not args.loads_beside_engine,
         backend_metrics=not args.no_backend_metrics,
+        other_clients=args.other_clients,
     )
     report = asyncio.run(run_fleet_benchmark(scenario))
     if args.json:
@@ -412,6 +432,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--no-backend-metrics",
         action="store_true",
         help="placement ignores the backends' /metrics (queue depth), as before it read them",
+    )
+    command.add_argument(
+        "--other-clients",
+        type=int,
+        default=default.other_clients,
+        help="clients calling the first backend directly, beside the policy's traffic",
     )
     command.add_argument("--json", action="store_true", help="one JSON object")
     command.set_defaults(run=cmd_bench_fleet)
