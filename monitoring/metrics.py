@@ -255,6 +255,18 @@ ADAPTER_PLACEMENT_ALONE = Counter(
     "by step (lease, held, in_use, record, mark).",
     ["step"],
 )
+ADAPTER_PLACEMENT_QUEUED = Gauge(
+    "turnout_adapter_placement_queued",
+    "Requests waiting in the backend's own queue that are not this gateway's, as placement "
+    "weighs them (from vLLM's vllm:num_requests_waiting; 0 while unknown or stale).",
+    ["backend"],
+    multiprocess_mode="livemostrecent",
+)
+BACKEND_METRICS_SCRAPES = Counter(
+    "turnout_backend_metrics_scrapes_total",
+    "Scrapes of a backend's /metrics, by result (ok, failed).",
+    ["backend", "result"],
+)
 
 # --- capture --------------------------------------------------------------------------------
 CAPTURE_RECORDS = Counter(

@@ -10,6 +10,8 @@ run, each against fresh simulated backends (`fleet_sim.py`, over loopback HTTP):
   for a load or evicts; requests are routed as `turnout` routes them (the bound on what
   loading costs).
 Load is closed-loop: `concurrency` clients each send the next request as soon as theirs ends.
+`turnout` and `ideal` read each backend's `/metrics` every second, as the gateway does (queue
+depths for placement; `backend_metrics=False` turns it off, to compare).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import orjson
 
 from gateway.bench.fleet_sim import SimBackend, SimSpec, start_sim
+from gateway.config import TimeoutsConfig
 from gateway.errors import AdapterLoading
 from gateway.placement.fleet import (
     BackendCapacity,
@@ -41,6 +44,9 @@ from gateway.placement.fleet import (
 )
 from gateway.placement.loads import AdapterLoads
 from gateway.serving.embedded_vllm import free_port
+from gateway.upstream.backend_metrics import BackendMetrics
+from gateway.upstream.backends import Http1Upstream
+from gateway.upstream.demand_placement import PlacementFeed
 from gateway.upstream.http1_pool import ConnectionPool, Origin
 
 _JSON = b"content-type: application/json\r\n"
@@ -64,6 +70,8 @@ class Scenario:
     eviction: Eviction = Eviction.LFU
     replicate_at: int = 4
     load_blocks: bool = True
+    backend_metrics: bool = True  # placement reads each backend's /metrics (queue depth)
+    other_clients: int = 0  # closed-loop clients calling the first backend directly, not counted
 
 
 def request_sequence(scenario: Scenario) -> list[str]:
@@ -153,6 +161,13 @@ async def _complete(pool: ConnectionPool, backend: str, version: str) -> tuple[i
 
 
 Sender = Callable[[str, Tally], Awaitable[None]]
+
+
+async def _other_client(pool: ConnectionPool, backend: str, stop: asyncio.Event) -> None:
+    """Another client of one backend, beside the gateway: its requests fill that backend's
+    queue (and are not counted in any policy's report)."""
+    while not stop.is_set():
+        await _complete(pool, backend, "other")
 
 
 def _check_answer(status: int, answer: Any, version: str, backend: str, tally: Tally) -> None:
@@ -249,6 +264,8 @@ async def run_policy(policy: str, scenario: Scenario, sequence: list[str]) -> di
         urls.append(f"http://127.0.0.1:{port}")
     pool = ConnectionPool(connect_timeout_s=5.0)
     observer = _Observer()
+    scraper = Http1Upstream(TimeoutsConfig())
+    watch: asyncio.Task[None] | None = None
     try:
         if policy in ("turnout", "ideal"):
             resident = scenario.adapters if ideal else scenario.resident
@@ -262,10 +279,27 @@ async def run_policy(policy: str, scenario: Scenario, sequence: list[str]) -> di
                 fleet, _HttpCalls(pool), max_waiting=4096, wait_deadline_s=30.0, observer=observer
             )
             send = _turnout_sender(pool, loads, count_cold=not ideal)
+            if scenario.backend_metrics:
+                feed = PlacementFeed(fleet, discover=False)
+                watch = asyncio.create_task(BackendMetrics(urls, on_reading=feed).watch(scraper))
         else:
             send = _rotating_sender(pool, urls)
-        tally, elapsed = await _drive(sequence, scenario.concurrency, send)
+        if scenario.other_clients:
+            sims[0].preload(["other"])
+        stop = asyncio.Event()
+        others = [
+            asyncio.create_task(_other_client(pool, urls[0], stop))
+            for _ in range(scenario.other_clients)
+        ]
+        try:
+            tally, elapsed = await _drive(sequence, scenario.concurrency, send)
+        finally:
+            stop.set()  # each ends its request first, so no backend is left answering one
+            await asyncio.gather(*others, return_exceptions=True)
     finally:
+        if watch is not None:
+            watch.cancel()
+        await scraper.close()
         pool.close()
         for server, sim in zip(servers, sims, strict=True):
             server.close()
@@ -353,6 +387,8 @@ def cmd_bench_fleet(args: argparse.Namespace) -> int:
         eviction=Eviction(args.eviction),
         replicate_at=args.replicate_at,
         load_blocks=not args.loads_beside_engine,
+        backend_metrics=not args.no_backend_metrics,
+        other_clients=args.other_clients,
     )
     report = asyncio.run(run_fleet_benchmark(scenario))
     if args.json:
@@ -394,6 +430,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--loads-beside-engine",
         action="store_true",
         help="backends decode while loading (default: a load stalls the engine, as in vLLM)",
+    )
+    command.add_argument(
+        "--no-backend-metrics",
+        action="store_true",
+        help="placement ignores the backends' /metrics (queue depth), as before it read them",
+    )
+    command.add_argument(
+        "--other-clients",
+        type=int,
+        default=default.other_clients,
+        help="clients calling the first backend directly, beside the policy's traffic",
     )
     command.add_argument("--json", action="store_true", help="one JSON object")
     command.set_defaults(run=cmd_bench_fleet)

@@ -1,7 +1,10 @@
 """A simulated vLLM backend for `turnout bench fleet`: LoRA slots, load times and batching.
 
 It speaks the part of vLLM's HTTP API placement uses: `POST /v1/load_lora_adapter` and
-`/v1/unload_lora_adapter` (`lora_name`), `POST /v1/completions`, `GET /v1/models`, `GET /health`.
+`/v1/unload_lora_adapter` (`lora_name`), `POST /v1/completions`, `GET /v1/models`, `GET /health`,
+and `GET /metrics` with the series of vLLM's own that the gateway reads
+(`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:lora_requests_info`,
+`vllm:request_success_total`).
 What it enforces, as vLLM does:
 - at most `resident` adapters held (`--max-cpu-loras`); loading one more evicts the least
   recently used idle one; a load takes `load_s` of the engine's time (nothing decodes meanwhile);
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import cast
@@ -208,6 +212,28 @@ class SimBackend:
                 waiting.append(seq)
         self._waiting = waiting
 
+    def metrics_text(self) -> bytes:
+        """vLLM's own series (the names and labels of vLLM 0.32) for this engine's state now."""
+        running = sorted({seq.name for seq in self._running})
+        waiting = sorted({seq.name for seq in self._waiting})
+        engine = 'engine="0",model_name="sim"'
+        lora = (
+            f'max_lora="{self.spec.batch}",running_lora_adapters="{",".join(running)}",'
+            f'waiting_lora_adapters="{",".join(waiting)}"'
+        )
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{engine}}} {float(len(self._running))}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{{{engine}}} {float(len(self._waiting))}",
+            "# TYPE vllm:lora_requests_info gauge",
+            f"vllm:lora_requests_info{{{lora}}} {time.time()}",
+            "# TYPE vllm:request_success_total counter",
+            f'vllm:request_success_total{{{engine},finished_reason="length"}} '
+            f"{float(self.stats.served)}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
 
 def _not_found(name: str) -> bytes:
     error = {"message": f"The model `{name}` does not exist.", "type": "NotFoundError", "code": 404}
@@ -261,6 +287,8 @@ class _SimProtocol(asyncio.Protocol):
         backend = self._backend
         if request_line.startswith(b"GET /health"):
             return 200, b"{}"
+        if request_line.startswith(b"GET /metrics"):
+            return 200, backend.metrics_text()
         if request_line.startswith(b"GET /v1/models"):
             cards = [{"id": name, "object": "model", "parent": "base"} for name in backend.resident]
             return 200, json.dumps({"object": "list", "data": cards}).encode()

@@ -10,6 +10,10 @@ decision out and reports back; nothing here does I/O.
 Rules the policy keeps:
 - a version with requests in flight, or with requests waiting for it, is never evicted;
 - a warm version is never evicted while it is its last copy (extra replicas may go);
+- among holders, and among backends with room for a load, the least loaded one goes first:
+  its requests in flight from this gateway plus the requests waiting in its own queue that
+  are not ours (`set_queue`, from the backend's `/metrics`), so a backend whose queue grows
+  from other clients' traffic is avoided;
 - a version whose holders are all busy (`replicate_at` requests in flight on the least busy)
   gets one more holder, so a hot adapter spreads instead of piling onto one backend;
 - the first load goes to the least loaded backend with room, else to the backend whose coldest
@@ -117,6 +121,10 @@ class _Backend:
     capacity: BackendCapacity
     held: dict[str, _Held] = field(default_factory=dict)
     inflight: int = 0
+    queued: int = 0  # requests waiting in the backend's own queue that are not this gateway's
+
+    def load(self) -> int:
+        return self.inflight + self.queued
 
 
 def _affinity(version: str, backend: str) -> int:
@@ -171,6 +179,29 @@ class FleetPlacement:
     def inflight(self, backend: str) -> int:
         return self._backends[backend].inflight
 
+    def queued(self, backend: str) -> int:
+        return self._backends[backend].queued
+
+    def capacity(self, backend: str) -> BackendCapacity:
+        return self._backends[backend].capacity
+
+    def set_capacity(self, backend: str, capacity: BackendCapacity) -> None:
+        """The backend's slots as discovered; a smaller count evicts nothing now, only makes
+        the next load there evict first."""
+        self._backends[backend].capacity = capacity
+
+    def set_queue(self, backend: str, waiting: int | None, running: int | None = None) -> None:
+        """What the backend's `/metrics` says now: requests waiting in its queue and running,
+        every client's (None: unknown or stale, so only this gateway's in-flight count)."""
+        state = self._backends[backend]
+        if waiting is None:
+            state.queued = 0
+            return
+        # The backend counts this gateway's requests too (in `inflight`): only the waiting
+        # requests beyond ours are other clients' queue, or the choice would herd on our own.
+        others = max(0, (running or 0) + waiting - state.inflight)
+        state.queued = min(waiting, others)
+
     # -- decisions -------------------------------------------------------------------------
 
     def route(self, version: str, eligible: Collection[str] | None = None) -> Decision:
@@ -179,7 +210,7 @@ class FleetPlacement:
         holders = self._holders.get(version, set())
         loaded = [b for b in holders if b in allowed and self._backends[b].held[version].loaded]
         if loaded:
-            return Serve(min(loaded, key=lambda b: (self._backends[b].inflight, b)))
+            return Serve(min(loaded, key=lambda b: (self._backends[b].load(), b)))
         loading = [b for b in holders if b in allowed]
         if loading:
             return Wait(min(loading))
@@ -237,7 +268,7 @@ class FleetPlacement:
 
     def _load_bucket(self, backend: str) -> int:
         state = self._backends[backend]
-        return state.inflight // state.capacity.batch
+        return state.load() // state.capacity.batch
 
     def _room_key(self, backend: str, version: str) -> tuple[int, int, int]:
         state = self._backends[backend]
