@@ -103,7 +103,7 @@ class CascadeDetector:
         self._learned_factory = learned_factory
         self._learned: LearnedRefusalDetector | None = None
         self._phrase = PhraseRefusalDetector()
-        middle = f"+{static.version}" if static is not None else ""
+        middle = f"+{self.static.version}" if self.static is not None else ""
         self.name = f"cascade:{self.ngrams.version}{middle}+{RefusalHead.load().version}"
 
     @property
@@ -295,6 +295,7 @@ def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
     model = NgramModel.load()
     learned = {chars: LearnedRefusalDetector(embed=encoder(chars)) for chars in (400, 128, 64)}
     static = StaticStage()
+    static.embedder  # noqa: B018 - read the vocabulary now, not inside a timed run
 
     def plain(detector: LearnedRefusalDetector) -> Scorer:
         return lambda text: (detector.is_refusal(text), "encoder")

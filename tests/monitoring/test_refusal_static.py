@@ -63,9 +63,9 @@ def test_a_row_is_dequantised_as_e5c_reads_4bit_blocks(embedder: StaticEmbedder)
         nibbles = data[at + 2 : at + 18]
         expected += [((b & 0x0F) - 8) * scale for b in nibbles]
         expected += [((b >> 4) - 8) * scale for b in nibbles]
-    assert embedder._row(token) == pytest.approx(expected, abs=1e-6)
+    assert embedder.rows([token])[0] == pytest.approx(expected, abs=1e-6)
     ids = embedder.tokens(TEXTS[0])
-    mean = np.mean([embedder._row(i) for i in ids], axis=0)
+    mean = np.mean([embedder.rows([i])[0] for i in ids], axis=0)
     assert embedder.embed([TEXTS[0], ""])[0] == pytest.approx(mean, abs=1e-6)
     assert np.count_nonzero(embedder.embed([""])) > 0  # the metaspace alone is a token
 
@@ -129,4 +129,7 @@ def test_no_static_vocabulary_is_read_while_every_answer_is_clear() -> None:
     assert cascade.static is not None
     cascade.decide_batch(["Your invoice for May is attached; the total is $120.50."])
     assert cascade.static._embedder is None
-    assert CascadeDetector(use_static=False).static is None
+    without = CascadeDetector(use_static=False)
+    assert without.static is None
+    assert "+static-" not in without.name
+    assert f"+{cascade.static.version}+" in cascade.name
