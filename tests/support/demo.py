@@ -39,3 +39,22 @@ def gateway_config(
         config["adapters"] = {"store": str(store)}
     config.update(sections)
     return config
+
+
+def demo_weights_store(demo_model: Path, folder: Path, count: int) -> Path:
+    """A store of `count` adapter versions `task-0@v1` ... (the demo's summarize weights under
+    each name) and the base profile, in `folder/store`; returns the store's path."""
+    from adapters.registry import AdapterRegistry
+    from adapters.validate import AdapterLimits
+
+    source = AdapterRegistry(str(demo_model / "adapters"))
+    raw = folder / "raw"
+    raw.mkdir()
+    for name, content in source.read_files(source.manifest("summarize", "v1")).items():
+        (raw / name).write_bytes(content)
+    registry = AdapterRegistry(str(folder / "store"))
+    base = source.base(BASE_MODEL)
+    registry.save_base(base)
+    for index in range(count):
+        registry.push(raw, f"task-{index}", base, AdapterLimits(max_lora_rank=16), version="v1")
+    return folder / "store"

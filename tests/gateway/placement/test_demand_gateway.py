@@ -25,10 +25,8 @@ import openai
 import pytest
 import yaml
 
-from adapters.registry import AdapterRegistry
-from adapters.validate import AdapterLimits
 from gateway.protection.auth import issue_key
-from tests.support.demo import BASE_MODEL
+from tests.support.demo import BASE_MODEL, demo_weights_store
 from tests.support.processes import running_gateway, simulated_vllm
 
 ADAPTERS = 12
@@ -38,19 +36,7 @@ ADMIN = issue_key()
 @pytest.fixture(scope="module")
 def store(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Twelve adapter versions (the demo weights under twelve names) and the base profile."""
-    source = AdapterRegistry(str(demo_model / "adapters"))
-    manifest = source.manifest("summarize", "v1")
-    folder = tmp_path_factory.mktemp("demand")
-    raw = folder / "raw"
-    raw.mkdir()
-    for name, content in source.read_files(manifest).items():
-        (raw / name).write_bytes(content)
-    registry = AdapterRegistry(str(folder / "store"))
-    base = source.base(BASE_MODEL)
-    registry.save_base(base)
-    for index in range(ADAPTERS):
-        registry.push(raw, f"task-{index}", base, AdapterLimits(max_lora_rank=16), version="v1")
-    return folder / "store"
+    return demo_weights_store(demo_model, tmp_path_factory.mktemp("demand"), ADAPTERS)
 
 
 @pytest.fixture(scope="module")

@@ -16,29 +16,15 @@ import httpx
 import openai
 import pytest
 
-from adapters.registry import AdapterRegistry
-from adapters.validate import AdapterLimits
 from gateway.upstream.backend_metrics import parse_samples
-from tests.support.demo import BASE_MODEL
+from tests.support.demo import BASE_MODEL, demo_weights_store
 from tests.support.processes import running_gateway, simulated_vllm
 from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def store(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    source = AdapterRegistry(str(demo_model / "adapters"))
-    manifest = source.manifest("summarize", "v1")
-    folder = tmp_path_factory.mktemp("queue")
-    raw = folder / "raw"
-    raw.mkdir()
-    for name, content in source.read_files(manifest).items():
-        (raw / name).write_bytes(content)
-    registry = AdapterRegistry(str(folder / "store"))
-    base = source.base(BASE_MODEL)
-    registry.save_base(base)
-    for index in range(2):
-        registry.push(raw, f"task-{index}", base, AdapterLimits(max_lora_rank=16), version="v1")
-    return folder / "store"
+    return demo_weights_store(demo_model, tmp_path_factory.mktemp("queue"), 2)
 
 
 def gauge(text: str, name: str, backend: str) -> float | None:
