@@ -122,11 +122,25 @@ def migrate(connection: sqlite3.Connection) -> None:
     connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
+def _enter_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
+    """WAL mode; SQLite answers `database is locked` at once (no busy wait) while another
+    process switches a new file's mode, so several workers opening it together retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def connect(path: Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
     """A connection to a capture file in WAL mode, its tables created or migrated if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
+    _enter_wal(connection, timeout_s)
     connection.execute("PRAGMA synchronous=FULL")
     # Deleted rows are overwritten with zeros, not left readable in free pages.
     connection.execute("PRAGMA secure_delete=ON")
