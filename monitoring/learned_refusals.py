@@ -77,16 +77,17 @@ class RefusalHead:
         logits = (embeddings - self.mean) / self.scale @ self.weights + self.bias
         return np.asarray(1.0 / (1.0 + np.exp(-logits)))
 
-    def save(self, path: Path) -> None:
-        np.savez(
-            path,
-            weights=self.weights.astype(np.float32),
-            bias=np.float32(self.bias),
-            mean=self.mean.astype(np.float32),
-            scale=np.float32(self.scale),
-            threshold=np.float32(self.threshold),
-            version=np.str_(self.version),
-        )
+    def save(self, path: Path, **extra: Any) -> None:
+        """The head as an .npz file; `extra` arrays are stored beside it (a stage's band)."""
+        arrays: dict[str, Any] = {
+            "weights": self.weights.astype(np.float32),
+            "bias": np.float32(self.bias),
+            "mean": self.mean.astype(np.float32),
+            "scale": np.float32(self.scale),
+            "threshold": np.float32(self.threshold),
+            "version": np.str_(self.version),
+        }
+        np.savez(path, **arrays, **extra)
 
     @classmethod
     def load(cls, path: Path = HEAD_PATH) -> RefusalHead:

@@ -94,14 +94,4 @@ def out_of_fold_scores(
 
 
 def save_static_head(head: RefusalHead, band: StaticBand, path: Path) -> None:
-    np.savez(
-        path,
-        weights=head.weights.astype(np.float32),
-        bias=np.float32(head.bias),
-        mean=head.mean.astype(np.float32),
-        scale=np.float32(head.scale),
-        threshold=np.float32(head.threshold),
-        version=np.str_(head.version),
-        low=np.float64(band.low),
-        high=np.float64(band.high),
-    )
+    head.save(path, low=np.float64(band.low), high=np.float64(band.high))
