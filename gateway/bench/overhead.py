@@ -151,7 +151,11 @@ def run_overhead_benchmark(
     upstream: str, duration_s: float, config_path: Path
 ) -> list[dict[str, Any]]:
     """One report per concurrency level; see the module docstring for the set-up."""
+    from gateway.bench.wake_probe import machine_wake_report
+
     cpus = _two_cpus()
+    # Before any thread or server starts: the probe forks.
+    machine = machine_wake_report(cpus)
     gateway_cpu = load_cpu = model_cpu = None
     if cpus is not None:
         gateway_cpu = cpus[0]
@@ -200,7 +204,8 @@ def run_overhead_benchmark(
                 f"{gateway_url}/healthz",
             )
         )
-        return _measure(
+        reports = _measure(
             upstream_url + path, direct_model, gateway_url + path, max_tokens,
             duration_s, load_cpu, upstream,
         )  # fmt: skip
+        return [{**report, "machine": machine} for report in reports]

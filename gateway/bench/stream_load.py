@@ -1,5 +1,8 @@
 """The streaming benchmark's load client: N concurrent SSE streams, timed event by event.
 
+The N streams start at once (a burst), or, with `--steady-s`, 2N start at an even pace that
+keeps about N open (the steady state of N concurrent streams).
+
 Each stream is its own connection: one POST with `"stream": true`, then every read is scanned
 for the blank line that ends an SSE event. Per stream it records the time from sending the
 request to the first event and the gap between consecutive reads that brought events (events
@@ -119,17 +122,32 @@ def summarise(timings: list[StreamTiming], wall_s: float) -> dict[str, Any]:
 
 
 async def run_streams(
-    url: str, model: str, streams: int, timeout_s: float, max_tokens: int = 4096
-) -> dict[str, Any]:
-    """`streams` concurrent streams against `url` (http://host:port/path), summarised."""
+    url: str, model: str, streams: int, timeout_s: float, max_tokens: int = 4096,
+    steady_s: float = 0.0,
+) -> dict[str, Any]:  # fmt: skip
+    """`streams` concurrent streams against `url` (http://host:port/path), summarised.
+
+    With `steady_s` (one stream's length) 0, every stream starts at once (a burst). Otherwise
+    twice as many streams start one after another at an even pace, `streams` per `steady_s`,
+    so that once the first has ended about `streams` are open at any moment: the steady state
+    of that many concurrent streams, without the burst of connections at the start."""
     rest = url.removeprefix("http://")
     address, _, path = rest.partition("/")
     host, _, port = address.partition(":")
     request = _request(host, int(port), "/" + path, model, max_tokens)
     started = time.perf_counter()
-    timings = await asyncio.gather(
-        *(one_stream(host, int(port), request, timeout_s) for _ in range(streams))
-    )
+    if steady_s <= 0:
+        timings = await asyncio.gather(
+            *(one_stream(host, int(port), request, timeout_s) for _ in range(streams))
+        )
+    else:
+        pace_s = steady_s / streams
+
+        async def starting_at(index: int) -> StreamTiming:
+            await asyncio.sleep(max(0.0, started + index * pace_s - time.perf_counter()))
+            return await one_stream(host, int(port), request, timeout_s)
+
+        timings = await asyncio.gather(*(starting_at(index) for index in range(2 * streams)))
     return summarise(list(timings), time.perf_counter() - started)
 
 
@@ -143,8 +161,13 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--streams", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--steady-s", type=float, default=0.0, help="one stream's length: start at a steady pace"
+    )
     args = parser.parse_args()
-    report = uvloop.run(run_streams(args.url, args.model, args.streams, args.timeout))
+    report = uvloop.run(
+        run_streams(args.url, args.model, args.streams, args.timeout, steady_s=args.steady_s)
+    )
     print(orjson.dumps(report).decode())
 
 

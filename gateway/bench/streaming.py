@@ -8,11 +8,15 @@ runs the streams against the upstream directly and then through each gateway, so
 measured side by side in one run. Processes are pinned as `bench overhead` pins them against
 its stub: a one-worker gateway gets CPU 0, the load client and the upstream share CPU 1; a
 gateway of several workers may use every CPU (on two CPUs its second worker shares CPU 1 with
-the load client and the upstream).
+the load client and the upstream). `--layout shared` puts the gateway on the load's CPU instead:
+then no wake-up crosses CPUs, which inside a virtual machine can cost more than the gateway's
+own work (`gateway.bench.wake_probe`; every report carries the machine's round trips as
+`machine`). `--arrivals steady` starts the streams at an even pace instead of all at once.
 
-For the gateway side it also reads the gateway's processes (a supervisor's workers summed) from
-/proc: their peak resident memory
-during the level less its memory after warm-up, per open stream, its CPU time (all threads,
+For the direct side it reads the upstream's CPU time per event it sent: what an event costs a
+plain asyncio process on this machine. For the gateway side it also reads the gateway's
+processes (a supervisor's workers summed) from /proc: their peak resident memory during the
+level less its memory after warm-up, per open stream, its CPU time (all threads,
 nanosecond scheduler accounting) over the level per relayed event, and how long it waited,
 runnable, for a CPU (a shared core shows here before it shows in the latencies).
 """
@@ -120,10 +124,12 @@ def _peak_rss(pid: int, into: list[int]) -> Iterator[None]:
         into.append(max(peak[0], rss_bytes(pid)))
 
 
-def _load(url: str, model: str, streams: int, cpu: int | None) -> dict[str, Any]:
+def _load(
+    url: str, model: str, streams: int, cpu: int | None, steady_s: float = 0.0
+) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "gateway.bench.stream_load",
-        "--url", url, "--model", model, "--streams", str(streams),
+        "--url", url, "--model", model, "--streams", str(streams), "--steady-s", str(steady_s),
     ]  # fmt: skip
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
@@ -179,8 +185,21 @@ def _level(
     }
 
 
+def _direct(
+    upstream_pid: int, url: str, streams: int, cpu: int | None, steady_s: float
+) -> dict[str, Any]:
+    """One level against the upstream itself, with the upstream's CPU time per event it sent:
+    what one event costs a plain asyncio process on this machine, beside the gateway's."""
+    cpu_before = cpu_seconds(upstream_pid)
+    direct = _load(url, STUB_ADAPTER, streams, cpu, steady_s)
+    spent = cpu_seconds(upstream_pid) - cpu_before
+    events = direct["events"]
+    direct["upstream_cpu_us_per_event"] = round(spent / events * 1e6, 2) if events else None
+    return direct
+
+
 def _relayed(
-    pid: int, url: str, streams: int, cpu: int | None, baseline: int
+    pid: int, url: str, streams: int, cpu: int | None, baseline: int, steady_s: float = 0.0
 ) -> tuple[dict[str, Any], int, float, float | None]:
     """One level through one gateway: the load's report, the gateway's memory growth, CPU
     seconds and run-queue wait over it."""
@@ -188,7 +207,7 @@ def _relayed(
     cpu_before = cpu_seconds(pid)
     waited_before = run_queue_seconds(pid)
     with _peak_rss(pid, peaks):
-        relayed = _load(url, ROUTE, streams, cpu)
+        relayed = _load(url, ROUTE, streams, cpu, steady_s)
     cpu_s = cpu_seconds(pid) - cpu_before
     waited_after = run_queue_seconds(pid)
     waited_s = (
@@ -198,16 +217,24 @@ def _relayed(
 
 
 def run_streaming_benchmark(
-    levels: tuple[int, ...], chunks: int, interval_ms: float, workers: tuple[int, ...] = (1,)
-) -> list[dict[str, Any]]:
+    levels: tuple[int, ...], chunks: int, interval_ms: float, workers: tuple[int, ...] = (1,),
+    arrivals: str = "burst", layout: str = "split",
+) -> list[dict[str, Any]]:  # fmt: skip
     """One report per level of concurrent streams and gateway (`workers` processes); see the
     module docstring for the set-up."""
     from gateway.bench.overhead import _process, _two_cpus, push_stub_adapter
     from gateway.bench.redis_server import running_redis_server
+    from gateway.bench.wake_probe import machine_wake_report
     from gateway.serving.embedded_vllm import free_port
 
+    if arrivals == "steady" and interval_ms <= 0:
+        raise ValueError("steady arrivals need paced streams (--interval-ms above 0)")
+    steady_s = chunks * interval_ms / 1000 if arrivals == "steady" else 0.0
     cpus = _two_cpus()
+    machine = machine_wake_report(cpus)
     gateway_cpu, load_cpu = cpus if cpus is not None else (None, None)
+    if layout == "shared" and cpus is not None:
+        gateway_cpu = load_cpu = cpus[0]
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as running:
         folder = Path(scratch)
         upstream_port = free_port()
@@ -216,7 +243,7 @@ def run_streaming_benchmark(
             sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(upstream_port),
             "--chunks", str(chunks), "--interval-ms", str(interval_ms),
         ]  # fmt: skip
-        running.enter_context(_process(stub, load_cpu, f"{upstream_url}/health"))
+        upstream = running.enter_context(_process(stub, load_cpu, f"{upstream_url}/health"))
         push_stub_adapter(folder)
         redis_url = running.enter_context(running_redis_server()).url if max(workers) > 1 else None
         gateways: list[tuple[int, int, str]] = []  # workers, pid, relayed URL
@@ -238,20 +265,25 @@ def run_streaming_benchmark(
         baselines = {pid: rss_bytes(pid) for _, pid, _ in gateways}
         reports = []
         for streams in levels:
-            direct = _load(direct_url, STUB_ADAPTER, streams, load_cpu)
+            direct = _direct(upstream.pid, direct_url, streams, load_cpu, steady_s)
             for count, pid, url in gateways:
                 relayed, growth, cpu_s, waited_s = _relayed(
-                    pid, url, streams, load_cpu, baselines[pid]
+                    pid, url, streams, load_cpu, baselines[pid], steady_s
                 )
                 report = _level(streams, direct, relayed, growth, cpu_s, waited_s)
-                reports.append({"workers": count, **report})
+                reports.append(
+                    {"workers": count, "arrivals": arrivals, "layout": layout, **report,
+                     "machine": machine}
+                )  # fmt: skip
         return reports
 
 
 def cmd_bench_streaming(args: argparse.Namespace) -> int:
     levels = tuple(int(part) for part in args.streams.split(","))
     workers = tuple(int(part) for part in args.workers.split(","))
-    report = run_streaming_benchmark(levels, args.chunks, args.interval_ms, workers)
+    report = run_streaming_benchmark(
+        levels, args.chunks, args.interval_ms, workers, args.arrivals, args.layout
+    )
     for level in report:
         print(json.dumps(level, indent=None if args.json else 2))
     return 0
@@ -276,6 +308,20 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default="1",
         help="gateway worker counts (server.workers), comma-separated: one gateway each, "
         "measured side by side",
+    )
+    command.add_argument(
+        "--arrivals",
+        choices=("burst", "steady"),
+        default="burst",
+        help="burst: a level's streams all start at once; steady: twice as many start at an "
+        "even pace that keeps that many open",
+    )
+    command.add_argument(
+        "--layout",
+        choices=("split", "shared"),
+        default="split",
+        help="split: the gateway on one CPU, the load and upstream on another; shared: all on "
+        "one CPU (no wake-up crosses CPUs)",
     )
     command.add_argument("--json", action="store_true", help="one JSON object per line")
     command.set_defaults(run=cmd_bench_streaming)

@@ -12,10 +12,13 @@ import pytest
 
 from gateway.bench.stream_load import run_streams
 from gateway.bench.stream_stub import serve
+from gateway.bench.wake_probe import machine_wake_report, wake_round_trip_us
 from gateway.serving.embedded_vllm import free_port
 
 
-async def _against_stub(chunks: int, interval_s: float, streams: int) -> dict[str, object]:
+async def _against_stub(
+    chunks: int, interval_s: float, streams: int, steady_s: float = 0.0
+) -> dict[str, object]:
     port = free_port()
     server = asyncio.create_task(serve("127.0.0.1", port, chunks, interval_s))
     try:
@@ -27,8 +30,9 @@ async def _against_stub(chunks: int, interval_s: float, streams: int) -> dict[st
             except OSError:
                 await asyncio.sleep(0.02)
         return await run_streams(
-            f"http://127.0.0.1:{port}/v1/chat/completions", "bench@v1", streams, 30
-        )
+            f"http://127.0.0.1:{port}/v1/chat/completions", "bench@v1", streams, 30,
+            steady_s=steady_s,
+        )  # fmt: skip
     finally:
         server.cancel()
 
@@ -49,21 +53,54 @@ def test_unpaced_streams_arrive_back_to_back() -> None:
     assert report["gap_p50_ms"] < 5  # type: ignore[operator]
 
 
+def test_steady_arrivals_start_twice_the_streams_at_an_even_pace() -> None:
+    # 4 streams of 5 events 20 ms apart (0.1 s each): 8 start 25 ms apart, the last at 175 ms,
+    # so the level lasts at least 0.275 s; all at once it would last about 0.1 s.
+    report = asyncio.run(_against_stub(chunks=5, interval_s=0.02, streams=4, steady_s=0.1))
+    assert report["errors"] == 0
+    assert report["streams"] == 8
+    assert report["events"] == 8 * 5
+    assert report["wall_s"] >= 0.27  # type: ignore[operator]
+    burst = asyncio.run(_against_stub(chunks=5, interval_s=0.02, streams=4))
+    assert burst["streams"] == 4
+    assert burst["wall_s"] < 0.27  # type: ignore[operator]
+
+
+def test_the_wake_probe_times_round_trips_between_two_processes() -> None:
+    timings = wake_round_trip_us((0, 0), round_trips=200)
+    assert 0 < timings["p50"] <= timings["p90"] <= timings["p99"]
+    assert timings["mean"] > 0
+    assert machine_wake_report(None)["cross_cpu_round_trip_us"] is None
+
+
 @pytest.mark.slow
-def test_bench_streaming_reports_every_relayed_event() -> None:
+@pytest.mark.parametrize(
+    ("arrivals", "layout", "started"), [("burst", "split", 1), ("steady", "shared", 2)]
+)
+def test_bench_streaming_reports_every_relayed_event(
+    arrivals: str, layout: str, started: int
+) -> None:
     done = subprocess.run(
         [
             sys.executable, "-m", "gateway.cli", "bench", "streaming",
             "--streams", "1,8", "--chunks", "5", "--interval-ms", "10", "--json",
+            "--arrivals", arrivals, "--layout", layout,
         ],
         capture_output=True, text=True, timeout=180, check=True,
     )  # fmt: skip
     levels = [json.loads(line) for line in done.stdout.splitlines()]
     assert [level["streams"] for level in levels] == [1, 8]
     for level in levels:
+        assert (level["arrivals"], level["layout"]) == (arrivals, layout)
+        # Steady arrivals start twice the level's streams, so that many stay open.
+        assert (
+            level["gateway"]["streams"] == level["direct"]["streams"] == started * level["streams"]
+        )
+        assert level["direct"]["upstream_cpu_us_per_event"] > 0
+        assert level["machine"]["same_cpu_round_trip_us"]["p50"] > 0
         for side in ("direct", "gateway"):
             assert level[side]["errors"] == 0
-            assert level[side]["events"] == level["streams"] * 5
+            assert level[side]["events"] == started * level["streams"] * 5
             assert level[side]["first_event_p99_ms"] >= level[side]["first_event_p50_ms"] > 0
             # 10 ms apart: no gap of 5 ms or more would mean events were not paced.
             assert level[side]["gap_max_ms"] >= 5
