@@ -52,6 +52,7 @@ log = logging.getLogger("turnout.workers")
 
 # prometheus_client reads it when it is imported: the supervisor sets it for its workers.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_DIR_PREFIX = "turnout-metrics-"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -138,6 +139,26 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def remove_stale_metrics_dirs(folder: Path) -> list[Path]:
+    """Remove the metrics folders under `folder` that supervisors killed without a chance to
+    clean up left behind (SIGKILL, an OOM kill): each folder's name carries its supervisor's
+    PID, and a folder is removed when no process has that PID and this user owns it. The
+    removed folders."""
+    removed = []
+    for path in folder.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid_text = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        if not pid_text.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except PermissionError:  # alive, another user's
+            continue
+    return removed
+
+
 class Supervisor:
     """Starts one `turnout serve` worker per set of listeners, forwards SIGTERM and SIGINT to
     them (each drains as one gateway does), and stops the others when one exits."""
@@ -148,7 +169,8 @@ class Supervisor:
         self._say = say
         self._workers: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
         self._stopping = False
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="turnout-metrics-"))
+        remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-"))
 
     def start(self) -> None:
         env = {**os.environ, METRICS_DIR_ENV: str(self.metrics_dir)}

@@ -36,7 +36,12 @@ from gateway.protection.guard import RequestGuard
 from gateway.protection.ratelimit import LocalRateLimiter
 from gateway.serving.embedded_vllm import free_port
 from gateway.serving.startup import PortInUse, bind_worker_listeners
-from gateway.serving.workers import check_workers, worker_share
+from gateway.serving.workers import (
+    METRICS_DIR_PREFIX,
+    check_workers,
+    remove_stale_metrics_dirs,
+    worker_share,
+)
 from tests.support.demo import gateway_config
 from tests.support.processes import paced_stub_upstream
 from tests.support.waiting import answers, wait_until
@@ -105,6 +110,23 @@ def test_a_port_another_program_shares_with_so_reuseport_still_fails_the_start()
             bind_worker_listeners(server)
     finally:
         holder.close()
+
+
+def test_metrics_folders_of_supervisors_that_died_unclean_are_removed(tmp_path: Path) -> None:
+    # A supervisor killed with SIGKILL leaves its metrics folder behind; the next one to start
+    # removes the folders whose supervisor PID no process has, and leaves the living ones'.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{METRICS_DIR_PREFIX}{gone.pid}-abc"
+    living = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "turnout-metrics-x"  # not a name a supervisor makes
+    for folder in (stale, living, other):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    assert remove_stale_metrics_dirs(tmp_path) == [stale]
+    assert not stale.exists()
+    assert living.exists()
+    assert other.exists()
 
 
 def test_worker_listeners_share_one_port_per_listener() -> None:
