@@ -271,7 +271,8 @@ BACKEND_METRICS_SCRAPES = Counter(
 # --- capture --------------------------------------------------------------------------------
 CAPTURE_RECORDS = Counter(
     "turnout_capture_records_total",
-    "Capture records offered to the sink, by result (written, dropped).",
+    "Capture records offered to the sink, by result (written, dropped, skipped; erased: "
+    "its tenant's deletion came after it).",
     ["result"],
 )
 CAPTURE_QUEUE_DEPTH = Gauge(

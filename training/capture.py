@@ -330,6 +330,29 @@ def _resolved(result: Future[Any], value: Any) -> None:
         result.set_result(value)
 
 
+def _not_deleted(
+    connection: sqlite3.Connection, records: list[CaptureRecord]
+) -> list[CaptureRecord]:
+    """The records no deletion of their tenant came after (one look-up per batch)."""
+    tenants = {record.tenant for record in records if record.tenant is not None}
+    if not tenants:
+        return records
+    marks = ",".join("?" * len(tenants))
+    last_deleted: dict[str, float] = dict(
+        connection.execute(
+            f"SELECT tenant, MAX(at) FROM deletions WHERE tenant IN ({marks}) GROUP BY tenant",
+            tuple(tenants),
+        ).fetchall()
+    )
+    if not last_deleted:
+        return records
+    return [
+        record
+        for record in records
+        if record.tenant is None or record.created_at > last_deleted.get(record.tenant, -1.0)
+    ]
+
+
 class SqliteCaptureSink:
     """The `CaptureSink` behind a bounded queue and one writer thread.
 
@@ -559,10 +582,16 @@ class SqliteCaptureSink:
         records = [item for item in batch if isinstance(item, CaptureRecord)]
         pending = [item for item in batch if isinstance(item, _PendingFeedback)]
         results: list[FeedbackResult] = []
+        erased = 0
         try:
-            # A stable answer a shadow pair already wrote is not written twice.
-            rows = [_row(r, self._redacted(r)) for r in records if not self._written_by_pair(r)]
             with connection:
+                # A record its tenant's deletion came after is not written: it was in memory
+                # (in this process, or in another worker's queue) when the deletion ran.
+                kept = _not_deleted(connection, records)
+                erased = len(records) - len(kept)
+                records = kept
+                # A stable answer a shadow pair already wrote is not written twice.
+                rows = [_row(r, self._redacted(r)) for r in records if not self._written_by_pair(r)]
                 connection.executemany(_INSERT_CAPTURES, rows)
                 self._review_records(connection, records)
                 # Each piece of feedback is bound to a captured request of its tenant, found
@@ -597,6 +626,8 @@ class SqliteCaptureSink:
                 _resolved(item.result, "unavailable")
             return
         self._refresh_review_depth(connection)
+        if erased:
+            CAPTURE_RECORDS.labels(result="erased").inc(erased)
         self.stats.written += len(records)
         self.stats.feedback_written += results.count("written")
         CAPTURE_RECORDS.labels(result="written").inc(len(records))

@@ -9,7 +9,6 @@ that hold the tenant's data (the operator rebuilds those).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -22,10 +21,11 @@ from training.capture_store import TenantDeletion
 DELETION_TIMEOUT_S = 60.0
 
 
-def captures_router(sink: CaptureSink, settle_s: float = 0.0) -> APIRouter:
-    """Routes to include in the admin router (which checks the admin key). With `settle_s`
-    (several workers write the capture file), the deletion runs again after that long, for the
-    tenant's records other workers had queued before it; the answer counts both passes."""
+def captures_router(sink: CaptureSink) -> APIRouter:
+    """Routes to include in the admin router (which checks the admin key). With several
+    workers writing the capture file, the tenant's records other workers still held in memory
+    when the deletion ran are not written after it (the sink drops records a deletion of their
+    tenant came after)."""
     router = APIRouter()
 
     async def deleted(tenant: str, actor: str) -> TenantDeletion:
@@ -40,14 +40,6 @@ def captures_router(sink: CaptureSink, settle_s: float = 0.0) -> APIRouter:
     ) -> dict[str, Any]:
         actor = getattr(request.state, "actor", "admin")
         deletion = await deleted(tenant, actor)
-        if settle_s > 0:
-            await asyncio.sleep(settle_s)
-            late = await deleted(tenant, actor)
-            deletion = replace(
-                deletion,
-                captures=deletion.captures + late.captures,
-                feedback=deletion.feedback + late.feedback,
-            )
         return {"object": "turnout.tenant_deletion", **deletion.as_dict()}
 
     router.add_api_route(

@@ -257,7 +257,7 @@ def create_app(
     if placement.public:
         api.include_router(metrics_router(metrics))
     operators = admin_router(controller, admins, control.prepare_candidate)
-    operators.include_router(captures_router(capture, settle_s))
+    operators.include_router(captures_router(capture))
     fleet = fleet_router(pool, readiness, admins)
     review = review_api_router(
         review_queue,
