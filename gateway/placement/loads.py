@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from gateway.errors import AdapterLoading
@@ -206,6 +206,24 @@ class AdapterLoads:
         if version in self.fleet.resident(backend):
             self.fleet.lose(backend, version)
             self._observer.evicted(backend, EvictReason.LOST)
+
+    async def reconcile(
+        self, backend: str, listing: Callable[[], Awaitable[Collection[str]]]
+    ) -> list[str]:
+        """Ask `backend` for its adapters (`listing`: vLLM's `/v1/models`) and forget there the
+        versions it no longer holds (see `FleetPlacement.reconcile`); the versions forgotten.
+        The listing's errors propagate: the caller skips that backend this time."""
+        mark = self.fleet.listing_mark()
+        listed = await listing()
+        dropped = self.fleet.reconcile(backend, listed, mark)
+        for version in dropped:
+            if self.shared is not None:
+                self._lost.add((backend, version))  # Redis's record of it there is stale too
+            self._observer.evicted(backend, EvictReason.BACKEND_LOST)
+            log.info("%s no longer lists %s: forgotten there", backend, version)
+        if dropped:
+            self._room_changed()
+        return dropped
 
     def _maybe_replicate(self, version: str, eligible: Collection[str] | None) -> None:
         replica = self.fleet.replica_wanted(version, eligible)
