@@ -18,7 +18,7 @@ Rules the policy keeps:
   gets one more holder, so a hot adapter spreads instead of piling onto one backend;
 - the first load goes to the least loaded backend with room, else to the backend whose coldest
   evictable version is coldest (least recently used, or least frequently used);
-- a backend's own list of its adapters (`reconcile`) drops only versions whose load had
+- a backend's own list of its adapters (`reconcile`) drops only idle versions whose load had
   completed before that list was asked for: a list that raced a load says nothing of it.
 """
 
@@ -362,14 +362,18 @@ class FleetPlacement:
 
         Only versions whose load completed before the list was asked for are judged: one
         loaded while the list was on its way may be missing from it and still be there.
-        Versions still loading are left alone too. Requests in flight on a dropped version
-        keep counting on the backend (as with `lose`): the backend no longer has it for them.
+        Versions still loading, or with requests in flight, are left alone too: a request
+        that meets vLLM's 404 reloads its version (`lose`), and the next list judges it once
+        idle (its in-flight count is then never confused with a fresh copy's).
         """
         state = self._backends[backend]
         missing = [
             version
             for version, held in state.held.items()
-            if held.loaded and held.loaded_mark <= mark and version not in listed
+            if held.loaded
+            and held.inflight == 0
+            and held.loaded_mark <= mark
+            and version not in listed
         ]
         for version in missing:
             self._drop(backend, version)

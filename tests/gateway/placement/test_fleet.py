@@ -180,16 +180,20 @@ def test_a_listing_asked_for_before_a_load_completed_drops_nothing_of_it() -> No
     assert placement.reconcile("b0", set(), before_start) == []  # still loading: left alone
     mark = placement.listing_mark()  # the list is asked for while the load runs...
     placement.finish_load("b0", "a@v1", ok=True)  # ...the load completes...
-    placement.begin("b0", "a@v1")  # ...and a request goes out on it
+    use(placement, "a@v1")  # ...a request is served: the version is idle again...
     assert placement.reconcile("b0", set(), mark) == []  # ...then the list comes, without it
     assert placement.reconcile("b0", set(), before_start) == []
     assert placement.resident("b0") == {"a@v1"}
     assert placement.route("a@v1") == Serve("b0")
-    # A list asked for after the load completed and still without it: the backend lost it,
-    # though a request is in flight there (that request gets vLLM's 404, or already failed).
-    assert placement.reconcile("b0", set(), placement.listing_mark()) == ["a@v1"]
+    placement.begin("b0", "a@v1")
+    # A list asked for after the load completed, still without it: the backend lost it. The
+    # request in flight there meets vLLM's 404 (and reloads), or ends; then the next list
+    # drops it.
+    assert placement.reconcile("b0", set(), placement.listing_mark()) == []
     placement.end("b0", "a@v1")
+    assert placement.reconcile("b0", set(), placement.listing_mark()) == ["a@v1"]
     assert placement.inflight("b0") == 0
+    assert placement.resident("b0") == frozenset()
 
 
 def test_a_reload_after_a_listing_was_asked_for_is_not_judged_by_it() -> None:
