@@ -10,6 +10,7 @@ again and is answered without the backend ever answering 404.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -63,15 +64,17 @@ def test_a_restarted_backend_is_reconciled_before_the_next_request_needs_a_404(
                 answer = client.completions.create(model=route, prompt="hi", max_tokens=4)
                 return answer.choices[0].text
 
-            def held() -> dict[str, set[str]]:
-                view = httpx.get(
+            def view() -> dict[str, Any]:
+                return httpx.get(
                     gateway + "/admin/placement",
                     headers={"authorization": f"Bearer {ADMIN.key}"},
                     timeout=10,
                 ).json()
+
+            def held() -> dict[str, set[str]]:
                 return {
                     backend["url"]: {entry["version"] for entry in backend["versions"]}
-                    for backend in view["backends"]
+                    for backend in view()["backends"]
                 }
 
             for i in range(3):
@@ -88,6 +91,8 @@ def test_a_restarted_backend_is_reconciled_before_the_next_request_needs_a_404(
             page = httpx.get(gateway + "/metrics", timeout=10).text
             evictions = "turnout_adapter_evictions_total"
             assert counter(page, evictions, backend=restarted, reason="backend_lost") == len(lost)
+            shown = {backend["url"]: backend["evictions"] for backend in view()["backends"]}
+            assert shown[restarted] == {"backend_lost": len(lost)}
 
             for version in sorted(lost):
                 index = version.split("@")[0].split("-")[1]

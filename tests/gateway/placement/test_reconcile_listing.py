@@ -76,6 +76,7 @@ async def test_a_restart_is_seen_in_the_listing_and_a_dead_backend_changes_nothi
         watching.cancel()
         assert not loads.fleet.resident(origin)
         assert evictions.reasons == [EvictReason.BACKEND_LOST] * 2
+        assert loads.evictions == {origin: {"backend_lost": 2}}  # as the admin API shows them
         loads.release(await loads.acquire("a@v1"), "a@v1")  # loaded again, before any request
         assert sim.registered == {"a@v1"}
         server.close()
