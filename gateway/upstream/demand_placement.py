@@ -138,8 +138,11 @@ class PlacementReconcile:
         """One check of `backend`; the versions forgotten there."""
         try:
             return await self._placement.reconcile(backend, lambda: self._listing.resident(backend))
-        except (TurnoutError, OSError, TimeoutError, ValueError) as error:
+        except (TurnoutError, OSError, TimeoutError) as error:
             log.debug("listing the adapters of %s failed: %s", backend, error)
+            return []
+        except Exception as error:  # a malformed answer must not end the loop
+            log.warning("%s answered /v1/models with what is not a model list: %r", backend, error)
             return []
 
     async def run(self) -> None:

@@ -100,3 +100,43 @@ def test_the_metrics_scrape_interval_is_a_bounded_config_key() -> None:
     for wrong in (0, 0.05, 61):
         with pytest.raises(ValueError, match="metrics_scrape_s"):
             AdaptersConfig(metrics_scrape_s=wrong)
+
+
+class Instant:
+    """Loads and unloads that succeed at once."""
+
+    async def load(self, backend: str, version: str) -> None:
+        pass
+
+    async def unload(self, backend: str, version: str) -> None:
+        pass
+
+
+class Garbled:
+    """A backend whose `/v1/models` answer is not a model list (cards without an `id`)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.thrice = asyncio.Event()
+
+    async def resident(self, backend: str) -> frozenset[str]:
+        self.asked += 1
+        if self.asked >= 3:
+            self.thrice.set()
+        raise KeyError("id")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_malformed_listing_changes_nothing_and_the_loop_goes_on(anyio_backend: str) -> None:
+    loads = AdapterLoads(FleetPlacement({"b": BackendCapacity(4, 2)}), Instant())
+    loads.release(await loads.acquire("a@v1"), "a@v1")
+    garbled = Garbled()
+    reconcile = PlacementReconcile(loads, garbled, ["b"], interval_s=0.01)
+    assert await reconcile.check("b") == []
+    watching = asyncio.create_task(reconcile.run())
+    async with asyncio.timeout(5):
+        await garbled.thrice.wait()  # the loop went on after meeting the malformed answer
+    assert not watching.done()
+    watching.cancel()
+    assert loads.fleet.resident("b") == {"a@v1"}
