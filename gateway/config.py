@@ -146,6 +146,13 @@ class AdaptersConfig(StrictModel):
     reconcile_interval_s: float = Field(
         default=2.0, gt=0, description="how often backends are checked for missing adapters"
     )
+    metrics_scrape_s: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=60.0,
+        description="demand: how often each backend's /metrics is read (queue depth, slots); "
+        "a reading older than three of these is dropped",
+    )
     placement: Literal["everywhere", "demand"] = Field(
         default="everywhere",
         description="everywhere: every routed version on every backend (at most max_cpu_loras "

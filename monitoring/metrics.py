@@ -229,7 +229,8 @@ ADAPTER_PLACEMENT_LOADS = Counter(
 )
 ADAPTER_EVICTIONS = Counter(
     "turnout_adapter_evictions_total",
-    "Versions placement took off a backend, by reason (capacity, unrouted, lost: vLLM said 404).",
+    "Versions placement took off a backend, by reason (capacity, unrouted, lost: vLLM said 404, "
+    "backend_lost: its list of adapters no longer names it).",
     ["backend", "reason"],
 )
 ADAPTER_COLD_START_WAIT = Histogram(

@@ -60,7 +60,8 @@ def fleet_router(pool: BackendPool, readiness: Readiness, admins: AdminKeyring |
 
 def placement_view(pool: BackendPool) -> dict[str, Any]:
     """Per backend, the versions it holds: with demand placement, why each is there (its load
-    reason, warm pin), requests in flight on it and idle time; else what the loader put there."""
+    reason, warm pin), requests in flight on it and idle time, and its evictions by reason
+    since the start; else what the loader put there."""
     loads = pool.placement
     if loads is None:
         return {
@@ -87,6 +88,7 @@ def placement_view(pool: BackendPool) -> dict[str, Any]:
                 "url": url,
                 "inflight": fleet.inflight(url),
                 "versions": [asdict(held) for held in held_versions],
+                "evictions": dict(sorted(loads.evictions.get(url, {}).items())),
             }
             for url, held_versions in fleet.view().items()
         ],

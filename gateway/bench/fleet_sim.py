@@ -1,10 +1,14 @@
 """A simulated vLLM backend for `turnout bench fleet`: LoRA slots, load times and batching.
 
 It speaks the part of vLLM's HTTP API placement uses: `POST /v1/load_lora_adapter` and
-`/v1/unload_lora_adapter` (`lora_name`), `POST /v1/completions`, `GET /v1/models`, `GET /health`,
+`/v1/unload_lora_adapter` (`lora_name`), `POST /v1/completions`, `GET /v1/models` (as vLLM: the
+base model, then every adapter loaded through the API and not unloaded, with `parent` = the
+base, once its load completed, whatever the LRU keeps in memory), `GET /health`,
 and `GET /metrics` with the series of vLLM's own that the gateway reads
 (`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:lora_requests_info`,
-`vllm:request_success_total`).
+`vllm:request_success_total`). `POST /sim/restart` (not vLLM's) makes it forget everything, as
+a vLLM restart does: every adapter, every queued and running request (answered 404), and loads
+under way (answered 503).
 What it enforces, as vLLM does:
 - at most `resident` adapters held (`--max-cpu-loras`); loading one more evicts the least
   recently used idle one; a load takes `load_s` of the engine's time (nothing decodes meanwhile);
@@ -73,7 +77,7 @@ class SimBackend:
         self.resident: OrderedDict[str, None] = OrderedDict()  # the LRU of loaded weights
         self.registered: set[str] = set()  # names the API serves (loaded, not unloaded)
         self.stats = SimStats()
-        self._loads: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
+        self._loads: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self._waiting: list[_Sequence] = []
         self._running: list[_Sequence] = []
         self._wake = asyncio.Event()
@@ -97,19 +101,38 @@ class SimBackend:
             self.resident[name] = None
             self.registered.add(name)
 
-    def load(self, name: str) -> asyncio.Future[None]:
-        """The pending load of `name` (one per name however many ask); done if resident."""
-        self.registered.add(name)
+    def load(self, name: str) -> asyncio.Future[bool]:
+        """The pending load of `name` (one per name however many ask); done if resident. Its
+        result: whether it loaded (False: a restart forgot it meanwhile). As in vLLM, the name
+        is served (and listed) once its first load completes."""
         future = self._loads.get(name)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             if name in self.resident:
-                future.set_result(None)
+                self.registered.add(name)
+                future.set_result(True)
                 return future
             self._loads[name] = future
             self._wake.set()
             self._load_wake.set()
         return future
+
+    def listed(self) -> list[str]:
+        """The adapters `GET /v1/models` names, as vLLM: loaded through the API, not unloaded."""
+        return sorted(self.registered)
+
+    def restart(self) -> None:
+        """Forget everything, as a restarted vLLM has: adapters, requests, loads under way."""
+        self.registered.clear()
+        self.resident.clear()
+        for sequence in self._waiting + self._running:
+            if not sequence.done.done():
+                sequence.done.set_result(False)
+        self._waiting, self._running = [], []
+        for future in self._loads.values():
+            if not future.done():
+                future.set_result(False)
+        self._loads.clear()
 
     def unload(self, name: str) -> bool:
         if name not in self.registered or any(seq.name == name for seq in self._running):
@@ -143,11 +166,14 @@ class SimBackend:
     async def _load_next(self) -> None:
         name, future = next(iter(self._loads.items()))
         await asyncio.sleep(self.spec.load_s)
+        if self._loads.get(name) is not future:
+            return  # a restart forgot it meanwhile
         self._make_room()
         self.resident[name] = None
+        self.registered.add(name)
         self.stats.loads += 1
         del self._loads[name]
-        future.set_result(None)
+        future.set_result(True)
         self._wake.set()
 
     async def _load_beside(self) -> None:
@@ -231,6 +257,8 @@ class SimBackend:
             "# TYPE vllm:request_success_total counter",
             f'vllm:request_success_total{{{engine},finished_reason="length"}} '
             f"{float(self.stats.served)}",
+            "# TYPE sim_not_found_total counter",  # the simulator's own: its 404s for adapters
+            f"sim_not_found_total {float(self.stats.not_found)}",
         ]
         return ("\n".join(lines) + "\n").encode()
 
@@ -290,12 +318,19 @@ class _SimProtocol(asyncio.Protocol):
         if request_line.startswith(b"GET /metrics"):
             return 200, backend.metrics_text()
         if request_line.startswith(b"GET /v1/models"):
-            cards = [{"id": name, "object": "model", "parent": "base"} for name in backend.resident]
+            cards = [{"id": "base", "object": "model", "parent": None}] + [
+                {"id": name, "object": "model", "parent": "base"} for name in backend.listed()
+            ]
             return 200, json.dumps({"object": "list", "data": cards}).encode()
+        if request_line.startswith(b"POST /sim/restart"):
+            backend.restart()
+            return 200, b'"restarted"'
+
         fields = json.loads(body or b"{}")
         if request_line.startswith(b"POST /v1/load_lora_adapter"):
-            await backend.load(fields["lora_name"])
-            return 200, b'"ok"'
+            if await backend.load(fields["lora_name"]):
+                return 200, b'"ok"'
+            return 503, b'{"error": {"message": "restarted during the load", "code": 503}}'
         if request_line.startswith(b"POST /v1/unload_lora_adapter"):
             if backend.unload(fields["lora_name"]):
                 return 200, b'"ok"'

@@ -17,7 +17,9 @@ Rules the policy keeps:
 - a version whose holders are all busy (`replicate_at` requests in flight on the least busy)
   gets one more holder, so a hot adapter spreads instead of piling onto one backend;
 - the first load goes to the least loaded backend with room, else to the backend whose coldest
-  evictable version is coldest (least recently used, or least frequently used).
+  evictable version is coldest (least recently used, or least frequently used);
+- a backend's own list of its adapters (`reconcile`) drops only idle versions whose load had
+  completed before that list was asked for: a list that raced a load says nothing of it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class LoadReason(StrEnum):
 class EvictReason(StrEnum):
     CAPACITY = "capacity"
     UNROUTED = "unrouted"
-    LOST = "lost"
+    LOST = "lost"  # vLLM answered 404 for it
+    BACKEND_LOST = "backend_lost"  # the backend's list of adapters no longer names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,7 @@ class _Held:
     last_used: float = 0.0
     frequency: float = 0.0  # decayed count of requests served here
     stamp: float = 0.0  # when `frequency` was last decayed
+    loaded_mark: int = 0  # the fleet's count of completed loads when this one completed
 
     def busy(self) -> bool:
         return self.inflight > 0 or self.waiting > 0 or not self.loaded
@@ -150,6 +154,7 @@ class FleetPlacement:
         self._backends = {url: _Backend(capacity) for url, capacity in capacities.items()}
         self._holders: dict[str, set[str]] = {}
         self._warm: frozenset[str] = frozenset()
+        self._loads_done = 0  # completed loads, fleet-wide: orders loads against listings
         self.eviction = eviction
         self.replicate_at = max(1, replicate_at)
         self._decay = math.log(2) / lfu_half_life_s
@@ -309,6 +314,8 @@ class FleetPlacement:
             return
         if ok:
             held.loaded = True
+            self._loads_done += 1
+            held.loaded_mark = self._loads_done
         else:
             self._drop(backend, version)  # its waiters learn of the failure from the loader
 
@@ -344,6 +351,33 @@ class FleetPlacement:
         if held is not None and held.loaded:
             # In-flight requests keep counting on the backend; `end` tolerates the missing entry.
             self._drop(backend, version)
+
+    def listing_mark(self) -> int:
+        """Take just before asking a backend for its list of adapters; pass to `reconcile`."""
+        return self._loads_done
+
+    def reconcile(self, backend: str, listed: Collection[str], mark: int) -> list[str]:
+        """Drop the versions placed on `backend` that its own list (asked for at `mark`) does
+        not name: it restarted, or someone unloaded them. The versions dropped, sorted.
+
+        Only versions whose load completed before the list was asked for are judged: one
+        loaded while the list was on its way may be missing from it and still be there.
+        Versions still loading, or with requests in flight, are left alone too: a request
+        that meets vLLM's 404 reloads its version (`lose`), and the next list judges it once
+        idle (its in-flight count is then never confused with a fresh copy's).
+        """
+        state = self._backends[backend]
+        missing = [
+            version
+            for version, held in state.held.items()
+            if held.loaded
+            and held.inflight == 0
+            and held.loaded_mark <= mark
+            and version not in listed
+        ]
+        for version in missing:
+            self._drop(backend, version)
+        return sorted(missing)
 
     def unrouted(self, routed: Collection[str]) -> list[tuple[str, str]]:
         """Drop idle versions no route names any more; the (backend, version) pairs to unload."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from gateway.errors import AdapterLoading
@@ -94,6 +95,7 @@ class AdapterLoads:
         self._load_s = 1.0  # moving estimate of one load's time, for Retry-After
         self.shared = shared
         self._lost: set[tuple[str, str]] = set()  # vLLM said 404: Redis's record is stale
+        self.evictions: dict[str, Counter[str]] = {}  # per backend, by reason, since the start
 
     @property
     def loads_in_flight(self) -> int:
@@ -205,7 +207,29 @@ class AdapterLoads:
         self._lost.add((backend, version))
         if version in self.fleet.resident(backend):
             self.fleet.lose(backend, version)
-            self._observer.evicted(backend, EvictReason.LOST)
+            self._evicted(backend, EvictReason.LOST)
+
+    async def reconcile(
+        self, backend: str, listing: Callable[[], Awaitable[Collection[str]]]
+    ) -> list[str]:
+        """Ask `backend` for its adapters (`listing`: vLLM's `/v1/models`) and forget there the
+        versions it no longer holds (see `FleetPlacement.reconcile`); the versions forgotten.
+        The listing's errors propagate: the caller skips that backend this time."""
+        mark = self.fleet.listing_mark()
+        listed = await listing()
+        dropped = self.fleet.reconcile(backend, listed, mark)
+        for version in dropped:
+            if self.shared is not None:
+                self._lost.add((backend, version))  # Redis's record of it there is stale too
+            self._evicted(backend, EvictReason.BACKEND_LOST)
+            log.info("%s no longer lists %s: forgotten there", backend, version)
+        if dropped:
+            self._room_changed()
+        return dropped
+
+    def _evicted(self, backend: str, reason: EvictReason) -> None:
+        self.evictions.setdefault(backend, Counter())[reason.value] += 1
+        self._observer.evicted(backend, reason)
 
     def _maybe_replicate(self, version: str, eligible: Collection[str] | None) -> None:
         replica = self.fleet.replica_wanted(version, eligible)
@@ -231,7 +255,7 @@ class AdapterLoads:
             return  # no loop yet (a table built before serving): the start publishes again
         self.warm_up()
         for backend, version in self.fleet.unrouted(routed):
-            self._observer.evicted(backend, EvictReason.UNROUTED)
+            self._evicted(backend, EvictReason.UNROUTED)
             task = asyncio.get_running_loop().create_task(self._unload_unrouted(backend, version))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -263,7 +287,7 @@ class AdapterLoads:
 
     def _spawn(self, load: Load) -> asyncio.Task[None]:
         for _ in load.evict:
-            self._observer.evicted(load.backend, EvictReason.CAPACITY)
+            self._evicted(load.backend, EvictReason.CAPACITY)
         task = asyncio.get_running_loop().create_task(self._run(load))
         self._loads[(load.backend, load.version)] = task
         # A failed load nobody waits for (a replica) must not log "exception never retrieved".

@@ -52,7 +52,11 @@ from gateway.upstream.adapter_loader import AdapterLoader, VllmAdapterAdmin
 from gateway.upstream.admission import AdmissionLimits, BackendGates
 from gateway.upstream.backends import BackendPool, Http1Upstream, UpstreamClient
 from gateway.upstream.breaker import BreakerPolicy, RetryBudget, RetryBudgetPolicy
-from gateway.upstream.demand_placement import backend_metrics, demand_placement
+from gateway.upstream.demand_placement import (
+    backend_metrics,
+    demand_placement,
+    placement_reconcile,
+)
 from gateway.upstream.health import Readiness
 from gateway.upstream.proxy import InferenceProxy
 from gateway.upstream.residency import Residency
@@ -64,8 +68,6 @@ from training.review.store import ReviewQueue
 HEALTH_PROBE_S = 5.0
 # Readiness ignores probe results older than this: a stopped probe loop means "not ready".
 HEALTH_STALE_S = 3 * HEALTH_PROBE_S
-# Demand placement reads each backend's /metrics this often (stale after 3 intervals).
-METRICS_SCRAPE_S = 1.0
 
 
 def _route_schema(table: PublishedTable, route: str) -> Mapping[str, Any] | None:
@@ -132,7 +134,10 @@ def create_app(
     )
     adapter_placement = demand_placement(config.adapters, urls, loader, config.state.redis_url)
     pool.placement = adapter_placement
-    backend_load = backend_metrics(adapter_placement, config.adapters, urls, METRICS_SCRAPE_S)
+    backend_load = backend_metrics(adapter_placement, config.adapters, urls)
+    placed = placement_reconcile(
+        adapter_placement, VllmAdapterAdmin(upstream), urls, config.adapters.reconcile_interval_s
+    )
     control = ControlPlane(config, config_path, table, loader, adapter_placement)
     Path(config.state.dir).mkdir(parents=True, exist_ok=True)
     controller = RolloutController(
@@ -219,6 +224,8 @@ def create_app(
         ]
         if backend_load is not None:  # demand placement: queue depths and slots from vLLM
             tasks.append(asyncio.create_task(backend_load.watch(upstream), name="backend-metrics"))
+        if placed is not None:  # demand placement: what each backend lists, against its view
+            tasks.append(asyncio.create_task(placed.run(), name="placement-reconcile"))
         if config_path is not None:
             tasks.append(
                 asyncio.create_task(

@@ -1,13 +1,17 @@
 """Build demand placement for a gateway from its config (None unless `adapters.placement` is
-demand): the fleet view, vLLM's load endpoints through the adapter loader, metrics, and the
-scrape of each backend's `/metrics` that feeds it queue depths and discovered capacities."""
+demand): the fleet view, vLLM's load endpoints through the adapter loader, metrics, the
+scrape of each backend's `/metrics` that feeds it queue depths and discovered capacities, and
+the check of each backend's list of adapters against what placement believes it holds."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 from gateway.config import AdaptersConfig
+from gateway.errors import TurnoutError
 from gateway.placement.fleet import BackendCapacity, Eviction, FleetPlacement
 from gateway.placement.loads import AdapterLoads
 from gateway.placement.observe import PrometheusPlacementObserver
@@ -95,10 +99,66 @@ def backend_metrics(
     placement: AdapterLoads | None,
     config: AdaptersConfig,
     backends: Sequence[str],
-    interval_s: float,
 ) -> BackendMetrics | None:
-    """The scrape of every backend's `/metrics` feeding demand placement (None without it)."""
+    """The scrape of every backend's `/metrics` feeding demand placement (None without it),
+    every `adapters.metrics_scrape_s`."""
     if placement is None:
         return None
     feed = PlacementFeed(placement.fleet, discover=not capacity_configured(config))
-    return BackendMetrics(backends, interval_s=interval_s, on_reading=feed)
+    return BackendMetrics(backends, interval_s=config.metrics_scrape_s, on_reading=feed)
+
+
+class AdapterListing(Protocol):
+    """A backend's list of the adapters it serves (`VllmAdapterAdmin.resident`: `/v1/models`)."""
+
+    async def resident(self, backend: str) -> frozenset[str]: ...
+
+
+class PlacementReconcile:
+    """Every `interval_s`, off the request path, each backend's list of adapters against what
+    placement believes it holds: a version it no longer lists (it restarted, or someone
+    unloaded it) is forgotten there, so the next request loads it again instead of getting
+    vLLM's 404 first. vLLM lists every adapter registered through `/v1/load_lora_adapter`
+    until it is unloaded, whatever its own LRU keeps in memory, exactly the names it answers
+    404 for. A list that cannot be read changes nothing."""
+
+    def __init__(
+        self,
+        placement: AdapterLoads,
+        listing: AdapterListing,
+        backends: Sequence[str],
+        interval_s: float,
+    ) -> None:
+        self._placement = placement
+        self._listing = listing
+        self._backends = tuple(backends)
+        self.interval_s = interval_s
+
+    async def check(self, backend: str) -> list[str]:
+        """One check of `backend`; the versions forgotten there."""
+        try:
+            return await self._placement.reconcile(backend, lambda: self._listing.resident(backend))
+        except (TurnoutError, OSError, TimeoutError) as error:
+            log.debug("listing the adapters of %s failed: %s", backend, error)
+            return []
+        except Exception as error:  # a malformed answer must not end the loop
+            log.warning("%s answered /v1/models with what is not a model list: %r", backend, error)
+            return []
+
+    async def run(self) -> None:
+        """Check every backend every `interval_s`, concurrently, until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await asyncio.gather(*(self.check(backend) for backend in self._backends))
+
+
+def placement_reconcile(
+    placement: AdapterLoads | None,
+    listing: AdapterListing,
+    backends: Sequence[str],
+    interval_s: float,
+) -> PlacementReconcile | None:
+    """The check of each backend's adapters against placement (None without demand)."""
+    if placement is None:
+        return None
+    return PlacementReconcile(placement, listing, backends, interval_s)

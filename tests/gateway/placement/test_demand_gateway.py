@@ -66,6 +66,9 @@ def gateway(
             "max_loras": 2,
             "max_cpu_loras": 2,
             "load_wait_s": 20,
+            # The reload-and-retry on vLLM's 404 is what this module tests: no listing of the
+            # backends' adapters forgets a version first (test_reconcile_gateway.py does).
+            "reconcile_interval_s": 3600,
         },
         "auth": {"admin_keys_file": str(admins)},
         "routes": routes,

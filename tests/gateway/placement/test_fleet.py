@@ -159,6 +159,53 @@ def test_a_failed_load_leaves_no_trace_and_a_lost_version_is_loaded_again() -> N
     assert isinstance(placement.route("a@v1"), Load)
 
 
+def test_a_version_the_backend_no_longer_lists_is_forgotten_and_loaded_again() -> None:
+    placement, _ = fleet(backends=1, resident=3)
+    load_now(placement, "a@v1")
+    load_now(placement, "b@v1")
+    mark = placement.listing_mark()
+    assert placement.reconcile("b0", {"b@v1", "other@v9"}, mark) == ["a@v1"]
+    assert placement.resident("b0") == {"b@v1"}  # unknown names on the backend are not ours
+    decision = placement.route("a@v1")
+    assert isinstance(decision, Load)
+    assert decision.reason is LoadReason.FIRST_USE
+
+
+def test_a_listing_asked_for_before_a_load_completed_drops_nothing_of_it() -> None:
+    placement, _ = fleet(backends=1, resident=3)
+    decision = placement.route("a@v1")
+    assert isinstance(decision, Load)
+    placement.start_load(decision)
+    before_start = placement.listing_mark()
+    assert placement.reconcile("b0", set(), before_start) == []  # still loading: left alone
+    mark = placement.listing_mark()  # the list is asked for while the load runs...
+    placement.finish_load("b0", "a@v1", ok=True)  # ...the load completes...
+    use(placement, "a@v1")  # ...a request is served: the version is idle again...
+    assert placement.reconcile("b0", set(), mark) == []  # ...then the list comes, without it
+    assert placement.reconcile("b0", set(), before_start) == []
+    assert placement.resident("b0") == {"a@v1"}
+    assert placement.route("a@v1") == Serve("b0")
+    placement.begin("b0", "a@v1")
+    # A list asked for after the load completed, still without it: the backend lost it. The
+    # request in flight there meets vLLM's 404 (and reloads), or ends; then the next list
+    # drops it.
+    assert placement.reconcile("b0", set(), placement.listing_mark()) == []
+    placement.end("b0", "a@v1")
+    assert placement.reconcile("b0", set(), placement.listing_mark()) == ["a@v1"]
+    assert placement.inflight("b0") == 0
+    assert placement.resident("b0") == frozenset()
+
+
+def test_a_reload_after_a_listing_was_asked_for_is_not_judged_by_it() -> None:
+    placement, _ = fleet(backends=1, resident=3)
+    load_now(placement, "a@v1")
+    mark = placement.listing_mark()
+    placement.lose("b0", "a@v1")  # vLLM's 404 meanwhile: forgotten, and loaded again
+    load_now(placement, "a@v1")
+    assert placement.reconcile("b0", set(), mark) == []
+    assert placement.resident("b0") == {"a@v1"}
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), eviction=st.sampled_from(list(Eviction)))
 def test_random_traffic_never_overfills_a_backend_or_evicts_a_busy_version(

@@ -142,3 +142,60 @@ async def test_publish_loads_warm_versions_and_unloads_idle_unrouted_ones() -> N
     assert loads.fleet.holders("a@v1") != []
     assert loads.fleet.holders("old@v1", loaded_only=False) == []
     assert [version for _, version in backends.unloads] == ["old@v1"]
+
+
+class Listing:
+    """A backend's list of its adapters that answers only when `answer` is set, so a test can
+    let a load complete while the list is on its way."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def __call__(self) -> set[str]:
+        self.asked.set()
+        await self.answer.wait()
+        return set(self.names)
+
+
+async def test_a_backend_that_lost_a_version_is_reconciled_and_the_next_request_loads_it() -> None:
+    backends = Backends(load_s=0.01)
+    loads = loads_over(backends)
+    backend = await loads.acquire("a@v1")
+    loads.release(backend, "a@v1")
+    listing = Listing(set())  # the backend restarted: it lists nothing
+    listing.answer.set()
+    assert await loads.reconcile(backend, listing) == ["a@v1"]
+    assert "a@v1" not in loads.fleet.resident(backend)
+    await loads.acquire("a@v1")
+    assert len(backends.loads) == 2  # loaded again before the request, no 404 needed
+
+
+async def test_a_load_completing_while_the_listing_is_on_its_way_is_kept() -> None:
+    backends = Backends(load_s=0.05)
+    loads = loads_over(backends)
+    request = asyncio.create_task(loads.acquire("a@v1"))
+    await asyncio.sleep(0)  # the load starts
+    (loading,) = loads.fleet.holders("a@v1", loaded_only=False)
+    listing = Listing(set())  # the list was made before the load reached vLLM
+    reconcile = asyncio.create_task(loads.reconcile(loading, listing))
+    await listing.asked.wait()
+    backend = await request  # the load completes; a request is served on it
+    loads.release(backend, "a@v1")
+    listing.answer.set()
+    assert await reconcile == []
+    assert loads.fleet.resident(backend) == {"a@v1"}
+
+
+async def test_a_listing_that_fails_changes_nothing() -> None:
+    loads = loads_over(Backends(load_s=0.01))
+    backend = await loads.acquire("a@v1")
+
+    async def down() -> set[str]:
+        raise ConnectionError("backend down")
+
+    with pytest.raises(ConnectionError):
+        await loads.reconcile(backend, down)
+    assert loads.fleet.resident(backend) == {"a@v1"}
+    loads.release(backend, "a@v1")
