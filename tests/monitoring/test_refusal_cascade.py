@@ -238,3 +238,39 @@ def test_the_shipped_encoder_head_is_what_the_training_sets_give(tmp_path: Path)
     assert retrained.weights == pytest.approx(shipped.weights, abs=1e-4)
     assert retrained.mean == pytest.approx(shipped.mean, abs=1e-4)
     assert (retrained.bias, retrained.scale) == pytest.approx((shipped.bias, shipped.scale))
+
+
+def test_with_semantic_drift_on_the_cascade_keeps_its_own_shallow_encoder(tmp_path: Path) -> None:
+    """The drift feed's encoder is the full 12-layer one; the cascade's last stage is the
+    6-layer encoder its head was trained on, so the worker's cascade does not borrow the
+    feed's: its encoder-stage scores are the shallow detector's own."""
+    from gateway.config import TurnoutConfig
+    from gateway.serving.signals import signal_workers
+    from monitoring.refusal_cascade import cascade_learned_detector
+    from monitoring.refusal_worker import CascadeScorer
+
+    config = TurnoutConfig.model_validate(
+        {
+            "adapters": {"store": str(tmp_path)},
+            "monitoring": {"refusal_detector": "cascade", "semantic_drift": {"enabled": True}},
+        }
+    )
+    workers = signal_workers(config)
+    try:
+        assert workers.semantic_drift is not None
+        assert workers.refusals is not None
+        scorer = workers.refusals.scorer
+        assert isinstance(scorer, CascadeScorer)
+        decision = scorer.detector.decide_batch([UNCERTAIN[0]])[0]
+        assert decision.stage == "encoder"
+
+        def logit(p: float) -> float:  # the scores saturate near 1: compare their logits
+            return float(np.log(p / (1.0 - p)))
+
+        shallow = cascade_learned_detector().score(UNCERTAIN[0])
+        assert logit(decision.score) == pytest.approx(logit(shallow), abs=0.01)
+        full = LearnedRefusalDetector(head=scorer.detector.learned.head)
+        assert abs(logit(full.score(UNCERTAIN[0])) - logit(decision.score)) > 0.1
+    finally:
+        assert workers.worker is not None
+        workers.worker.close()
