@@ -29,6 +29,7 @@ Compare the variants:    python -m monitoring.refusal_cascade compare   (quality
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -236,6 +237,15 @@ def out_of_fold_scores(
     return scores
 
 
+@functools.cache
+def training_ngram_out_of_fold(l2: float = 1e-4) -> tuple[float, ...]:
+    """The n-gram stage's out-of-fold scores on the cascade's training sets, in their order
+    (computed once per process: `train` and `train-static` both need them)."""
+    rows = read_labelled(CASCADE_TRAINING_SETS)
+    texts = [r["text"] for r in rows]
+    return tuple(out_of_fold_scores(texts, [bool(r["refusal"]) for r in rows], l2=l2))
+
+
 def uncertain_band(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
     """`low`: just under the lowest out-of-fold score of a refusal; `high`: just over the
     highest of a non-refusal. No out-of-fold example is decided wrongly by the cheap stage."""
@@ -268,7 +278,7 @@ def static_out_of_fold(ngram_model: NgramModel | None = None) -> StaticOutOfFold
     embeddings = StaticEmbedder().embed(texts)
     labels = np.array(truths)
     scores = static_out_of_fold_scores(embeddings, labels)
-    ngram_scores = out_of_fold_scores(texts, truths)
+    ngram_scores = training_ngram_out_of_fold()
     reaching = np.array([model.decide(s) is None for s in ngram_scores])
 
     def band(members: np.ndarray[Any, Any]) -> StaticBand:
@@ -344,7 +354,7 @@ def _train(arguments: argparse.Namespace) -> int:
     rows = read_labelled(CASCADE_TRAINING_SETS)
     texts = [r["text"] for r in rows]
     labels = [bool(r["refusal"]) for r in rows]
-    scores = out_of_fold_scores(texts, labels, l2=arguments.l2)
+    scores = list(training_ngram_out_of_fold(arguments.l2))
     low, high = uncertain_band(scores, labels)
     model = fit_ngrams(texts, labels, l2=arguments.l2, low=round(low, 6), high=round(high, 6))
     model.save(arguments.output)
