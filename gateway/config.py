@@ -401,7 +401,8 @@ class MonitoringConfig(StrictModel):
         description="learned: judge answers with the signals extra's encoder and trained head, "
         "on a worker thread with a bounded queue (docs/monitoring.md); judge: ask "
         "`refusal_judge.route`, on the same worker; cascade: an n-gram model, then static token "
-        "embeddings, decide the clear answers, the learned detector the rest, on the same worker",
+        "embeddings, decide the clear answers, the encoder's first 6 layers and their head "
+        "the rest, on the same worker",
     )
     refusal_judge: RefusalJudgeSettings | None = None
     semantic_drift: SemanticDriftSettings = SemanticDriftSettings()

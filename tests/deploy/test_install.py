@@ -175,6 +175,11 @@ def test_the_training_extra_runs_one_qlora_step_on_the_demo_model(
 def test_the_wheel_carries_the_refusal_detectors_data(wheel: Path) -> None:
     """The learned and cascade detectors read their heads and n-gram model from the package."""
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("refusal_head.npz", "refusal_ngrams.json", "refusal_static_head.npz"):
+    for name in (
+        "refusal_head.npz",
+        "refusal_ngrams.json",
+        "refusal_static_head.npz",
+        "refusal_cascade_head.npz",
+    ):
         assert f"monitoring/data/{name}" in names
     assert "gateway/review/static/index.html" in names

