@@ -537,8 +537,15 @@ def values_model(which: str) -> str:
 
 def test_gateway_workers_become_the_serve_flag_and_need_shared_state(chart: helm.Chart) -> None:
     rendered = render(chart, {"gateway": {"workers": 2}})
-    gateway = container(rendered.one("Deployment", full_name("gateway")), "gateway")
+    deployment = rendered.one("Deployment", full_name("gateway"))
+    gateway = container(deployment, "gateway")
     assert gateway["args"][-2:] == ["--workers", "2"]
+    # /tmp holds each worker's mapped copy of the cascade detector's shortened encoder (72 MB)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "512Mi"
+    one = render(chart).one("Deployment", full_name("gateway"))
+    volumes = {v["name"]: v for v in one["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "384Mi"
     values = {"gateway": {"replicas": 1, "workers": 2}, "redis": {"bundled": {"enabled": False}}}
     with pytest.raises(helm.HelmRenderError, match=r"gateway\.workers > 1 needs shared state"):
         render(chart, values)
