@@ -191,12 +191,13 @@ def _turnout_sender(pool: ConnectionPool, loads: AdapterLoads, count_cold: bool)
             except AdapterLoading:
                 tally.errors_5xx += 1
                 return
+            mark = loads.fleet.dispatch_mark()
             try:
                 status, answer = await _complete(pool, backend, version)
             finally:
-                loads.release(backend, version)
+                loads.release(backend, version, mark)
             if status == 404 and attempt == 0:
-                loads.lost(backend, version)
+                loads.lost(backend, version, mark)
                 continue
             _check_answer(status, answer, version, backend, tally)
             if cold and count_cold and status == 200:

@@ -14,8 +14,9 @@ What it enforces, as vLLM does:
   recently used idle one; a load takes `load_s` of the engine's time (nothing decodes meanwhile);
 - at most `batch` distinct adapters running at once (`--max-loras`) and `max_seqs` requests;
   others queue;
-- a request for an adapter name it was never given (or was told to unload) gets vLLM's 404,
-  unless `on_demand` is set, in which case it loads it first (what a LoRA resolver does: the
+- a request for an adapter name it was never given (or was told to unload) gets vLLM's 404
+  (after `not_found_s`, 0 by default: a 404 that reaches the gateway late), unless `on_demand`
+  is set, in which case it loads it first (what a LoRA resolver does: the
   round-robin baseline); a known name its LRU dropped is loaded again, at the same cost;
 - decode steps slow down with the distinct adapters in the batch: `(1 + slowdown * (k-1))`.
 The answer's text names the adapter that produced it, so a client can count wrong answers;
@@ -47,6 +48,7 @@ class SimSpec:
     on_demand: bool = False
     steps: int = 10  # decode steps per request
     load_blocks: bool = True  # vLLM loads on the engine, between steps
+    not_found_s: float = 0.0  # how late a 404 for an unknown name is answered
 
 
 @dataclass(slots=True)
@@ -143,7 +145,9 @@ class SimBackend:
 
     async def complete(self, name: str) -> tuple[int, bytes]:
         if name not in self.registered and not self.spec.on_demand:
-            self.stats.not_found += 1
+            self.stats.not_found += 1  # counted as it arrives, answered `not_found_s` later
+            if self.spec.not_found_s > 0:
+                await asyncio.sleep(self.spec.not_found_s)
             return 404, _not_found(name)
         cold = name not in self.resident
         if cold:
@@ -366,6 +370,9 @@ def main() -> None:
     parser.add_argument("--max-seqs", type=int, default=16)
     parser.add_argument("--load-ms", type=float, default=50.0)
     parser.add_argument("--decode-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--not-found-ms", type=float, default=0.0, help="delay of a 404 for an unknown adapter"
+    )
     args = parser.parse_args()
     spec = SimSpec(
         resident=args.resident,
@@ -374,6 +381,7 @@ def main() -> None:
         load_s=args.load_ms / 1000,
         decode_s=args.decode_ms / 1000,
         slowdown=0.1,
+        not_found_s=args.not_found_ms / 1000,
     )
     asyncio.run(_serve(spec, args.host, args.port))
 

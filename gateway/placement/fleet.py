@@ -19,7 +19,10 @@ Rules the policy keeps:
 - the first load goes to the least loaded backend with room, else to the backend whose coldest
   evictable version is coldest (least recently used, or least frequently used);
 - a backend's own list of its adapters (`reconcile`) drops only idle versions whose load had
-  completed before that list was asked for: a list that raced a load says nothing of it.
+  completed before that list was asked for: a list that raced a load says nothing of it;
+- likewise a request's 404, and its end, concern only the copy it was sent to: one whose load
+  completed before the request was counted in flight (`dispatch_mark`), never a fresh copy
+  loaded meanwhile (a 404 that arrives late must not forget the copy that replaced its own).
 """
 
 from __future__ import annotations
@@ -336,11 +339,14 @@ class FleetPlacement:
         held.inflight += 1
         state.inflight += 1
 
-    def end(self, backend: str, version: str) -> None:
-        """A request for `version` on `backend` finished (answered, failed or cancelled)."""
+    def end(self, backend: str, version: str, mark: int | None = None) -> None:
+        """A request for `version` on `backend` finished (answered, failed or cancelled);
+        `mark`: `dispatch_mark()` when it was counted in flight (None: the copy there now)."""
         state = self._backends[backend]
         state.inflight -= 1
         held = state.held.get(version)
+        if mark is not None and self.loaded_after(backend, version, mark):
+            return  # its copy was lost and this one loaded since: not counted on this one
         if held is not None and held.inflight > 0:  # a reload after `lose` starts at zero
             held.inflight -= 1
             held.last_used = self._clock()
@@ -351,6 +357,17 @@ class FleetPlacement:
         if held is not None and held.loaded:
             # In-flight requests keep counting on the backend; `end` tolerates the missing entry.
             self._drop(backend, version)
+
+    def loaded_after(self, backend: str, version: str, mark: int) -> bool:
+        """Whether the copy of `version` on `backend` completed its load after `mark` (a
+        `dispatch_mark` or `listing_mark`): what was learnt at `mark` says nothing of it."""
+        held = self._backends[backend].held.get(version)
+        return held is not None and held.loaded and held.loaded_mark > mark
+
+    def dispatch_mark(self) -> int:
+        """Take when a request is counted in flight (`begin`); pass to `end`, and to
+        `AdapterLoads.lost` on vLLM's 404: a copy loaded after it is not the one it was sent to."""
+        return self._loads_done
 
     def listing_mark(self) -> int:
         """Take just before asking a backend for its list of adapters; pass to `reconcile`."""

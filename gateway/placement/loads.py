@@ -196,18 +196,28 @@ class AdapterLoads:
         self._observer.served(backend, cold=True, waited_s=self._clock() - started)
         return backend
 
-    def release(self, backend: str, version: str) -> None:
-        self.fleet.end(backend, version)
+    def release(self, backend: str, version: str, mark: int | None = None) -> None:
+        """The request for `version` on `backend` ended; `mark`: `fleet.dispatch_mark()` taken
+        when `acquire` returned (a copy loaded since is not the one it was counted on)."""
+        self.fleet.end(backend, version, mark)
         if self.shared is not None:
             self.shared.done(backend, version)
         self._room_changed()
 
-    def lost(self, backend: str, version: str) -> None:
-        """vLLM answered 404 for `version` (its own LRU dropped it): forget it there."""
+    def lost(self, backend: str, version: str, mark: int | None = None) -> bool:
+        """vLLM answered 404 for `version` (its own LRU or a restart dropped it): forget it
+        there, unless the copy there now completed its load after the request was sent (`mark`:
+        `fleet.dispatch_mark()` taken when `acquire` returned; None: forget whatever is there).
+        Such a 404 arrived late, about the copy before: the retry goes to the fresh copy and
+        nothing is loaded again. False for such a late 404 (nothing forgotten)."""
+        if mark is not None and self.fleet.loaded_after(backend, version, mark):
+            log.info("late 404 for %s on %s: its copy was reloaded since, kept", version, backend)
+            return False
         self._lost.add((backend, version))
         if version in self.fleet.resident(backend):
             self.fleet.lose(backend, version)
             self._evicted(backend, EvictReason.LOST)
+        return True
 
     async def reconcile(
         self, backend: str, listing: Callable[[], Awaitable[Collection[str]]]

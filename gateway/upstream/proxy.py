@@ -64,6 +64,16 @@ def sse_error_event(error: TurnoutError) -> bytes:
     return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
+@dataclass(frozen=True, slots=True)
+class PlacedAttempt:
+    """One attempt's version as placement counted it in flight on its backend, and the count
+    of completed loads then (`FleetPlacement.dispatch_mark`): a copy of it loaded later is not
+    the one this attempt was sent to, so its 404 or its end does not concern that copy."""
+
+    version: str
+    mark: int
+
+
 @dataclass(slots=True)
 class OpenStream:
     """An upstream stream that answered 200; the caller must close `resources`."""
@@ -98,7 +108,7 @@ class InferenceProxy:
 
     async def _backend_for(
         self, target: Target, tried: set[str], reload_on: str | None = None
-    ) -> tuple[str, str | None]:
+    ) -> tuple[str, PlacedAttempt | None]:
         """The backend for the next attempt, and the version counted in flight there (if any:
         hand it back to `_done`). `reload_on`: the backend that just lost the version, where
         the retry loads it afresh (another holder's copy may be as stale)."""
@@ -115,17 +125,22 @@ class InferenceProxy:
             eligible = [reload_on]
         if not eligible:  # every breaker open: one past its cool-down may take a probe
             eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
-        return await self._placement.acquire(served, eligible), served
+        backend = await self._placement.acquire(served, eligible)
+        return backend, PlacedAttempt(served, self._placement.fleet.dispatch_mark())
 
-    def _done(self, backend: str, held: str | None) -> None:
+    def _done(self, backend: str, held: PlacedAttempt | None) -> None:
         if held is not None and self._placement is not None:
-            self._placement.release(backend, held)
+            self._placement.release(backend, held.version, held.mark)
 
-    def _reload_once(self, backend: str, held: str | None, status: int, reloaded: bool) -> bool:
-        """vLLM answered 404 for a placed version (its own LRU dropped it): reload, retry once."""
+    def _reload_once(
+        self, backend: str, held: PlacedAttempt | None, status: int, reloaded: bool
+    ) -> bool:
+        """vLLM answered 404 for a placed version (its own LRU dropped it): reload, retry once.
+        A 404 that arrives after a reload of that copy completed (the attempt was sent before)
+        forgets nothing: the retry goes to the fresh copy."""
         if status != 404 or held is None or self._placement is None or reloaded:
             return False
-        self._placement.lost(backend, held)
+        self._placement.lost(backend, held.version, held.mark)
         return self._budget.try_spend()
 
     def _check_adapter_known(self, backend: str, target: Target, status: int) -> None:

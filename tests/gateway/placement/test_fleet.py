@@ -206,6 +206,27 @@ def test_a_reload_after_a_listing_was_asked_for_is_not_judged_by_it() -> None:
     assert placement.resident("b0") == {"a@v1"}
 
 
+def test_a_request_sent_before_a_reload_concerns_neither_the_fresh_copy_nor_its_count() -> None:
+    placement, _ = fleet(backends=1, resident=2)
+    load_now(placement, "a@v1")
+    placement.begin("b0", "a@v1")
+    early = placement.dispatch_mark()  # sent to the first copy...
+    placement.lose("b0", "a@v1")  # ...which another request's 404 forgot...
+    load_now(placement, "a@v1")  # ...and reloaded: a fresh copy
+    placement.begin("b0", "a@v1")
+    fresh = placement.dispatch_mark()
+    assert placement.loaded_after("b0", "a@v1", early)
+    assert not placement.loaded_after("b0", "a@v1", fresh)
+    placement.end("b0", "a@v1", early)  # the early request ends: it was not counted here
+    (held,) = placement.view()["b0"]
+    assert held.inflight == 1
+    assert placement.inflight("b0") == 1
+    placement.end("b0", "a@v1", fresh)
+    (held,) = placement.view()["b0"]
+    assert held.inflight == 0
+    assert placement.inflight("b0") == 0
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), eviction=st.sampled_from(list(Eviction)))
 def test_random_traffic_never_overfills_a_backend_or_evicts_a_busy_version(

@@ -144,6 +144,47 @@ async def test_publish_loads_warm_versions_and_unloads_idle_unrouted_ones() -> N
     assert [version for _, version in backends.unloads] == ["old@v1"]
 
 
+async def test_a_404_on_a_copy_loaded_before_the_request_forgets_it_and_reloads() -> None:
+    backends = Backends(load_s=0.01)
+    loads = loads_over(backends)
+    backend = await loads.acquire("a@v1")
+    mark = loads.fleet.dispatch_mark()
+    loads.release(backend, "a@v1", mark)
+    assert loads.lost(backend, "a@v1", mark)  # vLLM dropped it: forgotten there
+    assert "a@v1" not in loads.fleet.resident(backend)
+    assert await loads.acquire("a@v1", [backend]) == backend  # the retry reloads it
+    assert backends.loads == [(backend, "a@v1")] * 2
+    assert loads.evictions[backend] == {"lost": 1}
+
+
+async def test_a_404_arriving_after_its_copy_was_reloaded_keeps_the_fresh_copy() -> None:
+    """Two requests in flight on one copy when the backend restarts: the first's 404 forgets
+    the copy and its retry reloads it; the second's 404 arrives only after that reload
+    completed. It forgets nothing, its retry goes to the fresh copy, nothing loads again."""
+    backends = Backends(load_s=0.01)
+    loads = loads_over(backends)
+    backend = await loads.acquire("a@v1")
+    first = loads.fleet.dispatch_mark()
+    assert await loads.acquire("a@v1") == backend
+    second = loads.fleet.dispatch_mark()
+    loads.release(backend, "a@v1", first)
+    assert loads.lost(backend, "a@v1", first)
+    assert await loads.acquire("a@v1", [backend]) == backend  # the first's retry: reloaded
+    retried = loads.fleet.dispatch_mark()
+    assert len(backends.loads) == 2
+    loads.release(backend, "a@v1", second)  # the second's late 404
+    assert not loads.lost(backend, "a@v1", second)
+    assert loads.fleet.resident(backend) == {"a@v1"}
+    (held,) = loads.fleet.view()[backend]
+    assert held.inflight == 1  # the first's retry, still counted on the fresh copy
+    assert await loads.acquire("a@v1", [backend]) == backend  # the second's retry: served
+    assert len(backends.loads) == 2
+    assert loads.evictions[backend] == {"lost": 1}
+    loads.release(backend, "a@v1", retried)
+    loads.release(backend, "a@v1", loads.fleet.dispatch_mark())
+    assert loads.fleet.inflight(backend) == 0
+
+
 class Listing:
     """A backend's list of its adapters that answers only when `answer` is set, so a test can
     let a load complete while the list is on its way."""
