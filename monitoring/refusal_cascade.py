@@ -72,10 +72,7 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
     ) from error
 
 ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
-# Answers in 23 languages (ordinary, look-alikes, refusals), written after seeing which kinds of
-# ordinary answers reached the encoder; no measuring set's items were used (docs/monitoring.md).
-LANGUAGES_TRAINING_SET = DATA / "refusal_languages_train.jsonl"
-CASCADE_TRAINING_SETS = (*TRAINING_SETS, ORDINARY_TRAINING_SET, LANGUAGES_TRAINING_SET)
+CASCADE_TRAINING_SETS = (*TRAINING_SETS, ORDINARY_TRAINING_SET)
 TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
 CASCADE_ENCODER_LAYERS = 6  # of the encoder's 12, chosen out of fold on the training sets
 CASCADE_HEAD_PATH = DATA / "refusal_cascade_head.npz"
