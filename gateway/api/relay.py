@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
+from gateway.api.stream_guard import TRANSPORT_EXTENSION, ClientStalled, StallGuard, cut_stream
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.upstream.proxy import OpenStream
 
@@ -38,6 +38,15 @@ def sse_head(content_type: str, headers: dict[str, str]) -> list[tuple[bytes, by
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     raw.append((b"content-type", content_type.encode("latin-1")))
     return raw
+
+
+def _write_through(scope: Scope) -> None:
+    """Once the head is out, the gateway's transport sends each event as it comes
+    (`CoalescingTransport.write_through`); another server's is left as it is."""
+    transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
+    write_through = getattr(transport, "write_through", None)
+    if write_through is not None:
+        write_through()
 
 
 class StreamRelay:
@@ -74,7 +83,8 @@ class StreamRelay:
         watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
-            await self._relay(StallGuard.for_scope(scope, send, self._stall_s))
+            _write_through(scope)
+            await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
         except ClientStalled:
             # Flow control bounds what is buffered; past the stall limit the stream is cut.
             self._on_stall()
@@ -89,24 +99,30 @@ class StreamRelay:
             await self._resources.aclose()
             self._on_close()
 
-    async def _relay(self, send: StallGuard) -> None:
+    async def _relay(self, send: Send, guard: StallGuard) -> None:
+        """Each block of events as a body message: straight to `send` while a write cannot
+        block, through `guard` (which times it) while it can. One loop per event, no calls
+        beyond these: every coroutine layer per event cost about a microsecond or more."""
         events = aiter(self._events)
+        feed = self._transcript.feed
         first = await anext(events, None)
         if first is not None:
             self._on_first_chunk()
-            await self._send_event(send, first)
+            await guard({"type": "http.response.body", "body": first, "more_body": True})
+            feed(first)
             unpaused = 0
             async for chunk in events:
-                await self._send_event(send, chunk)
+                message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                if guard.may_block:
+                    await guard(message)
+                else:
+                    await send(message)
+                feed(chunk)
                 unpaused += 1
                 if unpaused == _YIELD_EVERY:
                     unpaused = 0
                     await asyncio.sleep(0)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _send_event(self, send: StallGuard, chunk: bytes) -> None:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self._transcript.feed(chunk)
+        await guard({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _cancel_on_departure(self, receive: Receive, relay: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -125,7 +125,8 @@ async def run(streams: int, chunks: int, interval_ms: float, rounds: int) -> dic
     app = RelayApp(f"http://127.0.0.1:{stub_port}")
     config = uvicorn.Config(
         app, host="127.0.0.1", port=relay_port, loop="none", http=CoalescingHttpToolsProtocol,
-        lifespan="off", access_log=False, log_level="warning",
+        lifespan="off", access_log=False, log_level="warning", server_header=False,
+        proxy_headers=False,
     )  # fmt: skip
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

@@ -3,6 +3,7 @@ keeps, for any way the events are cut into chunks (its single-event path is a sh
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
@@ -88,7 +89,7 @@ def cut_stream(draw: st.DrawFn) -> list[bytes]:
     whole = b"".join(draw(st.lists(event(), max_size=8)))
     cuts = sorted(draw(st.lists(st.integers(0, len(whole)), max_size=4)))
     bounds = [0, *cuts, len(whole)]
-    return [whole[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    return [whole[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 @st.composite
