@@ -14,7 +14,8 @@ before the load client starts to just after it ends, divided by the events the c
 (`[DONE]` not counted): CPU µs per relayed event, request handling included (one request per
 `--chunks` events); and that time split into user and system time (`getrusage`, the kernel's
 split: system time is mostly the socket reads and writes and the loop's waits). A warm-up
-round opens the upstream connections first; as in the gateway, what was allocated before traffic is frozen out of garbage collection (`gc.freeze`).
+round opens the upstream connections first; as in the gateway, what was allocated before
+traffic is frozen out of garbage collection (`gc.freeze`).
 
     python gateway/bench/relay_events.py [--streams 64] [--chunks 100] [--interval-ms 20]
                                          [--rounds 3] [--no-floor]
