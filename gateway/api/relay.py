@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.stream_guard import TRANSPORT_EXTENSION, ClientStalled, StallGuard, cut_stream
+from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.upstream.proxy import OpenStream
 
@@ -38,15 +38,6 @@ def sse_head(content_type: str, headers: dict[str, str]) -> list[tuple[bytes, by
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
     raw.append((b"content-type", content_type.encode("latin-1")))
     return raw
-
-
-def _write_through(scope: Scope) -> None:
-    """Once the head is out, the gateway's transport sends each event as it comes
-    (`CoalescingTransport.write_through`); another server's is left as it is."""
-    transport = scope.get("extensions", {}).get(TRANSPORT_EXTENSION)
-    write_through = getattr(transport, "write_through", None)
-    if write_through is not None:
-        write_through()
 
 
 class StreamRelay:
@@ -83,7 +74,6 @@ class StreamRelay:
         watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
-            _write_through(scope)
             await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
         except ClientStalled:
             # Flow control bounds what is buffered; past the stall limit the stream is cut.

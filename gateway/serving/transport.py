@@ -4,9 +4,8 @@ uvicorn writes a response's head as soon as the app starts the response and its 
 app sends it: two system calls for every whole answer. On loopback each call also delivers the
 bytes to the reader, and the first of them cost the gateway more CPU than any of its own steps
 (docs/performance.md). Here the writes that one step of the event loop makes are held and sent
-together at the end of that step, so a head and its body leave in one call. A stream, once its
-head is out, switches its connection to writing through (`write_through`) until the next
-request: its events leave as they come, with no loop callback scheduled for each.
+together at the end of that step, so a head and its body leave in one call; a stream's events
+still leave as they come, at most one loop step later.
 """
 
 from __future__ import annotations
@@ -27,30 +26,11 @@ class CoalescingTransport:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
-        self._through = False
 
     def write(self, data: bytes) -> None:
-        if self._through:
-            if self._pending:
-                self._pending.append(data)
-                self._flush()
-            elif not self._transport.is_closing():
-                self._transport.write(data)
-            return
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
-
-    def write_through(self) -> None:
-        """Until `coalesce`, each write goes to the socket at once (after any still held).
-
-        For a stream's events: each comes in a loop step of its own, so holding it saves no
-        call, and scheduling its flush cost a callback per event."""
-        self._through = True
-
-    def coalesce(self) -> None:
-        """Hold writes until the end of the loop step again (each request starts so)."""
-        self._through = False
 
     def close(self) -> None:
         self._flush()
@@ -83,7 +63,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._coalescing.coalesce()
         extensions: dict[str, Any] = {
             TRANSPORT_EXTENSION: self.transport,
             FLOW_EXTENSION: self.flow,
@@ -91,8 +70,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.scope["extensions"] = extensions
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
-        super().connection_made(self._coalescing)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        super().connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
 
 
 def counting_protocol(worker: int) -> type[CoalescingHttpToolsProtocol]:
