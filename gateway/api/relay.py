@@ -4,8 +4,8 @@ The response head goes out as soon as the stream is open; each block of whole SS
 name already rewritten by the proxy) goes out as one body message as it comes; the upstream
 request is closed however the relay ends. A client that leaves is noticed through ASGI's
 `http.disconnect` and cancels the relay at once, which drops the upstream connection (vLLM then
-aborts the generation). Body writes go through `StallGuard`, so a client that stops reading is
-cut (`gateway.api.stream_guard`).
+aborts the generation). Body writes that may block (flow control has paused writing) go
+through `StallGuard`, so a client that stops reading is cut (`gateway.api.stream_guard`).
 
 Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
 per event a generator layer and its checks. With the timers that used to wrap every event, the
