@@ -4,8 +4,8 @@ The response head goes out as soon as the stream is open; each block of whole SS
 name already rewritten by the proxy) goes out as one body message as it comes; the upstream
 request is closed however the relay ends. A client that leaves is noticed through ASGI's
 `http.disconnect` and cancels the relay at once, which drops the upstream connection (vLLM then
-aborts the generation). Body writes go through `StallGuard`, so a client that stops reading is
-cut (`gateway.api.stream_guard`).
+aborts the generation). Body writes that may block (flow control has paused writing) go
+through `StallGuard`, so a client that stops reading is cut (`gateway.api.stream_guard`).
 
 Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
 per event a generator layer and its checks. With the timers that used to wrap every event, the
@@ -74,7 +74,7 @@ class StreamRelay:
         watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
-            await self._relay(StallGuard.for_scope(scope, send, self._stall_s))
+            await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
         except ClientStalled:
             # Flow control bounds what is buffered; past the stall limit the stream is cut.
             self._on_stall()
@@ -89,24 +89,30 @@ class StreamRelay:
             await self._resources.aclose()
             self._on_close()
 
-    async def _relay(self, send: StallGuard) -> None:
+    async def _relay(self, send: Send, guard: StallGuard) -> None:
+        """Each block of events as a body message: straight to `send` while a write cannot
+        block, through `guard` (which times it) while it can: the guard's own coroutine cost
+        0.27 µs a message on this machine (docs/performance.md)."""
         events = aiter(self._events)
+        feed = self._transcript.feed
         first = await anext(events, None)
         if first is not None:
             self._on_first_chunk()
-            await self._send_event(send, first)
+            await guard({"type": "http.response.body", "body": first, "more_body": True})
+            feed(first)
             unpaused = 0
             async for chunk in events:
-                await self._send_event(send, chunk)
+                message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                if guard.may_block:
+                    await guard(message)
+                else:
+                    await send(message)
+                feed(chunk)
                 unpaused += 1
                 if unpaused == _YIELD_EVERY:
                     unpaused = 0
                     await asyncio.sleep(0)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _send_event(self, send: StallGuard, chunk: bytes) -> None:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self._transcript.feed(chunk)
+        await guard({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _cancel_on_departure(self, receive: Receive, relay: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":

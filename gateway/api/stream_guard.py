@@ -57,6 +57,13 @@ class StallGuard:
         flow: WriteFlow | None = scope.get("extensions", {}).get(FLOW_EXTENSION)
         return cls(send, stall_s, flow)
 
+    @property
+    def may_block(self) -> bool:
+        """Whether a body write may block now (and is timed): the server's flow control has
+        paused writing, or the server gave none. While False the caller may send directly."""
+        flow = self._flow
+        return flow is None or flow.write_paused
+
     async def __call__(self, message: Message) -> None:
         flow = self._flow
         if (flow is not None and not flow.write_paused) or message["type"] != "http.response.body":

@@ -115,24 +115,38 @@ class StreamTranscript:
         self._completion_tokens = 0
 
     def feed(self, chunk: bytes) -> None:
+        # Most chunks are one whole event: parsed in place, with no split into a list. The
+        # JSON parser takes the event's trailing blank line as whitespace.
+        if chunk.startswith(b"data: {") and chunk.find(b"\n\n") == len(chunk) - 2:
+            self._event(chunk)
+            return
         for event in chunk.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                continue
-            try:
-                data = orjson.loads(event[6:])
-            except orjson.JSONDecodeError:
-                continue
-            usage = data.get("usage") or {}
+            if event.startswith(b"data: {"):
+                self._event(event)
+
+    def _event(self, event: bytes) -> None:
+        """One `data: {...}` event (the blank line after it may be there)."""
+        try:
+            data = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return
+        usage = data.get("usage")
+        if usage:
             self._prompt_tokens = int(usage.get("prompt_tokens") or self._prompt_tokens)
             self._completion_tokens = int(usage.get("completion_tokens") or self._completion_tokens)
-            for choice in data.get("choices") or []:
-                if choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-                if isinstance(text, str):
-                    self._parts.append(text)
-                self._finish_reason = choice.get("finish_reason") or self._finish_reason
+        choices = data.get("choices")
+        if not choices:
+            return
+        for choice in choices:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            if isinstance(text, str):
+                self._parts.append(text)
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
+                self._finish_reason = finish_reason
 
     def answer(self) -> Answer:
         return Answer(

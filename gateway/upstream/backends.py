@@ -98,12 +98,11 @@ class _Http1Stream:
         self.status = response.status
         self.content_type = _content_type(response)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.chunks(self._idle_timeout_s):
-                yield chunk
-        except (OSError, TimeoutError) as error:
-            raise _transport_error(error, self._backend) from error
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.chunks(self._idle_timeout_s, self._failed)
+
+    def _failed(self, error: OSError | TimeoutError) -> TurnoutError:
+        return _transport_error(error, self._backend)
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
@@ -184,8 +184,15 @@ class Response:
         self.status = exchange.status
         self.headers = exchange.headers
 
-    async def chunks(self, idle_timeout_s: float | None = None) -> AsyncIterator[bytes]:
-        """The body as it arrives; `TimeoutError` when none arrives for `idle_timeout_s`.
+    async def chunks(
+        self,
+        idle_timeout_s: float | None = None,
+        failure: Callable[[OSError | TimeoutError], Exception] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The body as it arrives; `TimeoutError` when none arrives for `idle_timeout_s`,
+        `ConnectionClosed` when the connection fails; `failure`, if given, makes the error
+        raised of either (raised from it), so a caller need not wrap this in a generator of
+        its own to translate them (one layer less per chunk of a stream).
 
         The idle limit is kept by one timer per response that is moved on only when it fires
         (`_IdleWatch`), not by a timer per chunk: a stream's events each cost a wait, and
@@ -202,9 +209,10 @@ class Response:
                 if exchange.complete:
                     return
                 if exchange.error is not None:
-                    if isinstance(exchange.error, TimeoutError):
-                        raise exchange.error
-                    raise ConnectionClosed(str(exchange.error)) from exchange.error
+                    error = _reading_error(exchange.error)
+                    if failure is None:
+                        raise error
+                    raise failure(error) from error
                 if watch is not None:
                     watch.waiting(loop.time())
                 exchange.wakeup = loop.create_future()
@@ -226,6 +234,15 @@ class Response:
             self._pool.release(self._connection)
         else:
             self._connection.close()
+
+
+def _reading_error(error: BaseException) -> OSError | TimeoutError:
+    """What a reader of the body raises for the exchange's error."""
+    if isinstance(error, TimeoutError):
+        return error
+    closed = ConnectionClosed(str(error))
+    closed.__cause__ = error
+    return closed
 
 
 class _IdleWatch:
