@@ -19,20 +19,12 @@ import httpx
 import openai
 import pytest
 
-from gateway.upstream.backend_metrics import parse_samples
 from tests.support.demo import BASE_MODEL, demo_weights_store
+from tests.support.metric_text import counter
 from tests.support.processes import running_gateway, simulated_vllm
 from tests.support.waiting import wait_until
 
 LATE_S = 2.0  # how late the backend answers 404 for an adapter it does not know
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for sample in parse_samples(text, [name])
-        if all(sample.labels.get(key) == value for key, value in labels.items())
-    )
 
 
 @pytest.mark.slow

@@ -18,20 +18,12 @@ import pytest
 import yaml
 
 from gateway.protection.auth import issue_key
-from gateway.upstream.backend_metrics import parse_samples
 from tests.support.demo import BASE_MODEL, demo_weights_store
+from tests.support.metric_text import counter
 from tests.support.processes import running_gateway, simulated_vllm
 from tests.support.waiting import wait_until
 
 ADMIN = issue_key()
-
-
-def counter(text: str, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for sample in parse_samples(text, [name])
-        if all(sample.labels.get(key) == value for key, value in labels.items())
-    )
 
 
 @pytest.mark.slow
