@@ -65,8 +65,7 @@ class StallGuard:
         return flow is None or flow.write_paused
 
     async def __call__(self, message: Message) -> None:
-        flow = self._flow
-        if (flow is not None and not flow.write_paused) or message["type"] != "http.response.body":
+        if not self.may_block or message["type"] != "http.response.body":
             await self._send(message)
             return
         try:

@@ -191,7 +191,7 @@ def _turnout_sender(pool: ConnectionPool, loads: AdapterLoads, count_cold: bool)
             except AdapterLoading:
                 tally.errors_5xx += 1
                 return
-            mark = loads.fleet.dispatch_mark()
+            mark = loads.fleet.load_mark()
             try:
                 status, answer = await _complete(pool, backend, version)
             finally:

@@ -35,7 +35,6 @@ import asyncio
 import gc
 import json
 import resource
-import socket
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from gateway.api.relay import StreamRelay
 from gateway.config import TimeoutsConfig
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.routing.table import Target
+from gateway.serving.embedded_vllm import free_port
 from gateway.serving.transport import CoalescingHttpToolsProtocol
 from gateway.upstream.admission import AdmissionLimits, BackendGates
 from gateway.upstream.backends import BackendPool, Http1Upstream
@@ -58,13 +58,6 @@ from gateway.upstream.residency import Residency
 
 _PATH = "/v1/chat/completions"
 _MODEL = "stub-model"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RelayApp:
@@ -193,7 +186,7 @@ async def _wait_listening(port: int, deadline_s: float) -> None:
 async def run(
     streams: int, chunks: int, interval_ms: float, rounds: int, with_floor: bool = True
 ) -> dict[str, Any]:
-    stub_port, relay_port = _free_port(), _free_port()
+    stub_port, relay_port = free_port(), free_port()
     stub = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(stub_port),
         "--chunks", str(chunks), "--interval-ms", str(interval_ms),
@@ -212,7 +205,7 @@ async def run(
     floor_url: str | None = None
     forwarder: asyncio.Server | None = None
     if with_floor:
-        floor_port = _free_port()
+        floor_port = free_port()
         forwarder = await asyncio.get_running_loop().create_server(
             lambda: _Forwarder(stub_port), "127.0.0.1", floor_port, backlog=4096
         )

@@ -21,7 +21,7 @@ Rules the policy keeps:
 - a backend's own list of its adapters (`reconcile`) drops only idle versions whose load had
   completed before that list was asked for: a list that raced a load says nothing of it;
 - likewise a request's 404, and its end, concern only the copy it was sent to: one whose load
-  completed before the request was counted in flight (`dispatch_mark`), never a fresh copy
+  completed before the request was counted in flight (`load_mark`), never a fresh copy
   loaded meanwhile (a 404 that arrives late must not forget the copy that replaced its own).
 """
 
@@ -341,7 +341,7 @@ class FleetPlacement:
 
     def end(self, backend: str, version: str, mark: int | None = None) -> None:
         """A request for `version` on `backend` finished (answered, failed or cancelled);
-        `mark`: `dispatch_mark()` when it was counted in flight (None: the copy there now)."""
+        `mark`: `load_mark()` when it was counted in flight (None: the copy there now)."""
         state = self._backends[backend]
         state.inflight -= 1
         held = state.held.get(version)
@@ -360,17 +360,14 @@ class FleetPlacement:
 
     def loaded_after(self, backend: str, version: str, mark: int) -> bool:
         """Whether the copy of `version` on `backend` completed its load after `mark` (a
-        `dispatch_mark` or `listing_mark`): what was learnt at `mark` says nothing of it."""
+        `load_mark`): what was learnt at `mark` says nothing of it."""
         held = self._backends[backend].held.get(version)
         return held is not None and held.loaded and held.loaded_mark > mark
 
-    def dispatch_mark(self) -> int:
-        """Take when a request is counted in flight (`begin`); pass to `end`, and to
-        `AdapterLoads.lost` on vLLM's 404: a copy loaded after it is not the one it was sent to."""
-        return self._loads_done
-
-    def listing_mark(self) -> int:
-        """Take just before asking a backend for its list of adapters; pass to `reconcile`."""
+    def load_mark(self) -> int:
+        """The count of completed loads now. Taken when a request is counted in flight (for
+        `end`, and `AdapterLoads.lost` on vLLM's 404) or just before asking a backend for its
+        list of adapters (for `reconcile`): a copy loaded after it is not the one meant."""
         return self._loads_done
 
     def reconcile(self, backend: str, listed: Collection[str], mark: int) -> list[str]:

@@ -197,7 +197,7 @@ class AdapterLoads:
         return backend
 
     def release(self, backend: str, version: str, mark: int | None = None) -> None:
-        """The request for `version` on `backend` ended; `mark`: `fleet.dispatch_mark()` taken
+        """The request for `version` on `backend` ended; `mark`: `fleet.load_mark()` taken
         when `acquire` returned (a copy loaded since is not the one it was counted on)."""
         self.fleet.end(backend, version, mark)
         if self.shared is not None:
@@ -207,7 +207,7 @@ class AdapterLoads:
     def lost(self, backend: str, version: str, mark: int | None = None) -> bool:
         """vLLM answered 404 for `version` (its own LRU or a restart dropped it): forget it
         there, unless the copy there now completed its load after the request was sent (`mark`:
-        `fleet.dispatch_mark()` taken when `acquire` returned; None: forget whatever is there).
+        `fleet.load_mark()` taken when `acquire` returned; None: forget whatever is there).
         Such a 404 arrived late, about the copy before: the retry goes to the fresh copy and
         nothing is loaded again. False for such a late 404 (nothing forgotten)."""
         if mark is not None and self.fleet.loaded_after(backend, version, mark):
@@ -225,7 +225,7 @@ class AdapterLoads:
         """Ask `backend` for its adapters (`listing`: vLLM's `/v1/models`) and forget there the
         versions it no longer holds (see `FleetPlacement.reconcile`); the versions forgotten.
         The listing's errors propagate: the caller skips that backend this time."""
-        mark = self.fleet.listing_mark()
+        mark = self.fleet.load_mark()
         listed = await listing()
         dropped = self.fleet.reconcile(backend, listed, mark)
         for version in dropped:

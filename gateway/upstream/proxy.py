@@ -67,7 +67,7 @@ def sse_error_event(error: TurnoutError) -> bytes:
 @dataclass(frozen=True, slots=True)
 class PlacedAttempt:
     """One attempt's version as placement counted it in flight on its backend, and the count
-    of completed loads then (`FleetPlacement.dispatch_mark`): a copy of it loaded later is not
+    of completed loads then (`FleetPlacement.load_mark`): a copy of it loaded later is not
     the one this attempt was sent to, so its 404 or its end does not concern that copy."""
 
     version: str
@@ -126,7 +126,7 @@ class InferenceProxy:
         if not eligible:  # every breaker open: one past its cool-down may take a probe
             eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
         backend = await self._placement.acquire(served, eligible)
-        return backend, PlacedAttempt(served, self._placement.fleet.dispatch_mark())
+        return backend, PlacedAttempt(served, self._placement.fleet.load_mark())
 
     def _done(self, backend: str, held: PlacedAttempt | None) -> None:
         if held is not None and self._placement is not None:

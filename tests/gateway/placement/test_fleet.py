@@ -163,7 +163,7 @@ def test_a_version_the_backend_no_longer_lists_is_forgotten_and_loaded_again() -
     placement, _ = fleet(backends=1, resident=3)
     load_now(placement, "a@v1")
     load_now(placement, "b@v1")
-    mark = placement.listing_mark()
+    mark = placement.load_mark()
     assert placement.reconcile("b0", {"b@v1", "other@v9"}, mark) == ["a@v1"]
     assert placement.resident("b0") == {"b@v1"}  # unknown names on the backend are not ours
     decision = placement.route("a@v1")
@@ -176,9 +176,9 @@ def test_a_listing_asked_for_before_a_load_completed_drops_nothing_of_it() -> No
     decision = placement.route("a@v1")
     assert isinstance(decision, Load)
     placement.start_load(decision)
-    before_start = placement.listing_mark()
+    before_start = placement.load_mark()
     assert placement.reconcile("b0", set(), before_start) == []  # still loading: left alone
-    mark = placement.listing_mark()  # the list is asked for while the load runs...
+    mark = placement.load_mark()  # the list is asked for while the load runs...
     placement.finish_load("b0", "a@v1", ok=True)  # ...the load completes...
     use(placement, "a@v1")  # ...a request is served: the version is idle again...
     assert placement.reconcile("b0", set(), mark) == []  # ...then the list comes, without it
@@ -189,9 +189,9 @@ def test_a_listing_asked_for_before_a_load_completed_drops_nothing_of_it() -> No
     # A list asked for after the load completed, still without it: the backend lost it. The
     # request in flight there meets vLLM's 404 (and reloads), or ends; then the next list
     # drops it.
-    assert placement.reconcile("b0", set(), placement.listing_mark()) == []
+    assert placement.reconcile("b0", set(), placement.load_mark()) == []
     placement.end("b0", "a@v1")
-    assert placement.reconcile("b0", set(), placement.listing_mark()) == ["a@v1"]
+    assert placement.reconcile("b0", set(), placement.load_mark()) == ["a@v1"]
     assert placement.inflight("b0") == 0
     assert placement.resident("b0") == frozenset()
 
@@ -199,7 +199,7 @@ def test_a_listing_asked_for_before_a_load_completed_drops_nothing_of_it() -> No
 def test_a_reload_after_a_listing_was_asked_for_is_not_judged_by_it() -> None:
     placement, _ = fleet(backends=1, resident=3)
     load_now(placement, "a@v1")
-    mark = placement.listing_mark()
+    mark = placement.load_mark()
     placement.lose("b0", "a@v1")  # vLLM's 404 meanwhile: forgotten, and loaded again
     load_now(placement, "a@v1")
     assert placement.reconcile("b0", set(), mark) == []
@@ -210,11 +210,11 @@ def test_a_request_sent_before_a_reload_concerns_neither_the_fresh_copy_nor_its_
     placement, _ = fleet(backends=1, resident=2)
     load_now(placement, "a@v1")
     placement.begin("b0", "a@v1")
-    early = placement.dispatch_mark()  # sent to the first copy...
+    early = placement.load_mark()  # sent to the first copy...
     placement.lose("b0", "a@v1")  # ...which another request's 404 forgot...
     load_now(placement, "a@v1")  # ...and reloaded: a fresh copy
     placement.begin("b0", "a@v1")
-    fresh = placement.dispatch_mark()
+    fresh = placement.load_mark()
     assert placement.loaded_after("b0", "a@v1", early)
     assert not placement.loaded_after("b0", "a@v1", fresh)
     placement.end("b0", "a@v1", early)  # the early request ends: it was not counted here

@@ -148,7 +148,7 @@ async def test_a_404_on_a_copy_loaded_before_the_request_forgets_it_and_reloads(
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
     backend = await loads.acquire("a@v1")
-    mark = loads.fleet.dispatch_mark()
+    mark = loads.fleet.load_mark()
     loads.release(backend, "a@v1", mark)
     assert loads.lost(backend, "a@v1", mark)  # vLLM dropped it: forgotten there
     assert "a@v1" not in loads.fleet.resident(backend)
@@ -164,13 +164,13 @@ async def test_a_404_arriving_after_its_copy_was_reloaded_keeps_the_fresh_copy()
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
     backend = await loads.acquire("a@v1")
-    first = loads.fleet.dispatch_mark()
+    first = loads.fleet.load_mark()
     assert await loads.acquire("a@v1") == backend
-    second = loads.fleet.dispatch_mark()
+    second = loads.fleet.load_mark()
     loads.release(backend, "a@v1", first)
     assert loads.lost(backend, "a@v1", first)
     assert await loads.acquire("a@v1", [backend]) == backend  # the first's retry: reloaded
-    retried = loads.fleet.dispatch_mark()
+    retried = loads.fleet.load_mark()
     assert len(backends.loads) == 2
     loads.release(backend, "a@v1", second)  # the second's late 404
     assert not loads.lost(backend, "a@v1", second)
@@ -181,7 +181,7 @@ async def test_a_404_arriving_after_its_copy_was_reloaded_keeps_the_fresh_copy()
     assert len(backends.loads) == 2
     assert loads.evictions[backend] == {"lost": 1}
     loads.release(backend, "a@v1", retried)
-    loads.release(backend, "a@v1", loads.fleet.dispatch_mark())
+    loads.release(backend, "a@v1", loads.fleet.load_mark())
     assert loads.fleet.inflight(backend) == 0
 
 
