@@ -187,11 +187,11 @@ def _turnout_sender(pool: ConnectionPool, loads: AdapterLoads, count_cold: bool)
         for attempt in range(2):  # a 404 (vLLM dropped it) is reloaded and retried once
             cold = not isinstance(loads.fleet.route(version), Serve)
             try:
-                backend = await loads.acquire(version)
+                placed = await loads.acquire(version)
             except AdapterLoading:
                 tally.errors_5xx += 1
                 return
-            mark = loads.fleet.load_mark()
+            backend, mark = placed.backend, placed.mark
             try:
                 status, answer = await _complete(pool, backend, version)
             finally:

@@ -1,12 +1,13 @@
 """Carry placement decisions out: single-flight loads, a bounded wait, in-flight accounting.
 
 `AdapterLoads.acquire(version)` returns the backend a request for `version` goes to, with the
-request counted in flight there (call `release` when it ends). When no backend holds the
-version, the request waits for the one load of that version on its chosen backend, however
-many requests want it; when every slot holds a version in use, it waits for one to free. At
-most `max_waiting` requests wait at a time, each at most `wait_deadline_s`; past either,
-`AdapterLoading` (503 with Retry-After). The backend calls
-(vLLM's load and unload endpoints) come in through the small `AdapterCalls` interface. With
+request counted in flight there (call `release` when it ends), and the count of completed loads
+at that moment (`Placed.mark`: a copy loaded later is not the one it was counted on). When no
+backend holds the version, the request waits for the one load of that version on its chosen
+backend, however many requests want it; when every slot holds a version in use, it waits for
+one to free. At most `max_waiting` requests wait at a time, each at most `wait_deadline_s`;
+past either, `AdapterLoading` (503 with Retry-After). The backend calls (vLLM's load and
+unload endpoints) come in through the small `AdapterCalls` interface. With
 `shared` (several replicas, `shared.py`), loads and unloads run under a lease on their backend,
 skip a version another replica loaded meanwhile, and spare a version another replica uses.
 """
@@ -18,6 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import AdapterLoading
@@ -32,6 +34,15 @@ from gateway.placement.fleet import (
 from gateway.placement.shared import SharedPlacement
 
 log = logging.getLogger("turnout.placement")
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where `acquire` counted a request in flight, and `FleetPlacement.load_mark()` taken in
+    the same step (before any await): hand both to `release` and `lost`."""
+
+    backend: str
+    mark: int
 
 
 class AdapterCalls(Protocol):
@@ -104,9 +115,14 @@ class AdapterLoads:
     def _retry_after(self) -> float:
         return max(1.0, self._load_s)
 
-    async def acquire(self, version: str, eligible: Collection[str] | None = None) -> str:
-        """The backend for a request for `version`, counted in flight there until `release`."""
+    async def acquire(self, version: str, eligible: Collection[str] | None = None) -> Placed:
+        """The backend for a request for `version`, counted in flight there until `release`.
+
+        The mark is taken as the request is counted, before Redis is told (`shared.using`): a
+        reload of the version that completes during that await is a copy this request was not
+        counted on, so its end must not lower that copy's count."""
         backend = await self._place(version, eligible)
+        placed = Placed(backend, self.fleet.load_mark())
         if self.shared is not None:
             try:
                 await self.shared.using(backend, version)  # other replicas must not evict it
@@ -114,7 +130,7 @@ class AdapterLoads:
                 self.fleet.end(backend, version)
                 self._room_changed()
                 raise
-        return backend
+        return placed
 
     async def _place(self, version: str, eligible: Collection[str] | None) -> str:
         decision = self.fleet.route(version, eligible)
@@ -197,8 +213,8 @@ class AdapterLoads:
         return backend
 
     def release(self, backend: str, version: str, mark: int | None = None) -> None:
-        """The request for `version` on `backend` ended; `mark`: `fleet.load_mark()` taken
-        when `acquire` returned (a copy loaded since is not the one it was counted on)."""
+        """The request for `version` on `backend` ended; `mark`: `Placed.mark` from
+        `acquire` (a copy loaded since is not the one it was counted on)."""
         self.fleet.end(backend, version, mark)
         if self.shared is not None:
             self.shared.done(backend, version)
@@ -207,7 +223,7 @@ class AdapterLoads:
     def lost(self, backend: str, version: str, mark: int | None = None) -> bool:
         """vLLM answered 404 for `version` (its own LRU or a restart dropped it): forget it
         there, unless the copy there now completed its load after the request was sent (`mark`:
-        `fleet.load_mark()` taken when `acquire` returned; None: forget whatever is there).
+        `Placed.mark` from `acquire`; None: forget whatever is there).
         Such a 404 arrived late, about the copy before: the retry goes to the fresh copy and
         nothing is loaded again. False for such a late 404 (nothing forgotten)."""
         if mark is not None and self.fleet.loaded_after(backend, version, mark):

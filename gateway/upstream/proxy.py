@@ -125,8 +125,8 @@ class InferenceProxy:
             eligible = [reload_on]
         if not eligible:  # every breaker open: one past its cool-down may take a probe
             eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
-        backend = await self._placement.acquire(served, eligible)
-        return backend, PlacedAttempt(served, self._placement.fleet.load_mark())
+        placed = await self._placement.acquire(served, eligible)
+        return placed.backend, PlacedAttempt(served, placed.mark)
 
     def _done(self, backend: str, held: PlacedAttempt | None) -> None:
         if held is not None and self._placement is not None:

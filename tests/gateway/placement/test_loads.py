@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import astuple
 
 import pytest
 
 from gateway.api.errors import error_response
 from gateway.errors import AdapterLoading
 from gateway.placement.fleet import BackendCapacity, FleetPlacement
-from gateway.placement.loads import AdapterLoads
+from gateway.placement.loads import AdapterLoads, Placed
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +47,8 @@ def loads_over(backends: Backends, resident: int = 2, **kwargs: float) -> Adapte
 async def test_many_requests_for_a_cold_version_cause_one_load() -> None:
     backends = Backends()
     loads = loads_over(backends)
-    chosen = await asyncio.gather(*(loads.acquire("a@v1") for _ in range(50)))
+    placed = await asyncio.gather(*(loads.acquire("a@v1") for _ in range(50)))
+    chosen = [p.backend for p in placed]
     assert len(backends.loads) == 1
     assert set(chosen) == {backends.loads[0][0]}
     assert loads.fleet.inflight(chosen[0]) == 50
@@ -62,7 +64,7 @@ async def test_past_the_wait_queue_requests_get_adapter_loading_at_once() -> Non
     )
     refused = [r for r in results if isinstance(r, AdapterLoading)]
     assert len(refused) == 2
-    assert sum(isinstance(r, str) for r in results) == 3
+    assert sum(isinstance(r, Placed) for r in results) == 3
 
 
 async def test_past_the_deadline_a_waiting_request_gets_503_with_retry_after() -> None:
@@ -88,7 +90,7 @@ async def test_a_failed_load_refuses_its_waiters_and_the_next_request_tries_agai
     )
     assert all(isinstance(r, AdapterLoading) for r in results)
     backends.fail = False
-    assert await loads.acquire("a@v1") in {"b0", "b1"}
+    assert (await loads.acquire("a@v1")).backend in {"b0", "b1"}
     assert len(backends.loads) == 2
 
 
@@ -96,7 +98,7 @@ async def test_a_full_fleet_unloads_the_victim_before_loading() -> None:
     backends = Backends(load_s=0.0)
     loads = loads_over(backends, resident=1)
     for version in ("a@v1", "b@v1", "c@v1"):
-        loads.release(await loads.acquire(version), version)
+        loads.release((await loads.acquire(version)).backend, version)
     assert len(backends.unloads) == 1
     victim_backend, victim = backends.unloads[0]
     assert victim == "a@v1"  # the least recently used
@@ -106,13 +108,13 @@ async def test_a_full_fleet_unloads_the_victim_before_loading() -> None:
 async def test_on_a_full_fleet_a_request_waits_for_a_slot_and_never_evicts_a_busy_one() -> None:
     backends = Backends(load_s=0.0)
     loads = loads_over(backends, resident=1)
-    held = [await loads.acquire(version) for version in ("a@v1", "b@v1")]
+    held = [(await loads.acquire(version)).backend for version in ("a@v1", "b@v1")]
     waiting = asyncio.ensure_future(loads.acquire("c@v1"))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     assert backends.unloads == []  # both versions are in use
     loads.release(held[0], "a@v1")
-    assert await waiting == held[0]
+    assert (await waiting).backend == held[0]
     assert backends.unloads == [(held[0], "a@v1")]
 
 
@@ -136,7 +138,7 @@ def test_a_publish_outside_the_event_loop_pins_warm_versions_and_loads_nothing_y
 async def test_publish_loads_warm_versions_and_unloads_idle_unrouted_ones() -> None:
     backends = Backends(load_s=0.0)
     loads = loads_over(backends)
-    loads.release(await loads.acquire("old@v1"), "old@v1")
+    loads.release((await loads.acquire("old@v1")).backend, "old@v1")
     loads.publish({"a@v1"}, {"a@v1"})
     await asyncio.sleep(0.05)
     assert loads.fleet.holders("a@v1") != []
@@ -147,12 +149,12 @@ async def test_publish_loads_warm_versions_and_unloads_idle_unrouted_ones() -> N
 async def test_a_404_on_a_copy_loaded_before_the_request_forgets_it_and_reloads() -> None:
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
-    backend = await loads.acquire("a@v1")
+    backend = (await loads.acquire("a@v1")).backend
     mark = loads.fleet.load_mark()
     loads.release(backend, "a@v1", mark)
     assert loads.lost(backend, "a@v1", mark)  # vLLM dropped it: forgotten there
     assert "a@v1" not in loads.fleet.resident(backend)
-    assert await loads.acquire("a@v1", [backend]) == backend  # the retry reloads it
+    assert (await loads.acquire("a@v1", [backend])).backend == backend  # the retry reloads it
     assert backends.loads == [(backend, "a@v1")] * 2
     assert loads.evictions[backend] == {"lost": 1}
 
@@ -163,21 +165,22 @@ async def test_a_404_arriving_after_its_copy_was_reloaded_keeps_the_fresh_copy()
     completed. It forgets nothing, its retry goes to the fresh copy, nothing loads again."""
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
-    backend = await loads.acquire("a@v1")
-    first = loads.fleet.load_mark()
-    assert await loads.acquire("a@v1") == backend
-    second = loads.fleet.load_mark()
+    backend, first = astuple(await loads.acquire("a@v1"))
+    placed = await loads.acquire("a@v1")
+    assert placed.backend == backend
+    second = placed.mark
     loads.release(backend, "a@v1", first)
     assert loads.lost(backend, "a@v1", first)
-    assert await loads.acquire("a@v1", [backend]) == backend  # the first's retry: reloaded
-    retried = loads.fleet.load_mark()
+    placed = await loads.acquire("a@v1", [backend])  # the first's retry: reloaded
+    assert placed.backend == backend
+    retried = placed.mark
     assert len(backends.loads) == 2
     loads.release(backend, "a@v1", second)  # the second's late 404
     assert not loads.lost(backend, "a@v1", second)
     assert loads.fleet.resident(backend) == {"a@v1"}
     (held,) = loads.fleet.view()[backend]
     assert held.inflight == 1  # the first's retry, still counted on the fresh copy
-    assert await loads.acquire("a@v1", [backend]) == backend  # the second's retry: served
+    assert (await loads.acquire("a@v1", [backend])).backend == backend  # the second's retry: served
     assert len(backends.loads) == 2
     assert loads.evictions[backend] == {"lost": 1}
     loads.release(backend, "a@v1", retried)
@@ -203,7 +206,7 @@ class Listing:
 async def test_a_backend_that_lost_a_version_is_reconciled_and_the_next_request_loads_it() -> None:
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
-    backend = await loads.acquire("a@v1")
+    backend = (await loads.acquire("a@v1")).backend
     loads.release(backend, "a@v1")
     listing = Listing(set())  # the backend restarted: it lists nothing
     listing.answer.set()
@@ -222,7 +225,7 @@ async def test_a_load_completing_while_the_listing_is_on_its_way_is_kept() -> No
     listing = Listing(set())  # the list was made before the load reached vLLM
     reconcile = asyncio.create_task(loads.reconcile(loading, listing))
     await listing.asked.wait()
-    backend = await request  # the load completes; a request is served on it
+    backend = (await request).backend  # the load completes; a request is served on it
     loads.release(backend, "a@v1")
     listing.answer.set()
     assert await reconcile == []
@@ -231,7 +234,7 @@ async def test_a_load_completing_while_the_listing_is_on_its_way_is_kept() -> No
 
 async def test_a_listing_that_fails_changes_nothing() -> None:
     loads = loads_over(Backends(load_s=0.01))
-    backend = await loads.acquire("a@v1")
+    backend = (await loads.acquire("a@v1")).backend
 
     async def down() -> set[str]:
         raise ConnectionError("backend down")

@@ -61,7 +61,7 @@ async def test_a_restart_is_seen_in_the_listing_and_a_dead_backend_changes_nothi
     reconcile = PlacementReconcile(loads, admin, [origin], interval_s=0.01)
     try:
         for version in ("a@v1", "b@v1"):
-            loads.release(await loads.acquire(version), version)
+            loads.release((await loads.acquire(version)).backend, version)
         assert await admin.resident(origin) == {"a@v1", "b@v1"}  # the base model's card: no parent
         assert await reconcile.check(origin) == []
         sim.unload("b@v1")  # someone else unloads one
@@ -77,7 +77,8 @@ async def test_a_restart_is_seen_in_the_listing_and_a_dead_backend_changes_nothi
         assert not loads.fleet.resident(origin)
         assert evictions.reasons == [EvictReason.BACKEND_LOST] * 2
         assert loads.evictions == {origin: {"backend_lost": 2}}  # as the admin API shows them
-        loads.release(await loads.acquire("a@v1"), "a@v1")  # loaded again, before any request
+        placed = await loads.acquire("a@v1")  # loaded again, before any request
+        loads.release(placed.backend, "a@v1")
         assert sim.registered == {"a@v1"}
         server.close()
         await server.wait_closed()
@@ -130,7 +131,7 @@ class Garbled:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_malformed_listing_changes_nothing_and_the_loop_goes_on(anyio_backend: str) -> None:
     loads = AdapterLoads(FleetPlacement({"b": BackendCapacity(4, 2)}), Instant())
-    loads.release(await loads.acquire("a@v1"), "a@v1")
+    loads.release((await loads.acquire("a@v1")).backend, "a@v1")
     garbled = Garbled()
     reconcile = PlacementReconcile(loads, garbled, ["b"], interval_s=0.01)
     assert await reconcile.check("b") == []

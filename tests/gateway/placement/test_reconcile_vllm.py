@@ -47,7 +47,7 @@ async def test_a_version_unloaded_from_a_live_vllm_is_forgotten_by_placement(
     loads = AdapterLoads(FleetPlacement({vllm_url: BackendCapacity(4, 2)}), VllmCalls(admin, path))
     reconcile = PlacementReconcile(loads, admin, [vllm_url], interval_s=1.0)
     try:
-        loads.release(await loads.acquire(PROBE), PROBE)
+        loads.release((await loads.acquire(PROBE)).backend, PROBE)
         listed = await admin.resident(vllm_url)
         assert PROBE in listed
         assert f"summarize@{DEMO_VERSION}" in listed  # the fixture's own, loaded at its start

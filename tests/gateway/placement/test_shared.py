@@ -89,7 +89,7 @@ async def close(*replicas: AdapterLoads) -> None:
 
 async def serve(loads: AdapterLoads, fleet: Fleet, version: str, hold_s: float = 0.0) -> str:
     """One request: acquire, run on the fleet for `hold_s`, release."""
-    backend = await loads.acquire(version)
+    backend = (await loads.acquire(version)).backend
     fleet.in_use[(backend, version)] += 1
     await asyncio.sleep(hold_s)
     fleet.in_use[(backend, version)] -= 1
@@ -171,3 +171,53 @@ async def test_redis_unreachable_places_alone_without_an_error() -> None:
     assert loads.shared is not None
     assert loads.shared.alone >= 1
     await close(loads)
+
+
+class SlowToTell(SharedPlacement):
+    """Redis told of a request in use only once `go` is set (one call, when `hold` is set), so a
+    test can let a reload complete while a request waits on that await."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(url, prefix=prefix)
+        self.hold = False
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def using(self, backend: str, version: str) -> None:
+        if self.hold:
+            self.hold = False
+            self.held.set()
+            await self.go.wait()
+        await super().using(backend, version)
+
+
+async def test_a_reload_during_the_redis_await_is_not_the_copy_the_request_counts_on(
+    redis_server: RedisServer,
+) -> None:
+    """A request is counted on a copy, then waits on Redis; meanwhile the copy is lost (another
+    request's 404) and reloaded. The request's end must not lower the fresh copy's count."""
+    fleet = Fleet(backends=1, load_s=0.01)
+    shared = SlowToTell(redis_server.url, prefix=f"t{next(_prefixes)}")
+    loads = AdapterLoads(
+        FleetPlacement({"b0": BackendCapacity(2, 4)}),
+        fleet,  # type: ignore[arg-type]
+        shared=shared,
+    )
+    try:
+        first = await loads.acquire("a@v1")
+        shared.hold = True
+        late = asyncio.create_task(loads.acquire("a@v1"))  # counted, then held on Redis
+        await shared.held.wait()
+        loads.release("b0", "a@v1", first.mark)
+        assert loads.lost("b0", "a@v1", first.mark)  # the first request's 404
+        retry = await loads.acquire("a@v1", ["b0"])  # its retry reloads the version
+        assert len(fleet.loads) == 2
+        shared.go.set()
+        placed = await late
+        loads.release("b0", "a@v1", placed.mark)  # ends: it was counted on the lost copy
+        (held,) = loads.fleet.view()["b0"]
+        assert held.inflight == 1  # the retry, still counted on the fresh copy
+        loads.release("b0", "a@v1", retry.mark)
+        assert loads.fleet.inflight("b0") == 0
+    finally:
+        await close(loads)
