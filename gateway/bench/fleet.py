@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from gateway.bench.fleet_bounds import load_bounds
 from gateway.bench.fleet_sim import SimBackend, SimSpec, start_sim
 from gateway.config import TimeoutsConfig
 from gateway.errors import AdapterLoading
@@ -369,6 +370,9 @@ async def run_fleet_benchmark(scenario: Scenario) -> dict[str, Any]:
         "top_adapter_share": round(top_share, 3),
         "policies": policies,
         "targets": _targets(policies),
+        # Offline replays of the same requests on one pool of every resident slot: how low
+        # loads per 1,000 requests can go on this traffic (gateway/bench/fleet_bounds.py).
+        "load_bounds": load_bounds(sequence, scenario.backends * scenario.resident),
     }
 
 

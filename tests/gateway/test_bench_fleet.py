@@ -28,3 +28,8 @@ def test_bench_fleet_reports_three_policies_on_the_same_traffic() -> None:
     # Each round-robin backend loads what every other one loads; placement loads once.
     assert policies["turnout"]["loads_per_1000"] < policies["round_robin"]["loads_per_1000"]
     assert set(report["targets"]["met"]) >= {"loads_le_half_of_round_robin", "imbalance_le_1_25"}
+    bounds = report["load_bounds"]
+    assert bounds["slots"] == 2 * 6
+    # Every adapter the traffic names loads at least once, whatever the policy.
+    assert bounds["first_loads"] <= bounds["optimal"] <= policies["round_robin"]["loads_per_1000"]
+    assert bounds["first_loads"] <= policies["turnout"]["loads_per_1000"]
