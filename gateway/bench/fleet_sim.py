@@ -18,6 +18,8 @@ What it enforces, as vLLM does:
   (after `not_found_s`, 0 by default: a 404 that reaches the gateway late), unless `on_demand`
   is set, in which case it loads it first (what a LoRA resolver does: the
   round-robin baseline); a known name its LRU dropped is loaded again, at the same cost;
+  with `forget_loaded` (not vLLM's) every adapter request gets that 404, even for a name just
+  loaded: a backend that loses whatever it loads, to test the gateway's bounded reload;
 - decode steps slow down with the distinct adapters in the batch: `(1 + slowdown * (k-1))`.
 The answer's text names the adapter that produced it, so a client can count wrong answers;
 with `"stream": true` it comes as one SSE event and `[DONE]`.
@@ -49,6 +51,7 @@ class SimSpec:
     steps: int = 10  # decode steps per request
     load_blocks: bool = True  # vLLM loads on the engine, between steps
     not_found_s: float = 0.0  # how late a 404 for an unknown name is answered
+    forget_loaded: bool = False  # answer 404 for every adapter, loaded or not
 
 
 @dataclass(slots=True)
@@ -144,7 +147,7 @@ class SimBackend:
         return True
 
     async def complete(self, name: str) -> tuple[int, bytes]:
-        if name not in self.registered and not self.spec.on_demand:
+        if self.spec.forget_loaded or (name not in self.registered and not self.spec.on_demand):
             self.stats.not_found += 1  # counted as it arrives, answered `not_found_s` later
             if self.spec.not_found_s > 0:
                 await asyncio.sleep(self.spec.not_found_s)
@@ -373,6 +376,11 @@ def main() -> None:
     parser.add_argument(
         "--not-found-ms", type=float, default=0.0, help="delay of a 404 for an unknown adapter"
     )
+    parser.add_argument(
+        "--forget-loaded",
+        action="store_true",
+        help="answer 404 for every adapter, even one just loaded (not vLLM's behaviour)",
+    )
     args = parser.parse_args()
     spec = SimSpec(
         resident=args.resident,
@@ -382,6 +390,7 @@ def main() -> None:
         decode_s=args.decode_ms / 1000,
         slowdown=0.1,
         not_found_s=args.not_found_ms / 1000,
+        forget_loaded=args.forget_loaded,
     )
     asyncio.run(_serve(spec, args.host, args.port))
 

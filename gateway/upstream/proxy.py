@@ -143,11 +143,16 @@ class InferenceProxy:
         self._placement.lost(backend, held.version, held.mark)
         return self._budget.try_spend()
 
-    def _check_adapter_known(self, backend: str, target: Target, status: int) -> None:
+    def _check_adapter_known(
+        self, backend: str, target: Target, status: int, held: PlacedAttempt | None
+    ) -> None:
         """A 404 for an adapter means the backend lost it (a restart): never answer from another
-        model; stop sending it there until the loader has reloaded it."""
+        model; stop sending it there until the loader has reloaded it (with demand placement,
+        forget it there, so the next request loads it instead of meeting the 404 first)."""
         if status == 404 and target.adapter is not None:
             self._pool.residency.forget(backend, target.served_model)
+            if held is not None and self._placement is not None:
+                self._placement.lost(backend, held.version, held.mark)
             raise AdapterNotReady(
                 f"The adapter {target.adapter.ref} is being reloaded onto {backend}; retry shortly."
             )
@@ -185,7 +190,7 @@ class InferenceProxy:
                 continue
             break
         self._pool.record(backend, ok=reply.status < 500)
-        self._check_adapter_known(backend, target, reply.status)
+        self._check_adapter_known(backend, target, reply.status, held)
         rewritten = ModelNameRewrite.for_target(target).apply(reply.body)
         return UpstreamReply(status=reply.status, content_type=reply.content_type, body=rewritten)
 
@@ -227,7 +232,7 @@ class InferenceProxy:
         if upstream.status != 200:
             async with resources:
                 answer = await upstream.read()
-            self._check_adapter_known(backend, target, upstream.status)
+            self._check_adapter_known(backend, target, upstream.status, held)
             return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(answer))
         events = _rewritten_events(upstream, rewrite, backend)
         return OpenStream(upstream.content_type, events, resources)

@@ -78,3 +78,47 @@ def test_a_late_404_after_the_reload_is_retried_on_the_fresh_copy_without_a_seco
             assert gateway_metric(loads) == 2  # the first load, and one reload
             evictions = "turnout_adapter_evictions_total"
             assert gateway_metric(evictions, reason="lost") == 1
+
+
+@pytest.mark.slow
+def test_a_backend_that_loses_every_load_gets_one_reload_per_request_then_a_503(
+    demo_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """vLLM answers 404 again after the reload (it lost the version twice): the request is not
+    retried without end, nor answered by another model, nor a 500: 503 `adapter_not_ready`
+    with Retry-After, after exactly one reload."""
+    folder = tmp_path_factory.mktemp("lost-twice")
+    store = demo_weights_store(demo_model, folder, 1)
+    with simulated_vllm("--resident", "2", "--load-ms", "20", "--forget-loaded") as backend:
+        config = {
+            "base_model": BASE_MODEL,
+            "backends": [{"url": backend}],
+            "adapters": {
+                "store": str(store),
+                "placement": "demand",
+                "max_loras": 2,
+                "max_cpu_loras": 2,
+                "reconcile_interval_s": 3600,
+            },
+            "routes": {"r0": {"stable": "task-0@v1"}},
+        }
+        with running_gateway(config, folder) as gateway:
+            client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+
+            def not_found() -> float:
+                return counter(
+                    httpx.get(backend + "/metrics", timeout=10).text, "sim_not_found_total"
+                )
+
+            def loads() -> float:
+                page = httpx.get(gateway + "/metrics", timeout=10).text
+                return counter(page, "turnout_adapter_placement_loads_total")
+
+            for asked in (1, 2):
+                with pytest.raises(openai.APIStatusError) as caught:
+                    client.completions.create(model="r0", prompt="hi", max_tokens=4)
+                assert caught.value.status_code == 503
+                assert caught.value.response.json()["error"]["code"] == "adapter_not_ready"
+                assert float(caught.value.response.headers["retry-after"]) > 0
+                assert not_found() == 2 * asked  # the first attempt and its one retry
+                assert loads() == 2 * asked  # its load and one reload, no more
