@@ -21,7 +21,6 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.direct_write import DirectEventWriter
 from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.upstream.proxy import OpenStream
@@ -55,7 +54,6 @@ class StreamRelay:
         stall_s: float = 10.0,
     ) -> None:
         self._events: AsyncIterator[bytes] = stream.events
-        self._forward = stream.forward
         self._head = {
             "type": "http.response.start",
             "status": 200,
@@ -76,7 +74,7 @@ class StreamRelay:
         watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
-            await self._relay(scope, send, StallGuard.for_scope(scope, send, self._stall_s))
+            await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
         except ClientStalled:
             # Flow control bounds what is buffered; past the stall limit the stream is cut.
             self._on_stall()
@@ -91,44 +89,30 @@ class StreamRelay:
             await self._resources.aclose()
             self._on_close()
 
-    async def _relay(self, scope: Scope, send: Send, guard: StallGuard) -> None:
-        """Each block of events written from the upstream's callback while a write cannot block
-        (`DirectEventWriter`), where the upstream and the server allow it; else, and once the
-        writer has refused, as body messages: straight to `send` while a write cannot block,
-        through `guard` (which times it) while it can: the guard's own coroutine cost 0.27 µs a
-        message on this machine (docs/performance.md)."""
-        feed = self._transcript.feed
-        end = {"type": "http.response.body", "body": b"", "more_body": False}
-        wrote = False
-        if self._forward is not None:
-            writer = DirectEventWriter.for_scope(scope, feed, self._on_first_chunk)
-            if writer is not None:
-                if await self._forward(writer):
-                    await guard(end)
-                    return
-                wrote = writer.wrote
+    async def _relay(self, send: Send, guard: StallGuard) -> None:
+        """Each block of events as a body message: straight to `send` while a write cannot
+        block, through `guard` (which times it) while it can: the guard's own coroutine cost
+        0.27 µs a message on this machine (docs/performance.md)."""
         events = aiter(self._events)
-        if not wrote:
-            first = await anext(events, None)
-            if first is None:
-                await guard(end)
-                return
+        feed = self._transcript.feed
+        first = await anext(events, None)
+        if first is not None:
             self._on_first_chunk()
             await guard({"type": "http.response.body", "body": first, "more_body": True})
             feed(first)
-        unpaused = 0
-        async for chunk in events:
-            message = {"type": "http.response.body", "body": chunk, "more_body": True}
-            if guard.may_block:
-                await guard(message)
-            else:
-                await send(message)
-            feed(chunk)
-            unpaused += 1
-            if unpaused == _YIELD_EVERY:
-                unpaused = 0
-                await asyncio.sleep(0)
-        await guard(end)
+            unpaused = 0
+            async for chunk in events:
+                message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                if guard.may_block:
+                    await guard(message)
+                else:
+                    await send(message)
+                feed(chunk)
+                unpaused += 1
+                if unpaused == _YIELD_EVERY:
+                    unpaused = 0
+                    await asyncio.sleep(0)
+        await guard({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _cancel_on_departure(self, receive: Receive, relay: asyncio.Task[None]) -> None:
         while (await receive())["type"] != "http.disconnect":

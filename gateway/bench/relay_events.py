@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import json
 import resource
@@ -64,8 +63,7 @@ _MODEL = "stub-model"
 class RelayApp:
     """The relay stack as one ASGI app: every request is streamed from the stub."""
 
-    def __init__(self, upstream_url: str, direct: bool = True) -> None:
-        self._direct = direct
+    def __init__(self, upstream_url: str) -> None:
         self.client = Http1Upstream(TimeoutsConfig())
         many = AdmissionLimits(max_concurrent=100_000, max_queued=100_000)
         self._proxy = InferenceProxy(
@@ -88,8 +86,6 @@ class RelayApp:
                 break
         opened = await self._proxy.open_stream(self._target, _PATH, orjson.loads(body), "bench")
         assert isinstance(opened, OpenStream), "the stub refused to stream"
-        if not self._direct:  # every event through the awaiting path (ASGI `send`)
-            opened = dataclasses.replace(opened, forward=None)
         transcript = StreamTranscript()
 
         def on_close() -> None:
@@ -187,94 +183,66 @@ async def _wait_listening(port: int, deadline_s: float) -> None:
             await asyncio.sleep(0.05)
 
 
-def _serving(app: RelayApp, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop="none", http=CoalescingHttpToolsProtocol,
-        lifespan="off", access_log=False, log_level="warning", server_header=False,
-        proxy_headers=False,
-    )  # fmt: skip
-    return uvicorn.Server(config)
-
-
-def _medians(rounds: list[dict[str, Any]]) -> float | None:
-    per_event = [r["cpu_us_per_event"] for r in rounds]
-    return round(statistics.median(per_event), 2) if per_event else None
-
-
 async def run(
-    streams: int,
-    chunks: int,
-    interval_ms: float,
-    rounds: int,
-    with_floor: bool = True,
-    with_awaiting: bool = True,
+    streams: int, chunks: int, interval_ms: float, rounds: int, with_floor: bool = True
 ) -> dict[str, Any]:
-    stub_port = free_port()
+    stub_port, relay_port = free_port(), free_port()
     stub = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway.bench.stream_stub", "--port", str(stub_port),
         "--chunks", str(chunks), "--interval-ms", str(interval_ms),
     )  # fmt: skip
-    upstream_url = f"http://127.0.0.1:{stub_port}"
-    apps = {"relay": RelayApp(upstream_url)}
-    if with_awaiting:
-        apps["awaiting"] = RelayApp(upstream_url, direct=False)
-    urls: dict[str, str] = {}
-    servers: list[uvicorn.Server] = []
-    serving: list[asyncio.Task[None]] = []
-    for side, app in apps.items():
-        port = free_port()
-        servers.append(_serving(app, port))
-        serving.append(asyncio.create_task(servers[-1].serve()))
-        urls[side] = f"http://127.0.0.1:{port}{_PATH}"
+    app = RelayApp(f"http://127.0.0.1:{stub_port}")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=relay_port, loop="none", http=CoalescingHttpToolsProtocol,
+        lifespan="off", access_log=False, log_level="warning", server_header=False,
+        proxy_headers=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{relay_port}{_PATH}"
+    measured: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
+    floor_url: str | None = None
     forwarder: asyncio.Server | None = None
     if with_floor:
         floor_port = free_port()
         forwarder = await asyncio.get_running_loop().create_server(
             lambda: _Forwarder(stub_port), "127.0.0.1", floor_port, backlog=4096
         )
-        urls["floor"] = f"http://127.0.0.1:{floor_port}{_PATH}"
-    measured: dict[str, list[dict[str, Any]]] = {side: [] for side in urls}
+        floor_url = f"http://127.0.0.1:{floor_port}{_PATH}"
     try:
         await _wait_listening(stub_port, 10)
-        for url in urls.values():
-            await _wait_listening(int(url.split(":")[2].split("/")[0]), 10)
+        await _wait_listening(relay_port, 10)
         gc.collect()  # as the gateway does once started (gateway/serving/app.py)
         gc.freeze()
-        for side in apps:  # warm-up: upstream connections opened, code paths warm
-            await _load(urls[side], streams)
-        relays = list(apps)
-        for n in range(rounds):
-            # The two relays alternate which goes first; the floor follows them.
-            for side in relays if n % 2 == 0 else relays[::-1]:
-                measured[side].append(await _timed_load(urls[side], streams))
-            if with_floor:
-                measured["floor"].append(await _timed_load(urls["floor"], streams))
+        await _load(url, streams)  # warm-up: upstream connections opened, code paths warm
+        for _ in range(rounds):
+            measured.append(await _timed_load(url, streams))
+            if floor_url is not None:
+                floor.append(await _timed_load(floor_url, streams))
     finally:
-        for server in servers:
-            server.should_exit = True
-        await asyncio.gather(*serving)
+        server.should_exit = True
+        await serving
         if forwarder is not None:
             forwarder.close()
-        for app in apps.values():
-            await app.client.close()
+        await app.client.close()
         stub.terminate()
         await stub.wait()
-    relayed = measured["relay"]
-    per_event = [r["cpu_us_per_event"] for r in relayed]
-    user = [r["user_us_per_event"] for r in relayed]
+    per_event = [r["cpu_us_per_event"] for r in measured]
+    user = [r["user_us_per_event"] for r in measured]
     return {
         "streams": streams,
         "chunks": chunks,
         "interval_ms": interval_ms,
-        "rounds": relayed,
-        "cpu_us_per_event_median": _medians(relayed),
+        "rounds": measured,
+        "cpu_us_per_event_median": round(statistics.median(per_event), 2) if per_event else None,
         "cpu_us_per_event_range": [min(per_event), max(per_event)] if per_event else None,
         "user_us_per_event_median": round(statistics.median(user), 2) if user else None,
-        "answers_with_text": sum(app.answers for app in apps.values()),
-        "awaiting_rounds": measured.get("awaiting", []),
-        "awaiting_cpu_us_per_event_median": _medians(measured.get("awaiting", [])),
-        "floor_rounds": measured.get("floor", []),
-        "floor_cpu_us_per_event_median": _medians(measured.get("floor", [])),
+        "answers_with_text": app.answers,
+        "floor_rounds": floor,
+        "floor_cpu_us_per_event_median": (
+            round(statistics.median(r["cpu_us_per_event"] for r in floor), 2) if floor else None
+        ),
     }
 
 
@@ -287,15 +255,10 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-floor", action="store_true", help="skip the forwarder's rounds")
-    parser.add_argument(
-        "--no-awaiting", action="store_true", help="skip the rounds with the callback relay off"
-    )
     args = parser.parse_args()
-    measuring = run(
-        args.streams, args.chunks, args.interval_ms, args.rounds,
-        not args.no_floor, not args.no_awaiting,
-    )  # fmt: skip
-    report = uvloop.run(measuring)
+    report = uvloop.run(
+        run(args.streams, args.chunks, args.interval_ms, args.rounds, not args.no_floor)
+    )
     print(json.dumps(report))
 
 

@@ -9,10 +9,10 @@ HTTP/1.1 pool (`gateway.upstream.http1_pool`), chosen over aiohttp and httpx by 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from gateway.config import TimeoutsConfig
 from gateway.errors import (
@@ -53,16 +53,6 @@ class UpstreamStream(Protocol):
 
     async def read(self) -> bytes:
         """The whole (remaining) body."""
-        ...
-
-
-@runtime_checkable
-class ForwardingStream(Protocol):
-    """An upstream stream that can also hand its body to a callback as it arrives."""
-
-    async def forward(self, sink: Callable[[bytes], bool]) -> bool:
-        """The body to `sink` as it arrives, from the connection's callback: True once it is
-        complete, False after `sink` returned False (the rest comes from `chunks`)."""
         ...
 
 
@@ -110,10 +100,6 @@ class _Http1Stream:
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.chunks(self._idle_timeout_s, self._failed)
-
-    async def forward(self, sink: Callable[[bytes], bool]) -> bool:
-        """The body to `sink` as it arrives (`http1_pool.Response.forward`)."""
-        return await self._response.forward(sink, self._idle_timeout_s, self._failed)
 
     def _failed(self, error: OSError | TimeoutError) -> TurnoutError:
         return _transport_error(error, self._backend)

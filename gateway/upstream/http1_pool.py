@@ -61,8 +61,6 @@ class _ArrivingResponse:
     error: BaseException | None = None
     wakeup: asyncio.Future[None] | None = None
     received_at: float = 0.0  # loop time of the last body bytes
-    # While set, body bytes go to it as they arrive (`Response.forward`), not to `chunks`.
-    sink: Callable[[bytes], bool] | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -109,15 +107,9 @@ class _Connection(asyncio.Protocol):
         exchange = self._exchange
         if exchange is None:
             return
-        exchange.received_at = self._loop.time()
-        sink = exchange.sink
-        if sink is not None:
-            if not sink(body):
-                exchange.sink = None
-                self._wake(exchange)
-            return
         exchange.chunks.append(body)
         exchange.buffered += len(body)
+        exchange.received_at = self._loop.time()
         if exchange.buffered > _HIGH_WATER and not self._paused and self._transport is not None:
             self._paused = True
             self._transport.pause_reading()
@@ -227,44 +219,6 @@ class Response:
                 await exchange.wakeup
                 exchange.wakeup = None
         finally:
-            if watch is not None:
-                watch.stop()
-
-    async def forward(
-        self,
-        sink: Callable[[bytes], bool],
-        idle_timeout_s: float | None = None,
-        failure: Callable[[OSError | TimeoutError], Exception] | None = None,
-    ) -> bool:
-        """Hand the body to `sink` as it arrives, from the connection's own callback (no task
-        wakes per chunk); True once the body is complete. `sink` returns whether it takes more:
-        after False this returns False at once, and the rest of the body is read with `chunks`.
-        Errors and the idle limit as for `chunks`.
-        """
-        exchange = self._exchange
-        if exchange.chunks and not sink(self._connection.take(exchange)):
-            return False
-        loop = asyncio.get_running_loop()
-        watch = None if idle_timeout_s is None else _IdleWatch(self, idle_timeout_s, loop)
-        exchange.sink = sink
-        try:
-            while True:
-                if exchange.complete:
-                    return True
-                if exchange.error is not None:
-                    error = _reading_error(exchange.error)
-                    if failure is None:
-                        raise error
-                    raise failure(error) from error
-                if exchange.sink is None:
-                    return False
-                if watch is not None:
-                    watch.waiting(loop.time())
-                exchange.wakeup = loop.create_future()
-                await exchange.wakeup
-                exchange.wakeup = None
-        finally:
-            exchange.sink = None
             if watch is not None:
                 watch.stop()
 

@@ -8,7 +8,7 @@ document, or in every SSE event of a stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +25,7 @@ from gateway.errors import (
 from gateway.placement.loads import AdapterLoads
 from gateway.routing.table import Target
 from gateway.upstream.admission import BackendGates
-from gateway.upstream.backends import (
-    BackendPool,
-    ForwardingStream,
-    UpstreamClient,
-    UpstreamReply,
-    UpstreamStream,
-)
+from gateway.upstream.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
 from gateway.upstream.breaker import CircuitState, RetryBudget
 from monitoring import metrics
 
@@ -80,23 +74,13 @@ class PlacedAttempt:
     mark: int
 
 
-# Takes a block of whole events as it arrives; returns whether it takes more.
-EventSink = Callable[[bytes], bool]
-
-
 @dataclass(slots=True)
 class OpenStream:
-    """An upstream stream that answered 200; the caller must close `resources`.
-
-    `forward`, where the upstream offers it, hands the events to a sink from the upstream
-    connection's own callback instead (`EventForwarder`); True once the stream is over, False
-    when the sink refused more: the rest then comes from `events`.
-    """
+    """An upstream stream that answered 200; the caller must close `resources`."""
 
     content_type: str
     events: AsyncIterator[bytes]
     resources: AsyncExitStack
-    forward: Callable[[EventSink], Awaitable[bool]] | None = None
 
 
 class InferenceProxy:
@@ -245,12 +229,8 @@ class InferenceProxy:
                 answer = await upstream.read()
             self._check_adapter_known(backend, target, upstream.status)
             return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(answer))
-        cutter = EventCutter(rewrite)
-        events = _rewritten_events(upstream, cutter, backend)
-        forward = None
-        if isinstance(upstream, ForwardingStream):
-            forward = EventForwarder(upstream, cutter, backend).forward
-        return OpenStream(upstream.content_type, events, resources, forward)
+        events = _rewritten_events(upstream, rewrite, backend)
+        return OpenStream(upstream.content_type, events, resources)
 
     async def shadow(
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
@@ -280,78 +260,25 @@ def _served_adapter(target: Target) -> str | None:
     return target.served_model if target.adapter is not None else None
 
 
-class EventCutter:
-    """A stream's bytes cut at event boundaries (`\\n\\n`), `model` rewritten in each block,
-    so a name is never split between two reads. One per stream, shared by both ways of reading
-    it (`_rewritten_events`, `EventForwarder`)."""
-
-    __slots__ = ("_pending", "_rewrite")
-
-    def __init__(self, rewrite: ModelNameRewrite) -> None:
-        self._rewrite = rewrite
-        self._pending = b""
-
-    def whole(self, chunk: bytes) -> bytes:
-        """The whole events that `chunk` completes, rewritten (empty when none)."""
-        if not self._pending and chunk.endswith(b"\n\n"):  # the usual case: whole events
-            return self._rewrite.apply(chunk)
-        pending = self._pending + chunk
-        end = pending.rfind(b"\n\n")
-        if end < 0:
-            self._pending = pending
-            return b""
-        self._pending = pending[end + 2 :]
-        return self._rewrite.apply(pending[: end + 2])
-
-    def rest(self) -> bytes:
-        """What followed the last whole event, rewritten, at the stream's end."""
-        rest, self._pending = self._pending, b""
-        return self._rewrite.apply(rest) if rest else b""
-
-
 async def _rewritten_events(
-    upstream: UpstreamStream, cutter: EventCutter, backend: str
+    upstream: UpstreamStream, rewrite: ModelNameRewrite, backend: str
 ) -> AsyncIterator[bytes]:
     """Whole SSE events, model name rewritten; a transport failure ends in an error event."""
+    pending = b""
     try:
         async for chunk in upstream.chunks():
-            whole = cutter.whole(chunk)
-            if whole:
-                yield whole
+            if not pending and chunk.endswith(b"\n\n"):  # the usual case: whole events
+                yield rewrite.apply(chunk)
+                continue
+            pending += chunk
+            end = pending.rfind(b"\n\n")
+            if end < 0:
+                continue
+            complete, pending = pending[: end + 2], pending[end + 2 :]
+            yield rewrite.apply(complete)
     except TurnoutError as error:
         metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
         yield sse_error_event(error)
         return
-    rest = cutter.rest()
-    if rest:
-        yield rest
-
-
-class EventForwarder:
-    """`_rewritten_events` for a sink called from the upstream connection's callback."""
-
-    __slots__ = ("_backend", "_cutter", "_upstream")
-
-    def __init__(self, upstream: ForwardingStream, cutter: EventCutter, backend: str) -> None:
-        self._upstream = upstream
-        self._cutter = cutter
-        self._backend = backend
-
-    async def forward(self, sink: EventSink) -> bool:
-        cutter = self._cutter
-
-        def take(chunk: bytes) -> bool:
-            whole = cutter.whole(chunk)
-            return sink(whole) if whole else True
-
-        try:
-            ended = await self._upstream.forward(take)
-        except TurnoutError as error:
-            metrics.UPSTREAM_ERRORS.labels(self._backend, error.code).inc()
-            sink(sse_error_event(error))
-            return True
-        if ended:
-            rest = cutter.rest()
-            if rest:
-                sink(rest)
-        return ended
+    if pending:
+        yield rewrite.apply(pending)
