@@ -17,7 +17,8 @@ Rules the policy keeps:
 - a version whose holders are all busy (`replicate_at` requests in flight on the least busy)
   gets one more holder, so a hot adapter spreads instead of piling onto one backend;
 - the first load goes to the least loaded backend with room, else to the backend whose coldest
-  evictable version is coldest (least recently used, or least frequently used);
+  evictable version is coldest (least recently used, or least frequently used: counts decay
+  with a half-life and outlive an eviction, so a version loaded again starts from its count);
 - a backend's own list of its adapters (`reconcile`) drops only idle versions whose load had
   completed before that list was asked for: a list that raced a load says nothing of it;
 - likewise a request's 404, and its end, concern only the copy it was sent to: one whose load
@@ -162,6 +163,11 @@ class FleetPlacement:
         self.replicate_at = max(1, replicate_at)
         self._decay = math.log(2) / lfu_half_life_s
         self._clock = clock
+        # Decayed request counts of versions no backend holds any more (LFU's memory): a
+        # version loaded again starts from its count, not from nothing, so a popular version
+        # evicted once is not the first to go again (`_remember`, `start_load`).
+        self._history: dict[str, tuple[float, float]] = {}
+        self._history_limit = 4 * sum(c.resident for c in capacities.values())
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -308,7 +314,11 @@ class FleetPlacement:
             if held is None or held.busy():
                 raise ValueError(f"{victim} on {load.backend} cannot be evicted now")
             self._drop(load.backend, victim)
-        state.held[load.version] = _Held(reason=load.reason, last_used=self._clock())
+        now = self._clock()
+        frequency, stamp = self._history.pop(load.version, (0.0, now))
+        state.held[load.version] = _Held(
+            reason=load.reason, last_used=now, frequency=frequency, stamp=stamp
+        )
         self._holders.setdefault(load.version, set()).add(load.backend)
 
     def finish_load(self, backend: str, version: str, *, ok: bool) -> None:
@@ -404,12 +414,30 @@ class FleetPlacement:
         return dropped
 
     def _drop(self, backend: str, version: str) -> None:
-        del self._backends[backend].held[version]
+        held = self._backends[backend].held.pop(version)
         holders = self._holders.get(version)
         if holders is not None:
             holders.discard(backend)
             if not holders:
                 del self._holders[version]
+                self._remember(version, held)
+
+    def _remember(self, version: str, held: _Held) -> None:
+        """Keep the decayed count of a version's last copy; past `_history_limit` entries,
+        forget those decayed below one request, then the least recently counted half."""
+        now = self._clock()
+        self._history[version] = (self._frequency(held, now), now)
+        if len(self._history) <= self._history_limit:
+            return
+        kept = {
+            v: (frequency, stamp)
+            for v, (frequency, stamp) in self._history.items()
+            if frequency * math.exp(-self._decay * (now - stamp)) >= 1.0
+        }
+        if len(kept) > self._history_limit // 2:
+            newest = sorted(kept.items(), key=lambda item: item[1][1])[len(kept) // 2 :]
+            kept = dict(newest)
+        self._history = kept
 
     def view(self) -> dict[str, list[HeldView]]:
         """Per backend, what it holds and why (for the CLI and the admin API)."""

@@ -98,6 +98,46 @@ def test_lfu_evicts_the_least_frequently_used_version_even_if_used_last() -> Non
     assert decision.evict == ("b@v1",)
 
 
+def test_lfu_remembers_an_evicted_versions_count_when_it_loads_again() -> None:
+    """a is asked for often, then evicted while busy versions hold the other slot; loaded
+    again, it keeps its count, so the next eviction takes the version asked for once."""
+    placement, clock = fleet(backends=1, resident=2, eviction=Eviction.LFU)
+    load_now(placement, "a@v1")
+    for step in range(5):
+        clock.now = step
+        use(placement, "a@v1")
+    load_now(placement, "b@v1")
+    placement.begin("b0", "b@v1")  # b is busy: c's load must evict a
+    clock.now = 5
+    c = placement.route("c@v1")
+    assert isinstance(c, Load)
+    assert c.evict == ("a@v1",)
+    placement.start_load(c)
+    placement.finish_load("b0", "c@v1", ok=True)
+    placement.end("b0", "b@v1")
+    use(placement, "c@v1")
+    use(placement, "b@v1")
+    clock.now = 6
+    a = placement.route("a@v1")  # a again: evicts b or c, each asked for twice
+    assert isinstance(a, Load)
+    placement.start_load(a)
+    placement.finish_load("b0", "a@v1", ok=True)
+    clock.now = 7
+    d = placement.route("d@v1")
+    assert isinstance(d, Load)
+    assert d.evict != ("a@v1",)  # without its remembered five requests, a would go first
+
+
+def test_the_lfu_memory_of_evicted_versions_is_bounded() -> None:
+    placement, clock = fleet(backends=1, resident=2, eviction=Eviction.LFU)
+    for step in range(200):  # every version once: each load evicts one asked for once
+        clock.now = step
+        version = f"v{step}@v1"
+        load_now(placement, version)
+        use(placement, version)
+    assert len(placement._history) <= 4 * 2
+
+
 def test_a_version_with_requests_in_flight_or_waiting_is_never_evicted() -> None:
     placement, _ = fleet(backends=1, resident=2)
     load_now(placement, "a@v1")
