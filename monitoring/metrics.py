@@ -265,7 +265,7 @@ ADAPTER_PLACEMENT_QUEUED = Gauge(
 )
 BACKEND_METRICS_SCRAPES = Counter(
     "turnout_backend_metrics_scrapes_total",
-    "Scrapes of a backend's /metrics, by result (ok, failed).",
+    "Scrapes of a backend's /metrics, by result (ok, failed; shared: another worker's reading).",
     ["backend", "result"],
 )
 

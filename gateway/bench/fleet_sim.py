@@ -60,6 +60,7 @@ class SimStats:
     evictions: int = 0
     served: int = 0
     not_found: int = 0
+    metrics_reads: int = 0
 
 
 @dataclass(slots=True)
@@ -246,7 +247,9 @@ class SimBackend:
         self._waiting = waiting
 
     def metrics_text(self) -> bytes:
-        """vLLM's own series (the names and labels of vLLM 0.32) for this engine's state now."""
+        """vLLM's own series (the names and labels of vLLM 0.32) for this engine's state now,
+        and the simulator's own counters (`sim_`), this read counted."""
+        self.stats.metrics_reads += 1
         running = sorted({seq.name for seq in self._running})
         waiting = sorted({seq.name for seq in self._waiting})
         engine = 'engine="0",model_name="sim"'
@@ -266,6 +269,8 @@ class SimBackend:
             f"{float(self.stats.served)}",
             "# TYPE sim_not_found_total counter",  # the simulator's own: its 404s for adapters
             f"sim_not_found_total {float(self.stats.not_found)}",
+            "# TYPE sim_metrics_reads_total counter",  # reads of this page, this one included
+            f"sim_metrics_reads_total {float(self.stats.metrics_reads)}",
         ]
         return ("\n".join(lines) + "\n").encode()
 

@@ -134,7 +134,7 @@ def create_app(
     )
     adapter_placement = demand_placement(config.adapters, urls, loader, config.state.redis_url)
     pool.placement = adapter_placement
-    backend_load = backend_metrics(adapter_placement, config.adapters, urls)
+    backend_load = backend_metrics(adapter_placement, config.adapters, urls, config.state.redis_url)
     placed = placement_reconcile(
         adapter_placement, VllmAdapterAdmin(upstream), urls, config.adapters.reconcile_interval_s
     )
@@ -193,6 +193,8 @@ def create_app(
         await pair_evidence.close()
         if adapter_placement is not None and adapter_placement.shared is not None:
             await adapter_placement.shared.close()
+        if backend_load is not None:
+            await backend_load.close()
         if signals.worker is not None:
             await asyncio.to_thread(signals.worker.close)  # judge what is queued
             await asyncio.sleep(0)  # its verdicts' callbacks run (and capture) first

@@ -12,7 +12,9 @@ reader of the Prometheus text format, so the base install needs nothing more.
 same `UpstreamClient` (Turnout's HTTP/1.1 pool) as the health probe. A missing series is
 None (an older vLLM, a simulator); a failed or slow scrape keeps the last reading with its
 age, and a reading older than `stale_after` intervals is no longer used. Each fresh reading
-goes to `on_reading` (placement's queue depth and discovered capacity).
+goes to `on_reading` (placement's queue depth and discovered capacity). With an `exchange`
+(`shared_readings.py`, through Redis), one worker of all replicas reads each backend per
+interval and the others take its reading.
 """
 
 from __future__ import annotations
@@ -159,6 +161,20 @@ class _Reply(Protocol):
     def body(self) -> bytes: ...
 
 
+class ReadingExchange(Protocol):
+    """Readings shared between workers and replicas (`SharedReadings`)."""
+
+    async def claim(self, backend: str, interval_s: float) -> bool: ...
+
+    async def publish(self, backend: str, reading: BackendReading, keep_s: float) -> None: ...
+
+    async def fetch(
+        self, backend: str, max_age_s: float
+    ) -> tuple[BackendReading, float] | None: ...
+
+    async def close(self) -> None: ...
+
+
 class BackendMetrics:
     """Each backend's latest `/metrics` reading, with its age; None once stale."""
 
@@ -169,6 +185,7 @@ class BackendMetrics:
         interval_s: float = 1.0,
         stale_after: int = 3,
         on_reading: Callable[[str, BackendReading | None], None] | None = None,
+        exchange: ReadingExchange | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval_s <= 0 or stale_after < 1:
@@ -177,11 +194,12 @@ class BackendMetrics:
         self.interval_s = interval_s
         self.stale_after_s = stale_after * interval_s
         self._on_reading = on_reading
+        self._exchange = exchange
         self._clock = clock
         self._latest: dict[str, Reading | None] = dict.fromkeys(self.backends)
 
-    def record(self, backend: str, reading: BackendReading) -> None:
-        self._latest[backend] = Reading(reading, self._clock())
+    def record(self, backend: str, reading: BackendReading, age_s: float = 0.0) -> None:
+        self._latest[backend] = Reading(reading, self._clock() - age_s)
         if self._on_reading is not None:
             self._on_reading(backend, reading)
 
@@ -206,7 +224,16 @@ class BackendMetrics:
                     self._on_reading(backend, None)
 
     async def scrape(self, client: MetricsClient, backend: str) -> bool:
-        """One scrape of `backend`, within one interval; whether it gave a reading."""
+        """One scrape of `backend`, within one interval; whether it gave a reading. With an
+        exchange, only when this worker holds the interval's claim; else the reading its
+        holder published (none yet: the last reading stands, ageing)."""
+        if self._exchange is not None and not await self._exchange.claim(backend, self.interval_s):
+            shared = await self._exchange.fetch(backend, self.stale_after_s)
+            if shared is None:
+                return False
+            self.record(backend, *shared)
+            metrics.BACKEND_METRICS_SCRAPES.labels(backend, "shared").inc()
+            return True
         try:
             reply = await client.get(backend, "/metrics", self.interval_s)
         except (TurnoutError, OSError, TimeoutError) as error:
@@ -216,9 +243,16 @@ class BackendMetrics:
         if reply.status != 200:
             metrics.BACKEND_METRICS_SCRAPES.labels(backend, "failed").inc()
             return False
-        self.record(backend, read_backend(reply.body.decode("utf-8", "replace")))
+        reading = read_backend(reply.body.decode("utf-8", "replace"))
+        self.record(backend, reading)
         metrics.BACKEND_METRICS_SCRAPES.labels(backend, "ok").inc()
+        if self._exchange is not None:
+            await self._exchange.publish(backend, reading, self.stale_after_s)
         return True
+
+    async def close(self) -> None:
+        if self._exchange is not None:
+            await self._exchange.close()
 
     async def watch(self, client: MetricsClient) -> None:
         """Scrape every backend every `interval_s`, concurrently, until cancelled."""

@@ -18,6 +18,7 @@ from gateway.placement.observe import PrometheusPlacementObserver
 from gateway.placement.shared import SharedPlacement
 from gateway.upstream.adapter_loader import AdapterLoader
 from gateway.upstream.backend_metrics import BackendMetrics, BackendReading
+from gateway.upstream.shared_readings import SharedReadings
 from monitoring import metrics
 
 log = logging.getLogger("turnout.placement")
@@ -99,13 +100,20 @@ def backend_metrics(
     placement: AdapterLoads | None,
     config: AdaptersConfig,
     backends: Sequence[str],
+    redis_url: str | None = None,
 ) -> BackendMetrics | None:
     """The scrape of every backend's `/metrics` feeding demand placement (None without it),
-    every `adapters.metrics_scrape_s`."""
+    every `adapters.metrics_scrape_s`; with `redis_url`, one reader per backend and interval
+    for every worker and replica (`SharedReadings`)."""
     if placement is None:
         return None
     feed = PlacementFeed(placement.fleet, discover=not capacity_configured(config))
-    return BackendMetrics(backends, interval_s=config.metrics_scrape_s, on_reading=feed)
+    return BackendMetrics(
+        backends,
+        interval_s=config.metrics_scrape_s,
+        on_reading=feed,
+        exchange=SharedReadings(redis_url) if redis_url else None,
+    )
 
 
 class AdapterListing(Protocol):
