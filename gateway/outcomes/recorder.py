@@ -105,42 +105,16 @@ def answer_of(body: bytes) -> Answer:
         return Answer()
 
 
-# A transcript holds this many chunks, or this many bytes, before it parses them together.
-_HELD_CHUNKS = 16
-_HELD_BYTES = 4096
-
-
 class StreamTranscript:
-    """Follows a stream's events: the first choice's text, how it ended, and the usage.
-
-    Chunks are held and parsed a batch at a time (and at `answer`), not one by one as they
-    arrive: an event that arrives alone finds the parser's code and data out of the CPU's
-    caches, and parsed so it cost about three times what it costs back to back
-    (docs/performance.md, "Where the rest goes").
-    """
+    """Follows a stream's events: the first choice's text, how it ended, and the usage."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
         self._finish_reason: str | None = None
         self._prompt_tokens = 0
         self._completion_tokens = 0
-        self._held: list[bytes] = []
-        self._held_bytes = 0
 
     def feed(self, chunk: bytes) -> None:
-        held = self._held
-        held.append(chunk)
-        self._held_bytes += len(chunk)
-        if len(held) >= _HELD_CHUNKS or self._held_bytes >= _HELD_BYTES:
-            self._parse_held()
-
-    def _parse_held(self) -> None:
-        for chunk in self._held:
-            self._parse(chunk)
-        self._held.clear()
-        self._held_bytes = 0
-
-    def _parse(self, chunk: bytes) -> None:
         # Most chunks are one whole event: parsed in place, with no split into a list. The
         # JSON parser takes the event's trailing blank line as whitespace.
         if chunk.startswith(b"data: {") and chunk.find(b"\n\n") == len(chunk) - 2:
@@ -175,8 +149,6 @@ class StreamTranscript:
                 self._finish_reason = finish_reason
 
     def answer(self) -> Answer:
-        if self._held:
-            self._parse_held()
         return Answer(
             "".join(self._parts),
             self._finish_reason,
