@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -27,6 +28,23 @@ from tests.support.waiting import wait_until
 LATE_S = 2.0  # how late the backend answers 404 for an adapter it does not know
 
 
+def one_route_config(backend: str, store: Path) -> dict[str, Any]:
+    """One route over one version, demand placement in front of one simulated backend; no
+    listing may forget the version first: the 404 path is what is tested."""
+    return {
+        "base_model": BASE_MODEL,
+        "backends": [{"url": backend}],
+        "adapters": {
+            "store": str(store),
+            "placement": "demand",
+            "max_loras": 2,
+            "max_cpu_loras": 2,
+            "reconcile_interval_s": 3600,
+        },
+        "routes": {"r0": {"stable": "task-0@v1"}},
+    }
+
+
 @pytest.mark.slow
 def test_a_late_404_after_the_reload_is_retried_on_the_fresh_copy_without_a_second_reload(
     demo_model: Path, tmp_path_factory: pytest.TempPathFactory
@@ -34,50 +52,39 @@ def test_a_late_404_after_the_reload_is_retried_on_the_fresh_copy_without_a_seco
     folder = tmp_path_factory.mktemp("late404")
     store = demo_weights_store(demo_model, folder, 1)
     flags = ("--resident", "2", "--load-ms", "20", "--not-found-ms", str(LATE_S * 1000))
-    with simulated_vllm(*flags) as backend:
-        config = {
-            "base_model": BASE_MODEL,
-            "backends": [{"url": backend}],
-            "adapters": {
-                "store": str(store),
-                "placement": "demand",
-                "max_loras": 2,
-                "max_cpu_loras": 2,
-                # No listing may forget the version first: the 404 path is what is tested.
-                "reconcile_interval_s": 3600,
-            },
-            "routes": {"r0": {"stable": "task-0@v1"}},
-        }
-        with running_gateway(config, folder) as gateway:
-            client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    with (
+        simulated_vllm(*flags) as backend,
+        running_gateway(one_route_config(backend, store), folder) as gateway,
+    ):
+        client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
 
-            def ask(_: int = 0) -> str:
-                answer = client.completions.create(model="r0", prompt="hi", max_tokens=4)
-                return answer.choices[0].text
+        def ask(_: int = 0) -> str:
+            answer = client.completions.create(model="r0", prompt="hi", max_tokens=4)
+            return answer.choices[0].text
 
-            def sim(name: str) -> float:
-                return counter(httpx.get(backend + "/metrics", timeout=10).text, name)
+        def sim(name: str) -> float:
+            return counter(httpx.get(backend + "/metrics", timeout=10).text, name)
 
-            def gateway_metric(name: str, **labels: str) -> float:
-                return counter(httpx.get(gateway + "/metrics", timeout=10).text, name, **labels)
+        def gateway_metric(name: str, **labels: str) -> float:
+            return counter(httpx.get(gateway + "/metrics", timeout=10).text, name, **labels)
 
-            assert ask() == "adapter:task-0@v1"
-            loads = "turnout_adapter_placement_loads_total"
-            assert gateway_metric(loads) == 1
-            httpx.post(backend + "/sim/restart", timeout=10).raise_for_status()
-            with ThreadPoolExecutor(2) as pool:
-                first = pool.submit(ask)
-                wait_until(lambda: sim("sim_not_found_total") == 1, 10, "the first request's 404")
-                # The second goes out while the first's 404 is on its way, long enough after it
-                # that the reload (20 ms) completes before the second's 404 comes back.
-                time.sleep(LATE_S / 4)
-                second = pool.submit(ask)
-                assert first.result(timeout=30) == "adapter:task-0@v1"
-                assert second.result(timeout=30) == "adapter:task-0@v1"
-            assert sim("sim_not_found_total") == 2  # both were sent before the reload
-            assert gateway_metric(loads) == 2  # the first load, and one reload
-            evictions = "turnout_adapter_evictions_total"
-            assert gateway_metric(evictions, reason="lost") == 1
+        assert ask() == "adapter:task-0@v1"
+        loads = "turnout_adapter_placement_loads_total"
+        assert gateway_metric(loads) == 1
+        httpx.post(backend + "/sim/restart", timeout=10).raise_for_status()
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(ask)
+            wait_until(lambda: sim("sim_not_found_total") == 1, 10, "the first request's 404")
+            # The second goes out while the first's 404 is on its way, long enough after it
+            # that the reload (20 ms) completes before the second's 404 comes back.
+            time.sleep(LATE_S / 4)
+            second = pool.submit(ask)
+            assert first.result(timeout=30) == "adapter:task-0@v1"
+            assert second.result(timeout=30) == "adapter:task-0@v1"
+        assert sim("sim_not_found_total") == 2  # both were sent before the reload
+        assert gateway_metric(loads) == 2  # the first load, and one reload
+        evictions = "turnout_adapter_evictions_total"
+        assert gateway_metric(evictions, reason="lost") == 1
 
 
 @pytest.mark.slow
@@ -89,36 +96,24 @@ def test_a_backend_that_loses_every_load_gets_one_reload_per_request_then_a_503(
     with Retry-After, after exactly one reload."""
     folder = tmp_path_factory.mktemp("lost-twice")
     store = demo_weights_store(demo_model, folder, 1)
-    with simulated_vllm("--resident", "2", "--load-ms", "20", "--forget-loaded") as backend:
-        config = {
-            "base_model": BASE_MODEL,
-            "backends": [{"url": backend}],
-            "adapters": {
-                "store": str(store),
-                "placement": "demand",
-                "max_loras": 2,
-                "max_cpu_loras": 2,
-                "reconcile_interval_s": 3600,
-            },
-            "routes": {"r0": {"stable": "task-0@v1"}},
-        }
-        with running_gateway(config, folder) as gateway:
-            client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    with (
+        simulated_vllm("--resident", "2", "--load-ms", "20", "--forget-loaded") as backend,
+        running_gateway(one_route_config(backend, store), folder) as gateway,
+    ):
+        client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
 
-            def not_found() -> float:
-                return counter(
-                    httpx.get(backend + "/metrics", timeout=10).text, "sim_not_found_total"
-                )
+        def not_found() -> float:
+            return counter(httpx.get(backend + "/metrics", timeout=10).text, "sim_not_found_total")
 
-            def loads() -> float:
-                page = httpx.get(gateway + "/metrics", timeout=10).text
-                return counter(page, "turnout_adapter_placement_loads_total")
+        def loads() -> float:
+            page = httpx.get(gateway + "/metrics", timeout=10).text
+            return counter(page, "turnout_adapter_placement_loads_total")
 
-            for asked in (1, 2):
-                with pytest.raises(openai.APIStatusError) as caught:
-                    client.completions.create(model="r0", prompt="hi", max_tokens=4)
-                assert caught.value.status_code == 503
-                assert caught.value.response.json()["error"]["code"] == "adapter_not_ready"
-                assert float(caught.value.response.headers["retry-after"]) > 0
-                assert not_found() == 2 * asked  # the first attempt and its one retry
-                assert loads() == 2 * asked  # its load and one reload, no more
+        for asked in (1, 2):
+            with pytest.raises(openai.APIStatusError) as caught:
+                client.completions.create(model="r0", prompt="hi", max_tokens=4)
+            assert caught.value.status_code == 503
+            assert caught.value.response.json()["error"]["code"] == "adapter_not_ready"
+            assert float(caught.value.response.headers["retry-after"]) > 0
+            assert not_found() == 2 * asked  # the first attempt and its one retry
+            assert loads() == 2 * asked  # its load and one reload, no more
