@@ -38,10 +38,13 @@ log = logging.getLogger("turnout.placement")
 
 @dataclass(frozen=True, slots=True)
 class Placed:
-    """Where `acquire` counted a request in flight, and `FleetPlacement.load_mark()` taken in
-    the same step (before any await): hand both to `release` and `lost`."""
+    """Where `acquire` counted a request for `version` in flight, and `FleetPlacement.load_mark()`
+    taken in the same step (before any await): a copy of the version loaded later is not the
+    one the request was counted on, so its 404 or its end (`lost`, `release`) does not concern
+    that copy."""
 
     backend: str
+    version: str
     mark: int
 
 
@@ -122,7 +125,7 @@ class AdapterLoads:
         reload of the version that completes during that await is a copy this request was not
         counted on, so its end must not lower that copy's count."""
         backend = await self._place(version, eligible)
-        placed = Placed(backend, self.fleet.load_mark())
+        placed = Placed(backend, version, self.fleet.load_mark())
         if self.shared is not None:
             try:
                 await self.shared.using(backend, version)  # other replicas must not evict it

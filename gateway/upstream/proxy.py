@@ -22,7 +22,7 @@ from gateway.errors import (
     TurnoutError,
     error_object,
 )
-from gateway.placement.loads import AdapterLoads
+from gateway.placement.loads import AdapterLoads, Placed
 from gateway.routing.table import Target
 from gateway.upstream.admission import BackendGates
 from gateway.upstream.backends import BackendPool, UpstreamClient, UpstreamReply, UpstreamStream
@@ -64,16 +64,6 @@ def sse_error_event(error: TurnoutError) -> bytes:
     return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedAttempt:
-    """One attempt's version as placement counted it in flight on its backend, and the count
-    of completed loads then (`FleetPlacement.load_mark`): a copy of it loaded later is not
-    the one this attempt was sent to, so its 404 or its end does not concern that copy."""
-
-    version: str
-    mark: int
-
-
 @dataclass(slots=True)
 class OpenStream:
     """An upstream stream that answered 200; the caller must close `resources`."""
@@ -108,7 +98,7 @@ class InferenceProxy:
 
     async def _backend_for(
         self, target: Target, tried: set[str], reload_on: str | None = None
-    ) -> tuple[str, PlacedAttempt | None]:
+    ) -> tuple[str, Placed | None]:
         """The backend for the next attempt, and the version counted in flight there (if any:
         hand it back to `_done`). `reload_on`: the backend that just lost the version, where
         the retry loads it afresh (another holder's copy may be as stale)."""
@@ -126,15 +116,13 @@ class InferenceProxy:
         if not eligible:  # every breaker open: one past its cool-down may take a probe
             eligible = [self._pool.picker.pick(tried)]  # else NoHealthyBackend, Retry-After
         placed = await self._placement.acquire(served, eligible)
-        return placed.backend, PlacedAttempt(served, placed.mark)
+        return placed.backend, placed
 
-    def _done(self, backend: str, held: PlacedAttempt | None) -> None:
+    def _done(self, backend: str, held: Placed | None) -> None:
         if held is not None and self._placement is not None:
             self._placement.release(backend, held.version, held.mark)
 
-    def _reload_once(
-        self, backend: str, held: PlacedAttempt | None, status: int, reloaded: bool
-    ) -> bool:
+    def _reload_once(self, backend: str, held: Placed | None, status: int, reloaded: bool) -> bool:
         """vLLM answered 404 for a placed version (its own LRU dropped it): reload, retry once.
         A 404 that arrives after a reload of that copy completed (the attempt was sent before)
         forgets nothing: the retry goes to the fresh copy."""
@@ -144,7 +132,7 @@ class InferenceProxy:
         return self._budget.try_spend()
 
     def _check_adapter_known(
-        self, backend: str, target: Target, status: int, held: PlacedAttempt | None
+        self, backend: str, target: Target, status: int, held: Placed | None
     ) -> None:
         """A 404 for an adapter means the backend lost it (a restart): never answer from another
         model; stop sending it there until the loader has reloaded it (with demand placement,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import astuple
 
 import pytest
 
@@ -165,7 +164,8 @@ async def test_a_404_arriving_after_its_copy_was_reloaded_keeps_the_fresh_copy()
     completed. It forgets nothing, its retry goes to the fresh copy, nothing loads again."""
     backends = Backends(load_s=0.01)
     loads = loads_over(backends)
-    backend, first = astuple(await loads.acquire("a@v1"))
+    placed = await loads.acquire("a@v1")
+    backend, first = placed.backend, placed.mark
     placed = await loads.acquire("a@v1")
     assert placed.backend == backend
     second = placed.mark
