@@ -105,8 +105,15 @@ def answer_of(body: bytes) -> Answer:
         return Answer()
 
 
+_PARTS_KEPT_APART = 32
+
+
 class StreamTranscript:
-    """Follows a stream's events: the first choice's text, how it ended, and the usage."""
+    """Follows a stream's events: the first choice's text, how it ended, and the usage.
+
+    The text is kept as the parts seen so far, joined every `_PARTS_KEPT_APART` parts: a
+    one-token part is a string object of about 60 bytes, so a long answer kept apart would
+    hold over ten times its own size for as long as the stream is open."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -144,6 +151,8 @@ class StreamTranscript:
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(text, str):
                 self._parts.append(text)
+                if len(self._parts) > _PARTS_KEPT_APART:
+                    self._parts = ["".join(self._parts)]
             finish_reason = choice.get("finish_reason")
             if finish_reason:
                 self._finish_reason = finish_reason

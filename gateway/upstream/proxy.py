@@ -54,9 +54,12 @@ class ModelNameRewrite:
 
 
 def upstream_body(fields: dict[str, Any], target: Target) -> bytes:
-    """The request body as vLLM must see it: the client's fields with vLLM's model name."""
+    """The request body as vLLM must see it: the client's fields with vLLM's model name.
+
+    Copied to its own size: orjson's result keeps the 4 KiB buffer it was written in (a
+    100-byte body holds 4,089 bytes, tracemalloc), and a stream holds its body until it ends."""
     fields["model"] = target.served_model
-    return orjson.dumps(fields)
+    return bytes(memoryview(orjson.dumps(fields)))
 
 
 def sse_error_event(error: TurnoutError) -> bytes:
