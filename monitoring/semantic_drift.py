@@ -137,6 +137,7 @@ class SemanticDriftMonitor:
     and a live window (the last `window`), compared on demand, off the request path."""
 
     def __init__(self, window: int = 500, permutations: int = 200, alpha: float = 0.01) -> None:
+        exceedances_allowed(permutations, alpha)  # too few permutations: refused here, not later
         self._window = window
         self._permutations = permutations
         self._alpha = alpha

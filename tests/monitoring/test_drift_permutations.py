@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 np = pytest.importorskip("numpy")
 
 from monitoring.semantic_drift import (  # noqa: E402
+    SemanticDriftMonitor,
     _mmd2_from_kernel,
     _squared_distances,
     exceedances_allowed,
@@ -65,6 +66,8 @@ def test_too_few_permutations_for_alpha_is_refused() -> None:
     assert exceedances_allowed(200, 0.01) == 1
     with pytest.raises(ValueError, match="at least 99"):
         exceedances_allowed(98, 0.01)
+    with pytest.raises(ValueError, match="at least 19"):
+        SemanticDriftMonitor(window=50, permutations=10, alpha=0.05)
 
 
 def test_windows_from_one_distribution_are_flagged_at_most_alpha_of_the_time() -> None:
