@@ -111,11 +111,13 @@ _PARTS_KEPT_APART = 32
 class StreamTranscript:
     """Follows a stream's events: the first choice's text, how it ended, and the usage.
 
-    The text is kept as the parts seen so far, joined every `_PARTS_KEPT_APART` parts: a
+    The text is kept as blocks of `_PARTS_KEPT_APART` parts joined, and the parts since: a
     one-token part is a string object of about 60 bytes, so a long answer kept apart would
-    hold over ten times its own size for as long as the stream is open."""
+    hold over ten times its own size for as long as the stream is open. (Joining each block
+    once, rather than everything so far, keeps the copying linear in the answer's length.)"""
 
     def __init__(self) -> None:
+        self._blocks: list[str] = []
         self._parts: list[str] = []
         self._finish_reason: str | None = None
         self._prompt_tokens = 0
@@ -151,15 +153,16 @@ class StreamTranscript:
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(text, str):
                 self._parts.append(text)
-                if len(self._parts) > _PARTS_KEPT_APART:
-                    self._parts = ["".join(self._parts)]
+                if len(self._parts) >= _PARTS_KEPT_APART:
+                    self._blocks.append("".join(self._parts))
+                    self._parts.clear()
             finish_reason = choice.get("finish_reason")
             if finish_reason:
                 self._finish_reason = finish_reason
 
     def answer(self) -> Answer:
         return Answer(
-            "".join(self._parts),
+            "".join(self._blocks) + "".join(self._parts),
             self._finish_reason,
             self._prompt_tokens,
             self._completion_tokens,
