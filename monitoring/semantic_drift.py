@@ -42,23 +42,11 @@ def _squared_distances(x: Array) -> Array:
     return np.asarray(np.maximum(norms[:, None] + norms[None, :] - 2.0 * x @ x.T, 0.0))
 
 
-def _mmd2_from_kernel(kernel: Array, size_x: int) -> float:
-    """Unbiased MMD² of the first `size_x` rows of the pooled kernel against the rest."""
-    kxx = kernel[:size_x, :size_x]
-    kyy = kernel[size_x:, size_x:]
-    kxy = kernel[:size_x, size_x:]
-    m, n = kxx.shape[0], kyy.shape[0]
-    xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-    yy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-    return float(xx + yy - 2.0 * kxy.mean())
-
-
 def mmd2_of_splits(kernel: Array, members: Array) -> Array:
     """Unbiased MMD² of each split of the pooled sample: column j of `members` (0/1, one row
-    per pooled row) marks the rows of split j's first window, the rest are its second. Equal
-    to `_mmd2_from_kernel` of the kernel reordered to put those rows first, for all splits in
-    one product: with x a column and r the kernel's row sums, x'Kx is the first window's sum,
-    r.x - x'Kx the cross sum and the total - 2 r.x + x'Kx the second window's."""
+    per pooled row) marks the rows of split j's first window, the rest are its second. All
+    splits in one product: with x a column and r the kernel's row sums, x'Kx is the first
+    window's sum, r.x - x'Kx the cross sum and the total - 2 r.x + x'Kx the second window's."""
     x = members.astype(np.float64)
     m = x.sum(axis=0)
     n = len(kernel) - m
@@ -119,12 +107,15 @@ def mmd_permutation_test(
     bandwidth = float(np.median(off_diagonal)) * bandwidth_scale or 1.0
     kernel = np.exp(-distances / bandwidth)
     size = len(reference)
-    observed = _mmd2_from_kernel(kernel, size)
     rng = np.random.default_rng(seed)
     chosen = np.argsort(rng.random((permutations, len(pooled))), axis=1)[:, :size]
-    members = np.zeros((len(pooled), permutations))
-    members[chosen, np.arange(permutations)[:, None]] = 1.0
-    shuffled = np.sort(mmd2_of_splits(kernel, members))[::-1]
+    # Column 0 is the observed split (the reference rows first), the others the shuffles.
+    members = np.zeros((len(pooled), permutations + 1))
+    members[:size, 0] = 1.0
+    members[chosen, 1 + np.arange(permutations)[:, None]] = 1.0
+    splits = mmd2_of_splits(kernel, members)
+    observed = float(splits[0])
+    shuffled = np.sort(splits[1:])[::-1]
     # Drifted when at most `allowed` shuffled values reach the observed one, i.e. when it
     # exceeds the (allowed + 1)-th largest.
     threshold = float(shuffled[allowed])
