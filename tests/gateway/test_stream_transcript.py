@@ -4,7 +4,6 @@ keeps, for any way the events are cut into chunks (its single-event path is a sh
 from __future__ import annotations
 
 import itertools
-import tracemalloc
 from typing import Any
 
 import orjson
@@ -12,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.outcomes.recorder import Answer, StreamTranscript
+from tests.support.memory import built_and_held
 
 
 def reference_answer(chunks: list[bytes]) -> Answer:
@@ -150,15 +150,14 @@ def test_an_open_transcript_holds_about_its_text_not_an_object_per_token() -> No
         b'data: {"model":"r","choices":[{"index":0,"delta":{"content":"tok%04d "}}]}\n\n' % i
         for i in range(2000)
     ]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+
+    def fed() -> StreamTranscript:
         transcript = StreamTranscript()
         for chunk in events:
             transcript.feed(chunk)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+        return transcript
+
+    transcript, held = built_and_held(fed)
     text = transcript.answer().text
     assert text is not None
     assert len(text) == 16_000
