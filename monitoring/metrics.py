@@ -82,6 +82,13 @@ WORKER_CONNECTIONS = Counter(
     "Client connections accepted, by the worker process that accepted them (server.workers).",
     ["worker"],
 )
+GC_PAUSE = Histogram(
+    "turnout_gc_pause_seconds",
+    "Garbage collections of a gateway process, by generation (0, 1, 2): how long each held its"
+    " event loop (every stream's next event waits that long).",
+    ["generation"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
 BACKEND_UP = Gauge(
     "turnout_backend_up",
     "1 when the backend answered its last health probe, else 0.",

@@ -18,7 +18,9 @@ plain asyncio process on this machine. For the gateway side it also reads the ga
 processes (a supervisor's workers summed) from /proc: their peak resident memory during the
 level less its memory after warm-up, per open stream, its CPU time (all threads,
 nanosecond scheduler accounting) over the level per relayed event, and how long it waited,
-runnable, for a CPU (a shared core shows here before it shows in the latencies).
+runnable, for a CPU (a shared core shows here before it shows in the latencies). From the
+gateway's own `/metrics`, its garbage collections during the level (`turnout_gc_pause_seconds`):
+how many, how long in all, and how many held the event loop for a millisecond or more.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +160,47 @@ def _gateway_command(
     return [sys.executable, "-m", "gateway.cli", "serve", "--config", str(path)]
 
 
+@dataclass(frozen=True)
+class GcPauses:
+    """A gateway's garbage collections so far, from its `turnout_gc_pause_seconds`."""
+
+    count: int = 0
+    seconds: float = 0.0
+    over_1ms: int = 0
+
+    def __sub__(self, before: GcPauses) -> GcPauses:
+        count, over_1ms = self.count - before.count, self.over_1ms - before.over_1ms
+        return GcPauses(count, self.seconds - before.seconds, over_1ms)
+
+
+def gc_pauses(metrics_url: str) -> GcPauses:
+    """A gateway's collections so far, from its `/metrics`."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
+        return gc_pauses_in(answer.read().decode())
+
+
+def gc_pauses_in(text: str) -> GcPauses:
+    """All generations summed (and a supervisor's workers, which `/metrics` sums)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    count, seconds, within_1ms = 0.0, 0.0, 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "turnout_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_sum"):
+                seconds += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.001:
+                within_1ms += sample.value
+    return GcPauses(round(count), seconds, round(count - within_1ms))
+
+
 def _level(
     streams: int, direct: dict[str, Any], gateway: dict[str, Any],
     rss_growth: int, cpu_s: float, waited_s: float | None = None,
+    collections: GcPauses | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     relayed = gateway["events"]
     return {
@@ -182,6 +224,9 @@ def _level(
         "gateway_cpu_s": round(cpu_s, 3),
         "gateway_cpu_us_per_event": round(cpu_s / relayed * 1e6, 2) if relayed else None,
         "gateway_run_queue_wait_s": None if waited_s is None else round(waited_s, 3),
+        "gateway_gc_pauses": None if collections is None else collections.count,
+        "gateway_gc_pause_ms": None if collections is None else round(collections.seconds * 1e3, 2),
+        "gateway_gc_pauses_over_1ms": None if collections is None else collections.over_1ms,
     }
 
 
@@ -200,20 +245,23 @@ def _direct(
 
 def _relayed(
     pid: int, url: str, streams: int, cpu: int | None, baseline: int, steady_s: float = 0.0
-) -> tuple[dict[str, Any], int, float, float | None]:
+) -> tuple[dict[str, Any], int, float, float | None, GcPauses]:
     """One level through one gateway: the load's report, the gateway's memory growth, CPU
-    seconds and run-queue wait over it."""
+    seconds, run-queue wait and garbage collections over it."""
     peaks: list[int] = []
+    metrics_url = url.removesuffix(PATH) + "/metrics"
+    collected_before = gc_pauses(metrics_url)
     cpu_before = cpu_seconds(pid)
     waited_before = run_queue_seconds(pid)
     with _peak_rss(pid, peaks):
         relayed = _load(url, ROUTE, streams, cpu, steady_s)
     cpu_s = cpu_seconds(pid) - cpu_before
+    collected = gc_pauses(metrics_url) - collected_before
     waited_after = run_queue_seconds(pid)
     waited_s = (
         None if waited_before is None or waited_after is None else waited_after - waited_before
     )
-    return relayed, max(0, peaks[0] - baseline), cpu_s, waited_s
+    return relayed, max(0, peaks[0] - baseline), cpu_s, waited_s, collected
 
 
 def run_streaming_benchmark(
@@ -267,10 +315,10 @@ def run_streaming_benchmark(
         for streams in levels:
             direct = _direct(upstream.pid, direct_url, streams, load_cpu, steady_s)
             for count, pid, url in gateways:
-                relayed, growth, cpu_s, waited_s = _relayed(
+                relayed, growth, cpu_s, waited_s, collected = _relayed(
                     pid, url, streams, load_cpu, baselines[pid], steady_s
                 )
-                report = _level(streams, direct, relayed, growth, cpu_s, waited_s)
+                report = _level(streams, direct, relayed, growth, cpu_s, waited_s, collected)
                 reports.append(
                     {"workers": count, "arrivals": arrivals, "layout": layout, **report,
                      "machine": machine}
