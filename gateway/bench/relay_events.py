@@ -20,10 +20,11 @@ traffic is frozen out of garbage collection (`gc.freeze`).
     python gateway/bench/relay_events.py [--streams 64] [--chunks 100] [--interval-ms 20]
                                          [--rounds 3] [--no-floor]
 
-Each round is followed by one through the floor on the same loop: a forwarder that passes each
-client connection's bytes to an upstream connection of its own and back, unparsed (one read and
-one write per event and nothing else; its upstream connections are opened per stream). What an
-event costs this machine's event loop at least, to read the relay's figure against.
+Each round is followed by one through the floor on the same loop: `gateway.bench.forwarder`,
+which passes each client connection's bytes to an upstream connection of its own and back,
+unparsed (one read and one write per event and nothing else; its upstream connections are opened
+per stream). What an event costs this machine's event loop at least, to read the relay's figure
+against.
 
 Run by path with PYTHONPATH at another checkout to time that checkout's code side by side.
 """
@@ -38,13 +39,14 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.relay import StreamRelay
+from gateway.bench.forwarder import Forwarder
 from gateway.config import TimeoutsConfig
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.routing.table import Target
@@ -94,51 +96,6 @@ class RelayApp:
 
         relay = StreamRelay(opened, {}, transcript, lambda: None, on_close)
         await relay(scope, receive, send)
-
-
-class _Forwarder(asyncio.Protocol):
-    """The floor: a client connection's bytes passed to its own upstream connection and back
-    as they come, unparsed (one read and one write per event, as the relay, and nothing else)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self._upstream_port = upstream_port
-        self._client: asyncio.Transport | None = None
-        self._upstream: asyncio.Transport | None = None
-        self._early: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._client = cast(asyncio.Transport, transport)
-        asyncio.get_running_loop().create_task(self._connect())
-
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._upstream, _ = await loop.create_connection(
-            lambda: _Back(self), "127.0.0.1", self._upstream_port
-        )
-        for data in self._early:
-            self._upstream.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        if self._upstream is None:
-            self._early.append(data)
-        else:
-            self._upstream.write(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._upstream is not None:
-            self._upstream.close()
-
-    def back(self, data: bytes) -> None:
-        assert self._client is not None
-        self._client.write(data)
-
-
-class _Back(asyncio.Protocol):
-    def __init__(self, front: _Forwarder) -> None:
-        self._front = front
-
-    def data_received(self, data: bytes) -> None:
-        self._front.back(data)
 
 
 def _measured(report: dict[str, Any], cpu_s: float, before: Any, after: Any) -> dict[str, Any]:
@@ -207,7 +164,7 @@ async def run(
     if with_floor:
         floor_port = free_port()
         forwarder = await asyncio.get_running_loop().create_server(
-            lambda: _Forwarder(stub_port), "127.0.0.1", floor_port, backlog=4096
+            lambda: Forwarder(stub_port), "127.0.0.1", floor_port, backlog=4096
         )
         floor_url = f"http://127.0.0.1:{floor_port}{_PATH}"
     try:

@@ -13,6 +13,12 @@ then no wake-up crosses CPUs, which inside a virtual machine can cost more than 
 own work (`gateway.bench.wake_probe`; every report carries the machine's round trips as
 `machine`). `--arrivals steady` starts the streams at an even pace instead of all at once.
 
+Each level also runs through the floor (`gateway.bench.forwarder`, pinned where a one-worker
+gateway is): a forwarder that passes bytes between the client and the upstream unparsed, on the
+gateway's event loop. What it adds over direct (`floor`: first event, gap p99, events/s and
+its CPU per event) is what any proxy adds on this machine, before doing anything: the part of
+the gateway's figures that is the machine's, not the gateway's.
+
 For the direct side it reads the upstream's CPU time per event it sent: what an event costs a
 plain asyncio process on this machine. For the gateway side it also reads the gateway's
 processes (a supervisor's workers summed) from /proc: their peak resident memory during the
@@ -230,6 +236,29 @@ def _level(
     }
 
 
+_FLOOR_ADDED = (
+    "added_first_event_p50_ms", "added_first_event_p99_ms", "added_gap_p99_ms",
+    "events_per_s_ratio",
+)  # fmt: skip
+
+
+def _floor(
+    forwarder_pid: int, url: str, streams: int, cpu: int | None, steady_s: float,
+    direct: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One level through the forwarder: its load report, what it added over direct, and its
+    CPU time per event."""
+    cpu_before = cpu_seconds(forwarder_pid)
+    floor = _load(url, STUB_ADAPTER, streams, cpu, steady_s)
+    spent = cpu_seconds(forwarder_pid) - cpu_before
+    events = floor["events"]
+    added = _level(streams, direct, floor, 0, spent)
+    for key in _FLOOR_ADDED:
+        floor[key] = added[key]
+    floor["cpu_us_per_event"] = round(spent / events * 1e6, 2) if events else None
+    return floor
+
+
 def _direct(
     upstream_pid: int, url: str, streams: int, cpu: int | None, steady_s: float
 ) -> dict[str, Any]:
@@ -292,6 +321,13 @@ def run_streaming_benchmark(
             "--chunks", str(chunks), "--interval-ms", str(interval_ms),
         ]  # fmt: skip
         upstream = running.enter_context(_process(stub, load_cpu, f"{upstream_url}/health"))
+        floor_port = free_port()
+        forward = [
+            sys.executable, "-m", "gateway.bench.forwarder", "--port", str(floor_port),
+            "--upstream-port", str(upstream_port),
+        ]  # fmt: skip
+        floor_url = f"http://127.0.0.1:{floor_port}"
+        forwarder = running.enter_context(_process(forward, gateway_cpu, f"{floor_url}/health"))
         push_stub_adapter(folder)
         redis_url = running.enter_context(running_redis_server()).url if max(workers) > 1 else None
         gateways: list[tuple[int, int, str]] = []  # workers, pid, relayed URL
@@ -307,6 +343,7 @@ def run_streaming_benchmark(
             gateways.append((count, gateway.pid, f"http://127.0.0.1:{port}{PATH}"))
         direct_url = upstream_url + PATH
         _load(direct_url, STUB_ADAPTER, WARM_UP_STREAMS, load_cpu)
+        _load(floor_url + PATH, STUB_ADAPTER, WARM_UP_STREAMS, load_cpu)
         for _, _, url in gateways:
             _load(url, ROUTE, WARM_UP_STREAMS, load_cpu)
         time.sleep(0.2)
@@ -314,6 +351,7 @@ def run_streaming_benchmark(
         reports = []
         for streams in levels:
             direct = _direct(upstream.pid, direct_url, streams, load_cpu, steady_s)
+            floor = _floor(forwarder.pid, floor_url + PATH, streams, load_cpu, steady_s, direct)
             for count, pid, url in gateways:
                 relayed, growth, cpu_s, waited_s, collected = _relayed(
                     pid, url, streams, load_cpu, baselines[pid], steady_s
@@ -321,7 +359,7 @@ def run_streaming_benchmark(
                 report = _level(streams, direct, relayed, growth, cpu_s, waited_s, collected)
                 reports.append(
                     {"workers": count, "arrivals": arrivals, "layout": layout, **report,
-                     "machine": machine}
+                     "floor": floor, "machine": machine}
                 )  # fmt: skip
         return reports
 

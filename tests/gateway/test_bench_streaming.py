@@ -98,7 +98,7 @@ def test_bench_streaming_reports_every_relayed_event(
         )
         assert level["direct"]["upstream_cpu_us_per_event"] > 0
         assert level["machine"]["same_cpu_round_trip_us"]["p50"] > 0
-        for side in ("direct", "gateway"):
+        for side in ("direct", "floor", "gateway"):
             assert level[side]["errors"] == 0
             assert level[side]["events"] == started * level["streams"] * 5
             assert level[side]["first_event_p99_ms"] >= level[side]["first_event_p50_ms"] > 0
@@ -109,6 +109,12 @@ def test_bench_streaming_reports_every_relayed_event(
             abs=0.002,
         )
         assert level["gateway_cpu_s"] > 0
+        # The floor: a bare forwarder in the gateway's place, measured against direct too.
+        floor = level["floor"]
+        assert floor["cpu_us_per_event"] > 0
+        assert floor["added_gap_p99_ms"] == pytest.approx(
+            floor["gap_p99_ms"] - level["direct"]["gap_p99_ms"], abs=0.002
+        )
         assert level["gateway_run_queue_wait_s"] is None or level["gateway_run_queue_wait_s"] >= 0
         assert level["gateway_kib_per_open_stream"] >= 0
         # From the gateway's /metrics: its collections during the level (None if unread).
