@@ -48,6 +48,8 @@ from typing import Any
 
 import yaml
 
+from gateway.serving.gc_timing import FLUSH_S
+
 DEFAULT_STREAMS = (1, 64, 256, 1024)
 ROUTE = "bench"
 STUB_ADAPTER = "bench@v1"
@@ -285,8 +287,9 @@ def _relayed(
     with _peak_rss(pid, peaks):
         relayed = _load(url, ROUTE, streams, cpu, steady_s)
     cpu_s = cpu_seconds(pid) - cpu_before
-    collected = gc_pauses(metrics_url) - collected_before
     waited_after = run_queue_seconds(pid)
+    time.sleep(FLUSH_S * 1.5)  # the gateway observes its collections every FLUSH_S
+    collected = gc_pauses(metrics_url) - collected_before
     waited_s = (
         None if waited_before is None or waited_after is None else waited_after - waited_before
     )
