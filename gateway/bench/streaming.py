@@ -205,43 +205,43 @@ def gc_pauses_in(text: str) -> GcPauses:
     return GcPauses(round(count), seconds, round(count - within_1ms))
 
 
+def _added_over(direct: dict[str, Any], side: dict[str, Any]) -> dict[str, float]:
+    """What a side in front of the upstream (the gateway, the floor) added over direct."""
+    return {
+        "added_first_event_p50_ms": round(
+            side["first_event_p50_ms"] - direct["first_event_p50_ms"], 3
+        ),
+        "added_first_event_p99_ms": round(
+            side["first_event_p99_ms"] - direct["first_event_p99_ms"], 3
+        ),
+        "added_gap_p99_ms": round(side["gap_p99_ms"] - direct["gap_p99_ms"], 3),
+        "events_per_s_ratio": (
+            round(side["events_per_s"] / direct["events_per_s"], 3)
+            if direct["events_per_s"]
+            else 0.0
+        ),
+    }
+
+
 def _level(
     streams: int, direct: dict[str, Any], gateway: dict[str, Any],
-    rss_growth: int, cpu_s: float, waited_s: float | None = None,
-    collections: GcPauses | None = None,
+    rss_growth: int, cpu_s: float, waited_s: float | None, collections: GcPauses,
 ) -> dict[str, Any]:  # fmt: skip
     relayed = gateway["events"]
     return {
         "streams": streams,
         "direct": direct,
         "gateway": gateway,
-        "added_first_event_p50_ms": round(
-            gateway["first_event_p50_ms"] - direct["first_event_p50_ms"], 3
-        ),
-        "added_first_event_p99_ms": round(
-            gateway["first_event_p99_ms"] - direct["first_event_p99_ms"], 3
-        ),
-        "added_gap_p99_ms": round(gateway["gap_p99_ms"] - direct["gap_p99_ms"], 3),
-        "events_per_s_ratio": (
-            round(gateway["events_per_s"] / direct["events_per_s"], 3)
-            if direct["events_per_s"]
-            else 0.0
-        ),
+        **_added_over(direct, gateway),
         "gateway_rss_growth_kib": round(rss_growth / 1024, 1),
         "gateway_kib_per_open_stream": round(rss_growth / 1024 / streams, 2),
         "gateway_cpu_s": round(cpu_s, 3),
         "gateway_cpu_us_per_event": round(cpu_s / relayed * 1e6, 2) if relayed else None,
         "gateway_run_queue_wait_s": None if waited_s is None else round(waited_s, 3),
-        "gateway_gc_pauses": None if collections is None else collections.count,
-        "gateway_gc_pause_ms": None if collections is None else round(collections.seconds * 1e3, 2),
-        "gateway_gc_pauses_over_1ms": None if collections is None else collections.over_1ms,
+        "gateway_gc_pauses": collections.count,
+        "gateway_gc_pause_ms": round(collections.seconds * 1e3, 2),
+        "gateway_gc_pauses_over_1ms": collections.over_1ms,
     }
-
-
-_FLOOR_ADDED = (
-    "added_first_event_p50_ms", "added_first_event_p99_ms", "added_gap_p99_ms",
-    "events_per_s_ratio",
-)  # fmt: skip
 
 
 def _floor(
@@ -254,9 +254,7 @@ def _floor(
     floor = _load(url, STUB_ADAPTER, streams, cpu, steady_s)
     spent = cpu_seconds(forwarder_pid) - cpu_before
     events = floor["events"]
-    added = _level(streams, direct, floor, 0, spent)
-    for key in _FLOOR_ADDED:
-        floor[key] = added[key]
+    floor.update(_added_over(direct, floor))
     floor["cpu_us_per_event"] = round(spent / events * 1e6, 2) if events else None
     return floor
 

@@ -117,6 +117,6 @@ def test_bench_streaming_reports_every_relayed_event(
         )
         assert level["gateway_run_queue_wait_s"] is None or level["gateway_run_queue_wait_s"] >= 0
         assert level["gateway_kib_per_open_stream"] >= 0
-        # From the gateway's /metrics: its collections during the level (None if unread).
+        # From the gateway's /metrics: its collections during the level.
         assert level["gateway_gc_pauses"] >= level["gateway_gc_pauses_over_1ms"] >= 0
         assert level["gateway_gc_pause_ms"] >= 0
