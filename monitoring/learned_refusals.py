@@ -45,6 +45,9 @@ HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
 # bias: the second and third are spent, and the learned head trains on them.
 SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
+# Written by another author (who read no dataset, detector or doc) after the head trained on
+# the spent holdouts was frozen; never trained on.
+FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
 # Declines without an apology or a "can't", refusals wrapped in JSON, redirects, policy-style
 # declines and their look-alikes, in the six languages (written after the second holdout was
 # scored, without reading its answers).
