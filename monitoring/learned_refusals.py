@@ -57,6 +57,8 @@ AUTHORS_TRAINING_SET = DATA / "refusal_authors_train.jsonl"
 SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
+# Written by a fifth author after the head trained on the fourth was frozen; not trained on.
+FIFTH_HOLDOUT_SET = DATA / "refusal_holdout_fifth.jsonl"
 LEARNED_TRAINING_SETS = (
     *TRAINING_SETS,
     STYLE_TRAINING_SET,

