@@ -400,9 +400,9 @@ class MonitoringConfig(StrictModel):
         default="phrase",
         description="learned: judge answers with the signals extra's encoder and trained head, "
         "on a worker thread with a bounded queue (docs/monitoring.md); judge: ask "
-        "`refusal_judge.route`, on the same worker; cascade: an n-gram model, then static token "
-        "embeddings, decide the clear answers, the encoder's first 6 layers and their head "
-        "the rest, on the same worker",
+        "`refusal_judge.route`, on the same worker; cascade: an n-gram model (then static token "
+        "embeddings, when their band decides any) decides the clear answers, the encoder's "
+        "first 6 layers and their head the rest, on the same worker",
     )
     refusal_judge: RefusalJudgeSettings | None = None
     semantic_drift: SemanticDriftSettings = SemanticDriftSettings()
