@@ -57,10 +57,12 @@ AUTHORS_TRAINING_SET = DATA / "refusal_authors_train.jsonl"
 SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
-# Written by a fifth author after the head trained on the fourth was frozen, and by a sixth
-# after the cascade was retrained on the same sets; neither is trained on.
+# Written by a fifth author after the head trained on the fourth was frozen, by a sixth after
+# the cascade was retrained on the same sets, and by a seventh after it also learnt structured
+# answers; none is trained on.
 FIFTH_HOLDOUT_SET = DATA / "refusal_holdout_fifth.jsonl"
 SIXTH_HOLDOUT_SET = DATA / "refusal_holdout_sixth.jsonl"
+SEVENTH_HOLDOUT_SET = DATA / "refusal_holdout_seventh.jsonl"
 LEARNED_TRAINING_SETS = (
     *TRAINING_SETS,
     STYLE_TRAINING_SET,

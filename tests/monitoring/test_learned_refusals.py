@@ -19,6 +19,7 @@ from monitoring.learned_refusals import (  # noqa: E402
     HOLDOUT_SET,
     LEARNED_TRAINING_SETS,
     SECOND_HOLDOUT_SET,
+    SEVENTH_HOLDOUT_SET,
     SIXTH_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
     THRESHOLD_GRID,
@@ -57,8 +58,9 @@ def learned() -> LearnedRefusalDetector:
         FOURTH_HOLDOUT_SET,
         FIFTH_HOLDOUT_SET,
         SIXTH_HOLDOUT_SET,
+        SEVENTH_HOLDOUT_SET,
     ],
-    ids=["first", "second", "third", "fourth", "fifth", "sixth"],
+    ids=["first", "second", "third", "fourth", "fifth", "sixth", "seventh"],
 )
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
@@ -88,7 +90,7 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     assert not written & {r["text"] for r in read_labelled(others)}
 
 
-@pytest.mark.parametrize("holdout_set", [FIFTH_HOLDOUT_SET, SIXTH_HOLDOUT_SET])
+@pytest.mark.parametrize("holdout_set", [FIFTH_HOLDOUT_SET, SIXTH_HOLDOUT_SET, SEVENTH_HOLDOUT_SET])
 def test_a_later_holdout_is_apart_from_what_the_learned_head_trains_on(holdout_set: Path) -> None:
     holdout = read_labelled([holdout_set])
     training = read_labelled(LEARNED_TRAINING_SETS)
