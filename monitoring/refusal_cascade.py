@@ -72,12 +72,8 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
     ) from error
 
 ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
-# Structured answers as a route's JSON Schema makes them (`{"label": "billing"}`, extraction
-# results, a short summary): trained without them, the cascade's encoder called nearly every
-# short JSON answer a refusal, since most JSON in the other sets is a refusal wrapped in JSON.
-STRUCTURED_TRAINING_SET = DATA / "refusal_structured_train.jsonl"
 # What the encoder stage's head trains on, and (with the ordinary answers) the cheap stages.
-ENCODER_TRAINING_SETS = (*LEARNED_TRAINING_SETS, STRUCTURED_TRAINING_SET)
+ENCODER_TRAINING_SETS = LEARNED_TRAINING_SETS
 CASCADE_TRAINING_SETS = (*ENCODER_TRAINING_SETS, ORDINARY_TRAINING_SET)
 TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
 CASCADE_ENCODER_LAYERS = 6  # of the encoder's 12, chosen out of fold on the training sets
@@ -372,7 +368,7 @@ def fit_encoder_head(
     chars: int = REFUSAL_WINDOW_CHARS,
     embed: Embed | None = None,
 ) -> RefusalHead:
-    """The cascade encoder stage's head: the learned head's answers and the structured ones
+    """The cascade encoder stage's head: the learned head's answers
     (`ENCODER_TRAINING_SETS`; `fit_head`, L2 1e-3, threshold 0.5) on the embeddings of the
     encoder's first `layers` layers (`embed`, if given, must be that encoder) of each
     answer's first `chars` characters. Never reads the holdout."""

@@ -52,7 +52,7 @@ CLEAR_REFUSALS = [
 UNCERTAIN = [
     "Samahani, siwezi kukusaidia na hilo.",  # Swahili
     "Не могу помочь с этим.",  # noqa: RUF001 (Russian)
-    "That is not something the API supports.",
+    "Tämä ei onnistu minulta.",  # Finnish
     "No, thanks.",
     "Lo siento mucho por tu pérdida.",
 ]
