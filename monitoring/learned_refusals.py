@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import struct
 import sys
@@ -261,15 +262,23 @@ def evaluate(
 THRESHOLD_GRID = tuple(round(0.5 + 0.05 * step, 2) for step in range(10))  # 0.5 to 0.95
 
 
-def out_of_fold_scores(
-    embeddings: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], l2: float, folds: int = 5
+def head_out_of_fold_scores(
+    embeddings: np.ndarray[Any, Any],
+    labels: np.ndarray[Any, Any],
+    l2: float,
+    folds: int = 5,
+    seed: int = 0,
 ) -> np.ndarray[Any, Any]:
-    """Each answer's score from a head fitted without its fold (fixed, seeded folds)."""
-    fold = np.random.default_rng(0).permutation(len(labels)) % folds
+    """Each training answer scored by a head (`fit_head`, `l2`) fitted on the other folds
+    (fixed, seeded folds)."""
+    order = list(range(len(labels)))
+    random.Random(seed).shuffle(order)
     scores = np.zeros(len(labels))
-    for k in range(folds):
-        head = fit_head(embeddings[fold != k], labels[fold != k], l2=l2)
-        scores[fold == k] = head.scores(embeddings[fold == k])
+    for fold in range(folds):
+        held = np.array(sorted(order[fold::folds]))
+        kept = np.setdiff1d(np.arange(len(labels)), held)
+        head = fit_head(embeddings[kept], labels[kept], l2=l2)
+        scores[held] = head.scores(embeddings[held])
     return scores
 
 
@@ -291,7 +300,7 @@ def _train(arguments: argparse.Namespace) -> int:
     embeddings = embed([row["text"] for row in rows])
     labels = np.array([bool(row["refusal"]) for row in rows])
     truths = [bool(v) for v in labels]
-    held_out = [float(s) for s in out_of_fold_scores(embeddings, labels, arguments.l2)]
+    held_out = [float(s) for s in head_out_of_fold_scores(embeddings, labels, arguments.l2)]
     threshold = precision_first_threshold(held_out, truths, arguments.min_precision)
     version = f"{ENCODER}+logreg-{len(rows)}"
     head = fit_head(embeddings, labels, l2=arguments.l2, version=version, threshold=threshold)

