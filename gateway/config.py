@@ -396,22 +396,24 @@ class MonitoringConfig(StrictModel):
         description="answers a second given refusal, drift and capture checks; past it, a "
         "sample (failed answers are always checked)",
     )
-    refusal_detector: Literal["phrase", "learned", "judge", "cascade"] = Field(
+    refusal_detector: Literal["phrase", "learned", "judge", "cascade", "cascade-judge"] = Field(
         default="phrase",
         description="learned: judge answers with the signals extra's encoder and trained head, "
         "on a worker thread with a bounded queue (docs/monitoring.md); judge: ask "
         "`refusal_judge.route`, on the same worker; cascade: an n-gram model (then static token "
         "embeddings, when their band decides any) decides the clear answers, the encoder's "
-        "first 6 layers and their head the rest, on the same worker",
+        "first 6 layers and their head the rest, on the same worker; cascade-judge: the same "
+        "cheap stages, and `refusal_judge.route` asked for the rest",
     )
     refusal_judge: RefusalJudgeSettings | None = None
     semantic_drift: SemanticDriftSettings = SemanticDriftSettings()
 
     @model_validator(mode="after")
     def _judge_has_a_route(self) -> MonitoringConfig:
-        if self.refusal_detector == "judge" and self.refusal_judge is None:
+        if self.refusal_detector in ("judge", "cascade-judge") and self.refusal_judge is None:
             raise ValueError(
-                "monitoring.refusal_detector is judge: set monitoring.refusal_judge.route"
+                f"monitoring.refusal_detector is {self.refusal_detector}: "
+                "set monitoring.refusal_judge.route"
             )
         return self
 

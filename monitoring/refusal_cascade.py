@@ -15,6 +15,8 @@
    on the same 400-character opening (about half the full encoder's ~1.45 ms of CPU per
    token) and a head trained on those embeddings (`refusal_cascade_head.npz`); the depth was
    chosen out of fold on the training sets (docs/monitoring.md).
+   Or, given a `judge` (`monitoring.refusal_judge.JudgeScorer`), that scorer instead: the
+   uncertain rest is asked of a model with the rubric (the `cascade-judge` detector).
 
 The cost per answer is the cheap stages' plus the encoder's times the share sent to it, so it
 depends on the traffic: ordinary answers rarely reach the encoder, answers full of apologies
@@ -66,6 +68,7 @@ from monitoring.refusal_static import (
     StaticStage,
     save_static_head,
 )
+from monitoring.refusal_worker import RefusalScorer
 from monitoring.refusals import REFUSAL_WINDOW_CHARS, PhraseRefusalDetector
 from monitoring.static_embeddings import StaticEmbedder
 
@@ -113,7 +116,7 @@ class Decision:
 
     refusal: bool
     score: float
-    stage: str  # "phrase", "ngrams", "static" or "encoder"
+    stage: str  # "phrase", "ngrams", "static", "encoder" or "judge"
 
 
 class CascadeDetector:
@@ -122,9 +125,10 @@ class CascadeDetector:
 
     `learned` is built on first use (loading the encoder takes a second or two) by
     `learned_factory` (the shallow encoder and its head, `cascade_learned_detector`); the
-    static stage reads its vocabulary on first use too. `stages` counts the decisions each
+    static stage reads its vocabulary on first use too. With `judge`, the uncertain answers go
+    to that scorer instead, and the encoder is never loaded. `stages` counts the decisions each
     stage made. The name carries every stage's version (the last is the encoder head's, read
-    from `head_path`, the file the default factory loads)."""
+    from `head_path`, the file the default factory loads, or the judge's name)."""
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class CascadeDetector:
         static: StaticStage | None = None,
         use_static: bool = True,
         head_path: Path = CASCADE_HEAD_PATH,
+        judge: RefusalScorer | None = None,
     ) -> None:
         self.ngrams = ngram_model if ngram_model is not None else NgramModel.load()
         self.use_phrase = use_phrase
@@ -141,12 +146,14 @@ class CascadeDetector:
         # and so does a band that decides nothing (its vocabulary would be read for nothing).
         stage = (static if static is not None else StaticStage()) if use_static else None
         self.static = stage if stage is not None and not stage.band.decides_nothing else None
-        self.stages = {"phrase": 0, "ngrams": 0, "static": 0, "encoder": 0}
+        self.stages = {"phrase": 0, "ngrams": 0, "static": 0, "encoder": 0, "judge": 0}
+        self.judge = judge
         self._learned_factory = learned_factory
         self._learned: LearnedRefusalDetector | None = None
         self._phrase = PhraseRefusalDetector()
         middle = f"+{self.static.version}" if self.static is not None else ""
-        self.name = f"cascade:{self.ngrams.version}{middle}+{RefusalHead.load(head_path).version}"
+        last = judge.name if judge is not None else RefusalHead.load(head_path).version
+        self.name = f"cascade:{self.ngrams.version}{middle}+{last}"
 
     @property
     def learned(self) -> LearnedRefusalDetector:
@@ -155,7 +162,8 @@ class CascadeDetector:
         return self._learned
 
     def decide_batch(self, texts: Sequence[str]) -> list[Decision]:
-        """Each answer's decision, in order; the uncertain ones go to the encoder together."""
+        """Each answer's decision, in order; the uncertain ones go to the encoder (or the judge)
+        together."""
         decisions: list[Decision | None] = []
         uncertain: list[int] = []
         for index, text in enumerate(texts):
@@ -179,7 +187,11 @@ class CascadeDetector:
                 else:
                     decisions[index] = Decision(verdict, score, "static")
             uncertain = still
-        if uncertain:
+        if uncertain and self.judge is not None:
+            judged = self.judge.score_batch([texts[i] for i in uncertain])
+            for index, said in zip(uncertain, judged, strict=True):
+                decisions[index] = Decision(said.refusal, said.score, "judge")
+        elif uncertain:
             learned = self.learned
             scores = learned.scores([texts[i] for i in uncertain])
             for index, score in zip(uncertain, scores, strict=True):

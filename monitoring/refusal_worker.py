@@ -20,7 +20,7 @@ from monitoring.refusals import PhraseRefusalDetector
 
 log = logging.getLogger("turnout.refusals")
 
-DETECTORS = ("phrase", "learned", "judge", "cascade")
+DETECTORS = ("phrase", "learned", "judge", "cascade", "cascade-judge")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +71,14 @@ class CascadeScorer:
     """The cascade (`monitoring/refusal_cascade.py`) as a scorer: the n-gram and static stages
     decide the clear answers, the encoder's first layers and their head the uncertain ones.
     That shallow encoder is the cascade's own (loaded when the first uncertain answer comes):
-    the semantic-drift feed's full-depth encoder gives other embeddings, so it is not shared."""
+    the semantic-drift feed's full-depth encoder gives other embeddings, so it is not shared.
+    With `judge` (the `cascade-judge` detector), the uncertain answers are that scorer's to
+    decide, and no encoder is loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, judge: RefusalScorer | None = None) -> None:
         from monitoring.refusal_cascade import CascadeDetector
 
-        self.detector = CascadeDetector()
+        self.detector = CascadeDetector(judge=judge)
         self.name = self.detector.name
 
     def score_batch(self, texts: Sequence[str]) -> list[RefusalScore]:
@@ -84,16 +86,16 @@ class CascadeScorer:
 
 
 def scorer_named(name: str) -> RefusalScorer:
-    """The scorer for a detector name (`phrase`, `learned` or `cascade`; a judge needs its
-    settings: build `monitoring.refusal_judge.JudgeScorer`)."""
+    """The scorer for a detector name (`phrase`, `learned` or `cascade`; `judge` and
+    `cascade-judge` need a judge's settings: build `monitoring.refusal_judge.JudgeScorer`)."""
     if name == "phrase":
         return PhraseScorer()
     if name == "learned":
         return LearnedScorer()
     if name == "cascade":
         return CascadeScorer()
-    if name == "judge":
-        raise ValueError("the judge detector needs a route to ask: build a JudgeScorer")
+    if name in ("judge", "cascade-judge"):
+        raise ValueError(f"the {name} detector needs a route to ask: build a JudgeScorer")
     raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")
 
 

@@ -3,7 +3,8 @@
 Reads JSON lines `{"text": ...}` and writes one JSON line `{"refusal": bool, "score": float}`
 per input, in order. The answers go through a `RefusalWorker`, as the gateway's would. The
 judge detector asks `--judge-route` at `--judge-url` (the gateway itself, or any
-OpenAI-compatible endpoint), as `monitoring.refusal_judge` configures it in the gateway.
+OpenAI-compatible endpoint), as `monitoring.refusal_judge` configures it in the gateway; the
+cascade-judge detector asks it only for the answers the cascade's cheap stages leave uncertain.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TextIO
 
 from monitoring.refusal_worker import (
     DETECTORS,
+    CascadeScorer,
     RefusalScore,
     RefusalScorer,
     RefusalWorker,
@@ -78,15 +80,19 @@ def _flush(worker: RefusalWorker, texts: list[str], sink: TextIO) -> None:
 
 
 def _scorer(arguments: argparse.Namespace) -> RefusalScorer:
-    if arguments.detector != "judge":
-        return scorer_named(arguments.detector)
+    detector = arguments.detector
+    if detector not in ("judge", "cascade-judge"):
+        return scorer_named(detector)
     if not (arguments.judge_url and arguments.judge_route):
-        raise SystemExit("signals refusal: --detector judge needs --judge-url and --judge-route")
+        raise SystemExit(
+            f"signals refusal: --detector {detector} needs --judge-url and --judge-route"
+        )
     from monitoring.refusal_judge import RUBRIC, JudgeScorer
 
     key = os.environ.get(arguments.judge_api_key_env) if arguments.judge_api_key_env else None
     rubric = arguments.judge_rubric.read_text() if arguments.judge_rubric else RUBRIC
-    return JudgeScorer(arguments.judge_url, arguments.judge_route, api_key=key, rubric=rubric)
+    judge = JudgeScorer(arguments.judge_url, arguments.judge_route, api_key=key, rubric=rubric)
+    return judge if detector == "judge" else CascadeScorer(judge=judge)
 
 
 def _run(arguments: argparse.Namespace) -> int:
@@ -101,7 +107,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "refusal", help='JSON lines {"text": ...} in, {"refusal": bool, "score": float} out'
     )
     refusal.add_argument("--detector", choices=DETECTORS, default="phrase")
-    judge = refusal.add_argument_group("judge", "the judge detector: a route asked with a rubric")
+    judge = refusal.add_argument_group(
+        "judge", "the judge and cascade-judge detectors: a route asked with a rubric"
+    )
     judge.add_argument("--judge-url", help="an OpenAI-compatible endpoint, e.g. the gateway's")
     judge.add_argument("--judge-route", help="the route (model) that judges")
     judge.add_argument("--judge-rubric", type=Path, help="a file holding the rubric to use")

@@ -18,6 +18,7 @@ from gateway.config import RefusalJudgeSettings, ServerConfig, TurnoutConfig
 from gateway.environment import secret
 from gateway.errors import ConfigError
 from monitoring.refusal_worker import (
+    CascadeScorer,
     EmbedPrompts,
     LearnedScorer,
     RefusalScorer,
@@ -92,9 +93,10 @@ def judge_scorer(settings: RefusalJudgeSettings, server: ServerConfig) -> JudgeS
 
 def _scorer(config: TurnoutConfig, embed: EmbedPrompts | None) -> RefusalScorer:
     detector = config.monitoring.refusal_detector
-    if detector == "judge":
+    if detector in ("judge", "cascade-judge"):
         assert config.monitoring.refusal_judge is not None  # the config's validator says so
-        return judge_scorer(config.monitoring.refusal_judge, config.server)
+        judge = judge_scorer(config.monitoring.refusal_judge, config.server)
+        return judge if detector == "judge" else CascadeScorer(judge=judge)
     if detector == "learned" and embed is not None:
         return LearnedScorer(embed)  # one encoder for answers and prompts
     return scorer_named(detector)

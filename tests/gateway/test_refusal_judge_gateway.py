@@ -62,9 +62,46 @@ def test_the_judge_grades_answers_with_the_configured_route_and_rubric(tmp_path:
     assert seen[0]["messages"][1]["content"].endswith("I'm sorry, but I can't.")
 
 
-def test_the_judge_detector_needs_a_route() -> None:
+def test_cascade_judge_asks_the_route_only_for_what_the_cheap_stages_leave(
+    tmp_path: Path,
+) -> None:
+    """`cascade-judge`: the n-gram stage decides the clear answer in the gateway, the judge
+    gets the uncertain one, and both verdicts count under the cascade's name."""
+    pytest.importorskip("numpy")
+    from monitoring.refusal_cascade import CascadeDetector
+    from monitoring.refusal_judge import JudgeScorer
+
+    clear, uncertain = (
+        "Your order 1234 is cancelled; the refund follows in 3 days.",
+        "Sorry, can't.",
+    )
+    with judge_server() as (url, seen):
+        monitoring = {
+            "refusal_detector": "cascade-judge",
+            "refusal_judge": {"url": url, "route": "judge-route"},
+        }
+        detector = CascadeDetector(judge=JudgeScorer(url, "judge-route")).name
+        config = gateway_config(["http://vllm.test"], monitoring=monitoring)
+        with in_process_gateway(config, tmp_path) as gateway:
+            _ask(gateway, clear)
+            _ask(gateway, uncertain)
+            labels = {"route": "chat", "detector": detector}
+            deadline = time.monotonic() + 30
+            while gateway.metric(CHECKS, **labels) < 2:
+                assert time.monotonic() < deadline, "the verdicts did not arrive"
+                time.sleep(0.02)
+            refusals = gateway.metric(CHECKS, result="refusal", **labels)
+            answers = gateway.metric(CHECKS, result="answer", **labels)
+    assert (refusals, answers) == (1, 1)
+    assert [request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen] == [
+        uncertain
+    ]
+
+
+@pytest.mark.parametrize("detector", ["judge", "cascade-judge"])
+def test_the_judge_detectors_need_a_route(detector: str) -> None:
     with pytest.raises(ValueError, match=r"monitoring\.refusal_judge\.route"):
-        MonitoringConfig(refusal_detector="judge")
+        MonitoringConfig(refusal_detector=detector)
 
 
 def test_a_shadow_s_pairs_are_judged_by_the_configured_judge(

