@@ -88,6 +88,7 @@ def judge_scorer(settings: RefusalJudgeSettings, server: ServerConfig) -> JudgeS
         cache_size=settings.cache_size,
         timeout_s=settings.timeout_s,
         rubric=settings.rubric or RUBRIC,
+        max_concurrent=settings.max_concurrent,
     )
 
 

@@ -172,7 +172,7 @@ def test_with_a_judge_only_the_uncertain_answers_are_asked_and_no_encoder_loads(
         finally:
             judge.close()
     asked = [request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen]
-    assert asked == uncertain  # in order, and nothing the n-gram stage decided
+    assert sorted(asked) == sorted(uncertain)  # nothing the n-gram stage decided (concurrently)
     clear, refusals = len(CLEAR_ANSWERS), len(CLEAR_REFUSALS)
     middle = decisions[clear : clear + len(uncertain)]
     assert [d.stage for d in middle] == ["judge"] * len(uncertain)

@@ -47,10 +47,10 @@ def test_the_judge_asks_the_route_with_the_rubric_and_caches_its_verdicts(
 
     assert [s.refusal for s in first] == [True, False, True]
     assert [s.refusal for s in again[:2]] == [True, False]
-    # Unparseable verdicts are not guessed, not cached: asked again on the next sight.
+    # Unparseable verdicts are not guessed: the repeated answer was asked once in its batch.
     assert again[2:] == [UNPARSED, UNPARSED]
-    assert judge.unparsed == 2
-    assert judge.asked == len(seen) == 3 + 2  # the two repeated answers came from the cache
+    assert judge.unparsed == 1
+    assert judge.asked == len(seen) == 3 + 1  # the two answers seen before came from the cache
     assert judge.name == "judge:judge-route"
     request = seen[0]
     assert request["path"] == "/v1/chat/completions"
@@ -67,7 +67,8 @@ def test_the_cache_is_bounded_and_evicts_the_least_recently_used(
     url, seen = judge_server
     judge = JudgeScorer(url, "judge-route", cache_size=2)
     try:
-        judge.score_batch(["a", "b", "a", "c", "a", "b"])
+        for text in ["a", "b", "a", "c", "a", "b"]:
+            judge.score_batch([text])
     finally:
         judge.close()
     # a, b asked; a cached; c asked (evicts b); a cached; b asked again.
@@ -80,9 +81,25 @@ def test_a_failed_call_gives_no_verdict_and_is_asked_again(
     url, seen = judge_server
     judge = JudgeScorer(url, "judge-route", rubric="Say REFUSAL or ANSWER.")
     try:
-        scores = judge.score_batch(["FAIL please", "FAIL please"])
+        scores = judge.score_batch(["FAIL please", "FAIL please"])  # one call for both
+        again = judge.score_batch(["FAIL please"])  # not cached: asked again
     finally:
         judge.close()
     assert scores == [UNPARSED, UNPARSED]
+    assert again == [UNPARSED]
     assert judge.failed == len(seen) == 2
     assert seen[0]["messages"][0] == {"role": "system", "content": "Say REFUSAL or ANSWER."}
+
+
+def test_a_batch_s_calls_run_concurrently_up_to_the_limit() -> None:
+    """The stand-in holds each call whose text says SLOW for 0.3 s and records how many were in
+    flight at once: a batch of 6 new answers overlaps its calls, at most `max_concurrent`."""
+    with stand_in_judge(slow_s=0.3) as (url, seen):
+        judge = JudgeScorer(url, "judge-route", max_concurrent=3)
+        try:
+            scores = judge.score_batch([f"SLOW answer {n}, I can't." for n in range(6)])
+        finally:
+            judge.close()
+        in_flight = [request["in_flight"] for request in seen]
+    assert scores == [RefusalScore(True, 1.0)] * 6
+    assert 1 < max(in_flight) <= 3
