@@ -18,6 +18,7 @@ from monitoring.learned_refusals import (  # noqa: E402
     HOLDOUT_SET,
     LATER_HOLDOUT_SETS,
     LEARNED_TRAINING_SETS,
+    NINTH_HOLDOUT_SET,
     THRESHOLD_GRID,
     TRAINING_SETS,
     LearnedRefusalDetector,
@@ -76,8 +77,13 @@ def test_a_holdout_written_after_a_freeze_shares_no_answer_with_any_other_set(
     assert not written & {r["text"] for r in read_labelled(others)}
 
 
-def test_the_eighth_holdout_is_apart_from_what_the_learned_head_trains_on() -> None:
-    holdout = read_labelled([EIGHTH_HOLDOUT_SET])
+@pytest.mark.parametrize(
+    "holdout_set", [EIGHTH_HOLDOUT_SET, NINTH_HOLDOUT_SET], ids=lambda path: path.stem
+)
+def test_the_last_holdouts_are_apart_from_what_the_learned_head_trains_on(
+    holdout_set: Path,
+) -> None:
+    holdout = read_labelled([holdout_set])
     training = read_labelled(LEARNED_TRAINING_SETS)
     assert not {r["text"] for r in holdout} & {r["text"] for r in training}
     unseen = {r["lang"] for r in holdout} - {r["lang"] for r in training}
