@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or Environment.read().debug
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every request at INFO: a refusal judge's calls (one per new answer) would
+    # drown the gateway's own lines. Its warnings and errors still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code: int = args.run(args)
     except TurnoutError as error:

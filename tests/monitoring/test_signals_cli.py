@@ -80,6 +80,7 @@ def test_the_cascade_judge_detector_asks_only_for_what_the_cheap_stages_leave_un
     assert result.returncode == 0, result.stderr
     verdicts = [json.loads(line)["refusal"] for line in result.stdout.splitlines()]
     assert verdicts == [True, False, True, False, True, False]
+    assert "HTTP Request" not in result.stderr  # httpx's line per call is not logged
     asked = [request["messages"][-1]["content"].split("\n\n", 1)[1] for request in seen]
     assert sorted(asked) == sorted(uncertain)
     missing = run_signals("cascade-judge", lines)
