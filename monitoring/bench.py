@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -130,12 +132,92 @@ def measure_encoder(
     return report
 
 
+# The traffic the cascade's cost is quoted for (`python -m monitoring.refusal_cascade compare`):
+# ordinary answers, look-alikes (the first holdout's non-refusals) and refusals.
+JUDGE_MIX = {"ordinary": 0.85, "lookalike": 0.10, "refusal": 0.05}
+
+
+def measure_judge(latency_ms: float, answers: int, rounds: int = 3) -> dict[str, Any]:
+    """What the `judge` and `cascade-judge` detectors cost the process that runs them, against
+    a stand-in judge (`monitoring.judge_stub`, its own process, answering after `latency_ms`):
+    CPU milliseconds per answer here over `JUDGE_MIX` (one answer at a time, nothing cached;
+    the calls' threads included), the share of answers the judge is asked, and answers judged a
+    second in batches of 16 (as the signals worker takes them) at one call in flight and at 8.
+    The model's own cost (its tokens, on its own hardware) is not in these figures."""
+    from monitoring.learned_refusals import HOLDOUT_SET, read_labelled
+    from monitoring.refusal_cascade import TRAFFIC_SET
+    from monitoring.refusal_judge import JudgeScorer
+    from monitoring.refusal_worker import CascadeScorer, RefusalScorer
+
+    holdout = read_labelled([HOLDOUT_SET])
+    groups = {
+        "ordinary": [row["text"] for row in read_labelled([TRAFFIC_SET])],
+        "lookalike": [row["text"] for row in holdout if not row["refusal"]],
+        "refusal": [row["text"] for row in holdout if row["refusal"]],
+    }
+    mixed = [text for texts in zip(*groups.values(), strict=False) for text in texts][:answers]
+    stub = subprocess.Popen(
+        [sys.executable, "-m", "monitoring.judge_stub", "--latency-ms", str(latency_ms)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert stub.stdout is not None
+        url = f"http://127.0.0.1:{stub.stdout.readline().strip()}"
+
+        def detector(name: str, concurrent: int) -> tuple[JudgeScorer, RefusalScorer]:
+            judge = JudgeScorer(url, "stand-in", cache_size=0, max_concurrent=concurrent)
+            return judge, (judge if name == "judge" else CascadeScorer(judge=judge))
+
+        report: dict[str, Any] = {
+            "judge_latency_ms": latency_ms,
+            "mix": JUDGE_MIX,
+            "load_average_1m_before": os.getloadavg()[0],
+        }
+        for name in ("judge", "cascade-judge"):
+            judge, scorer = detector(name, 1)
+            scorer.score_batch(["warm up"])  # connect, and load the n-gram model
+            cpu_rounds, shares = [], {}
+            for _ in range(rounds):
+                cpu = {}
+                for group, texts in groups.items():
+                    asked, started = judge.asked, time.process_time()
+                    for text in texts:
+                        scorer.score_batch([text])
+                    cpu[group] = (time.process_time() - started) / len(texts) * 1e3
+                    shares[group] = (judge.asked - asked) / len(texts)
+                cpu_rounds.append(sum(w * cpu[g] for g, w in JUDGE_MIX.items()))
+            judge.close()
+            rates = {}
+            for concurrent in (1, 8):
+                judge, scorer = detector(name, concurrent)
+                scorer.score_batch(["warm up"])
+                started = time.perf_counter()
+                for start in range(0, len(mixed), 16):
+                    scorer.score_batch(mixed[start : start + 16])
+                rates[concurrent] = len(mixed) / (time.perf_counter() - started)
+                judge.close()
+            report[name] = {
+                "cpu_ms_per_answer_mix": [round(ms, 3) for ms in cpu_rounds],
+                "asked_share_mix": round(sum(w * shares[g] for g, w in JUDGE_MIX.items()), 3),
+                "answers_per_s_one_call_at_a_time": round(rates[1], 1),
+                "answers_per_s_8_calls_at_once": round(rates[8], 1),
+                "answers_timed_for_rate": len(mixed),
+            }
+        report["load_average_1m_after"] = os.getloadavg()[0]
+        return report
+    finally:
+        stub.terminate()
+        stub.wait()
+
+
 def _run(arguments: argparse.Namespace) -> int:
     report: dict[str, Any] = dict(measure(arguments.iterations))
     if arguments.learned:
         report |= measure_learned(arguments.learned)
     if arguments.encoder:
         report |= measure_encoder(arguments.encoder, arguments.encoder_chars)
+    if arguments.judge:
+        report["judge"] = measure_judge(arguments.judge_latency_ms, arguments.judge)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -177,6 +259,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="also time the encoder alone, single and batched (needs the signals extra)",
     )  # fmt: skip
     parser.add_argument("--encoder-chars", type=int, default=250, metavar="CHARS")
+    parser.add_argument(
+        "--judge", type=int, default=0, metavar="ANSWERS",
+        help="also time the judge and cascade-judge detectors against a stand-in judge "
+        "(CPU per answer over the mix; answers a second over this many answers)",
+    )  # fmt: skip
+    parser.add_argument("--judge-latency-ms", type=float, default=100.0, metavar="MS")
     parser.set_defaults(run=_run)
     drift = subparsers.add_parser(
         "drift", help="power and false alarms of the semantic drift test (signals extra)"

@@ -58,3 +58,25 @@ def test_wilson_interval_matches_the_published_formula() -> None:
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson_interval(10, 1000) == pytest.approx((0.00544, 0.01828), abs=1e-4)
+
+
+def test_signals_bench_times_the_judge_detectors_against_a_stand_in_judge() -> None:
+    """`--judge`: the stand-in (monitoring/judge_stub.py, its own process) answers after 1 ms;
+    the judge is asked for every answer, the cascade-judge for those its n-gram stage leaves."""
+    pytest.importorskip("numpy")
+    done = subprocess.run(
+        [sys.executable, "-m", "monitoring.bench", "signals", "--iterations", "100",
+         "--judge", "16", "--judge-latency-ms", "1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    report = json.loads(done.stdout)["judge"]
+    assert report["judge_latency_ms"] == 1.0
+    assert report["judge"]["asked_share_mix"] == 1.0
+    assert 0.0 < report["cascade-judge"]["asked_share_mix"] < 1.0
+    for name in ("judge", "cascade-judge"):
+        figures = report[name]
+        assert len(figures["cpu_ms_per_answer_mix"]) == 3
+        assert all(0 < ms < 1000 for ms in figures["cpu_ms_per_answer_mix"])
+        assert figures["answers_timed_for_rate"] == 16
+        assert figures["answers_per_s_one_call_at_a_time"] > 0
+        assert figures["answers_per_s_8_calls_at_once"] > 0
