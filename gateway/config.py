@@ -382,7 +382,11 @@ class RefusalJudgeSettings(StrictModel):
     cache_size: int = Field(default=10_000, ge=0, description="verdicts kept, by answer digest")
     timeout_s: float = Field(default=30.0, gt=0)
     max_concurrent: int = Field(
-        default=8, ge=1, le=64, description="calls to the judge in flight at once, per worker"
+        default=8,
+        ge=1,
+        le=16,
+        description="calls to the judge in flight at once, per worker (the signals worker takes "
+        "at most 16 answers a batch, so more would never be used)",
     )
     api_key_env: str | None = Field(
         default=None, description="environment variable holding the key the judge calls with"
