@@ -119,7 +119,7 @@ def test_the_encoder_sees_only_what_both_cheap_stages_leave(tmp_path: Path) -> N
     assert decisions[1 + higher].score == pytest.approx(scores[higher])
     assert decisions[1 + lower].stage == "encoder"
     assert recording.seen == [uncertain[lower]]
-    assert cascade.stages == {"phrase": 0, "ngrams": 1, "static": 1, "encoder": 1}
+    assert cascade.stages == {"phrase": 0, "ngrams": 1, "static": 1, "encoder": 1, "judge": 0}
 
 
 def test_no_static_vocabulary_is_read_while_every_answer_is_clear(tmp_path: Path) -> None:
