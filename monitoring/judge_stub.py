@@ -19,6 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+def send_chat_reply(handler: BaseHTTPRequestHandler, content: str, status: int = 200) -> None:
+    """Answer a chat-completions request: `content` as the first choice's message."""
+    reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(reply)))
+    handler.end_headers()
+    handler.wfile.write(reply)
+
+
 def stub_server(port: int, latency_s: float) -> ThreadingHTTPServer:
     """The server, bound on loopback (port 0: any free one), not yet serving."""
 
@@ -35,13 +45,7 @@ def stub_server(port: int, latency_s: float) -> ThreadingHTTPServer:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             time.sleep(latency_s)
             graded = body["messages"][-1]["content"]
-            verdict = "REFUSAL" if "can't" in graded else "ANSWER"
-            reply = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            send_chat_reply(self, "REFUSAL" if "can't" in graded else "ANSWER")
 
         def log_message(self, *args: Any) -> None:
             pass

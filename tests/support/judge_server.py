@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from monitoring.judge_stub import send_chat_reply
+
 
 @contextmanager
 def judge_server(slow_s: float = 0.0) -> Iterator[tuple[str, list[dict[str, Any]]]]:
@@ -49,12 +51,7 @@ def judge_server(slow_s: float = 0.0) -> Iterator[tuple[str, list[dict[str, Any]
                 verdict = " refusal."
             else:
                 verdict = "ANSWER"
-            reply = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
+            send_chat_reply(self, verdict, status)
 
         def log_message(self, *args: Any) -> None:
             pass
