@@ -58,8 +58,9 @@ def test_the_judge_grades_answers_with_the_configured_route_and_rubric(tmp_path:
     assert (refusals, answers) == (2, 1)
     assert len(seen) == 2
     assert {request["model"] for request in seen} == {"judge-route"}
-    assert seen[0]["messages"][0] == {"role": "system", "content": RUBRIC}
-    assert seen[0]["messages"][1]["content"].endswith("I'm sorry, but I can't.")
+    # Answers judged in one batch are asked concurrently: find the refusal's call.
+    (asked,) = [r for r in seen if r["messages"][1]["content"].endswith("I'm sorry, but I can't.")]
+    assert asked["messages"][0] == {"role": "system", "content": RUBRIC}
 
 
 def test_cascade_judge_asks_the_route_only_for_what_the_cheap_stages_leave(
