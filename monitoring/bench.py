@@ -132,29 +132,19 @@ def measure_encoder(
     return report
 
 
-# The traffic the cascade's cost is quoted for (`python -m monitoring.refusal_cascade compare`):
-# ordinary answers, look-alikes (the first holdout's non-refusals) and refusals.
-JUDGE_MIX = {"ordinary": 0.85, "lookalike": 0.10, "refusal": 0.05}
-
-
 def measure_judge(latency_ms: float, answers: int, rounds: int = 3) -> dict[str, Any]:
     """What the `judge` and `cascade-judge` detectors cost the process that runs them, against
     a stand-in judge (`monitoring.judge_stub`, its own process, answering after `latency_ms`):
-    CPU milliseconds per answer here over `JUDGE_MIX` (one answer at a time, nothing cached;
-    the calls' threads included), the share of answers the judge is asked, and answers judged a
-    second in batches of 16 (as the signals worker takes them) at one call in flight and at 8.
+    CPU milliseconds per answer here over the cascade's `ASSUMED_MIX` (one answer at a time,
+    nothing cached; the calls' threads included), the share of answers the judge is asked, and
+    answers judged a second in batches of 16 (as the signals worker takes them) at one call in
+    flight and at 8.
     The model's own cost (its tokens, on its own hardware) is not in these figures."""
-    from monitoring.learned_refusals import HOLDOUT_SET, read_labelled
-    from monitoring.refusal_cascade import TRAFFIC_SET
+    from monitoring.refusal_cascade import ASSUMED_MIX, cost_groups
     from monitoring.refusal_judge import JudgeScorer
-    from monitoring.refusal_worker import CascadeScorer, RefusalScorer
+    from monitoring.refusal_worker import RefusalScorer, judged_scorer
 
-    holdout = read_labelled([HOLDOUT_SET])
-    groups = {
-        "ordinary": [row["text"] for row in read_labelled([TRAFFIC_SET])],
-        "lookalike": [row["text"] for row in holdout if not row["refusal"]],
-        "refusal": [row["text"] for row in holdout if row["refusal"]],
-    }
+    groups = {group: [row["text"] for row in rows] for group, rows in cost_groups().items()}
     mixed = [text for texts in zip(*groups.values(), strict=False) for text in texts][:answers]
     stub = subprocess.Popen(
         [sys.executable, "-m", "monitoring.judge_stub", "--latency-ms", str(latency_ms)],
@@ -166,11 +156,11 @@ def measure_judge(latency_ms: float, answers: int, rounds: int = 3) -> dict[str,
 
         def detector(name: str, concurrent: int) -> tuple[JudgeScorer, RefusalScorer]:
             judge = JudgeScorer(url, "stand-in", cache_size=0, max_concurrent=concurrent)
-            return judge, (judge if name == "judge" else CascadeScorer(judge=judge))
+            return judge, judged_scorer(name, judge)
 
         report: dict[str, Any] = {
             "judge_latency_ms": latency_ms,
-            "mix": JUDGE_MIX,
+            "mix": ASSUMED_MIX,
             "load_average_1m_before": os.getloadavg()[0],
         }
         for name in ("judge", "cascade-judge"):
@@ -185,7 +175,7 @@ def measure_judge(latency_ms: float, answers: int, rounds: int = 3) -> dict[str,
                         scorer.score_batch([text])
                     cpu[group] = (time.process_time() - started) / len(texts) * 1e3
                     shares[group] = (judge.asked - asked) / len(texts)
-                cpu_rounds.append(sum(w * cpu[g] for g, w in JUDGE_MIX.items()))
+                cpu_rounds.append(sum(w * cpu[g] for g, w in ASSUMED_MIX.items()))
             judge.close()
             rates = {}
             for concurrent in (1, 8):
@@ -198,7 +188,7 @@ def measure_judge(latency_ms: float, answers: int, rounds: int = 3) -> dict[str,
                 judge.close()
             report[name] = {
                 "cpu_ms_per_answer_mix": [round(ms, 3) for ms in cpu_rounds],
-                "asked_share_mix": round(sum(w * shares[g] for g, w in JUDGE_MIX.items()), 3),
+                "asked_share_mix": round(sum(w * shares[g] for g, w in ASSUMED_MIX.items()), 3),
                 "answers_per_s_one_call_at_a_time": round(rates[1], 1),
                 "answers_per_s_8_calls_at_once": round(rates[8], 1),
                 "answers_timed_for_rate": len(mixed),

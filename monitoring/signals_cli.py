@@ -20,10 +20,11 @@ from typing import TextIO
 
 from monitoring.refusal_worker import (
     DETECTORS,
-    CascadeScorer,
+    JUDGE_DETECTORS,
     RefusalScore,
     RefusalScorer,
     RefusalWorker,
+    judged_scorer,
     scorer_named,
 )
 
@@ -81,7 +82,7 @@ def _flush(worker: RefusalWorker, texts: list[str], sink: TextIO) -> None:
 
 def _scorer(arguments: argparse.Namespace) -> RefusalScorer:
     detector = arguments.detector
-    if detector not in ("judge", "cascade-judge"):
+    if detector not in JUDGE_DETECTORS:
         return scorer_named(detector)
     if not (arguments.judge_url and arguments.judge_route):
         raise SystemExit(
@@ -92,7 +93,7 @@ def _scorer(arguments: argparse.Namespace) -> RefusalScorer:
     key = os.environ.get(arguments.judge_api_key_env) if arguments.judge_api_key_env else None
     rubric = arguments.judge_rubric.read_text() if arguments.judge_rubric else RUBRIC
     judge = JudgeScorer(arguments.judge_url, arguments.judge_route, api_key=key, rubric=rubric)
-    return judge if detector == "judge" else CascadeScorer(judge=judge)
+    return judged_scorer(detector, judge)
 
 
 def _run(arguments: argparse.Namespace) -> int:

@@ -18,11 +18,12 @@ from gateway.config import RefusalJudgeSettings, ServerConfig, TurnoutConfig
 from gateway.environment import secret
 from gateway.errors import ConfigError
 from monitoring.refusal_worker import (
-    CascadeScorer,
+    JUDGE_DETECTORS,
     EmbedPrompts,
     LearnedScorer,
     RefusalScorer,
     RefusalWorker,
+    judged_scorer,
     scorer_named,
 )
 from monitoring.semantic_feed import ReferenceFor, SemanticDriftFeed
@@ -94,10 +95,9 @@ def judge_scorer(settings: RefusalJudgeSettings, server: ServerConfig) -> JudgeS
 
 def _scorer(config: TurnoutConfig, embed: EmbedPrompts | None) -> RefusalScorer:
     detector = config.monitoring.refusal_detector
-    if detector in ("judge", "cascade-judge"):
+    if detector in JUDGE_DETECTORS:
         assert config.monitoring.refusal_judge is not None  # the config's validator says so
-        judge = judge_scorer(config.monitoring.refusal_judge, config.server)
-        return judge if detector == "judge" else CascadeScorer(judge=judge)
+        return judged_scorer(detector, judge_scorer(config.monitoring.refusal_judge, config.server))
     if detector == "learned" and embed is not None:
         return LearnedScorer(embed)  # one encoder for answers and prompts
     return scorer_named(detector)
