@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from gateway.api.openai import read_body
+from gateway.api.request_head import read_body
 from gateway.errors import Failure, InvalidJSON, NotFound, RequestValidationFailed, TurnoutError
 from gateway.protection.auth import Admin
 from gateway.protection.guard import RequestGuard
@@ -88,7 +88,8 @@ def feedback_router(
 
     async def give_feedback(request: Request) -> FeedbackAccepted:
         who = guard.caller_or_admin(request.headers.get("authorization"))  # 401 for strangers
-        raw = await read_body(request, max_body_bytes)
+        declared = request.headers.get("content-length")
+        raw = await read_body(request.receive, declared, max_body_bytes)
         if not isinstance(who, Admin):
             await guard.charge(who, len(raw) // 4 + 1)  # 429 past the tenant's budget
         body = _parse(raw)

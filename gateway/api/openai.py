@@ -28,6 +28,7 @@ from gateway.api.protocol import (
     RouteContractView,
 )
 from gateway.api.relay import StreamRelay
+from gateway.api.request_head import RequestHead, read_body
 from gateway.contracts.contract import (
     Contract,
     ContractVerdict,
@@ -38,7 +39,6 @@ from gateway.contracts.contract import (
 from gateway.contracts.enforcement import ContractEnforcer, buffered_stream
 from gateway.contracts.request_schemas import contract_for
 from gateway.errors import (
-    BodyTooLarge,
     InvalidJSON,
     InvalidRequest,
     MethodNotAllowed,
@@ -60,23 +60,7 @@ from gateway.upstream.backends import BackendPool, UpstreamReply
 from gateway.upstream.proxy import InferenceProxy, OpenStream
 from monitoring import metrics
 
-ARM_HEADER = "x-turnout-arm"  # an admin forces the arm (tests, debugging)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing it (413) as soon as it is known to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_request(raw: bytes, model: type[BaseModel]) -> dict[str, Any]:
@@ -105,15 +89,15 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def client_request_id_of(request: Request) -> str | None:
+def client_request_id_of(head: RequestHead) -> str | None:
     """The client's well-formed `x-request-id`, if it sent one; echoed, never a join key."""
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else None
+    given = head.request_id
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else None
 
 
-def sticky_key_of(request: Request, fields: dict[str, Any], caller: Caller | None) -> str | None:
+def sticky_key_of(head: RequestHead, fields: dict[str, Any], caller: Caller | None) -> str | None:
     """Who the caller is for rollout assignment: x-turnout-key, else `user`, else the API key."""
-    given = request.headers.get("x-turnout-key")
+    given = head.sticky_key
     if given:
         return given
     user = fields.get("user")
@@ -121,7 +105,7 @@ def sticky_key_of(request: Request, fields: dict[str, Any], caller: Caller | Non
         return user
     if caller is not None:
         return caller.key_id
-    authorization = request.headers.get("authorization", "")
+    authorization = head.authorization
     if authorization:
         # Never the key itself: only a digest leaves this function.
         return hashlib.sha256(authorization.encode()).hexdigest()[:16]
@@ -234,13 +218,12 @@ class InferenceEndpoints:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
         exchange = RequestInFlight(path=scope["path"], started=time.perf_counter())
         try:
             try:
                 if scope["method"] != "POST":
                     raise MethodNotAllowed(f"{scope['method']} is not allowed here; use POST.")
-                response = await self._forward(request, exchange)
+                response = await self._forward(RequestHead.of(scope), receive, exchange)
             except TurnoutError as error:
                 response = error_response(error)
             except Exception:
@@ -252,32 +235,33 @@ class InferenceEndpoints:
                 # the request never finished, given up: `send` keeps the budget right).
                 self._shadows.send(exchange.shadow)
 
-    def _choose(self, admission: Admission, request: Request, fields: dict[str, Any]) -> Target:
+    def _choose(self, admission: Admission, head: RequestHead, fields: dict[str, Any]) -> Target:
         """The arm for this request; a candidate no backend holds yet gets nothing."""
         arm = admission.forced_arm
-        key = sticky_key_of(request, fields, admission.caller)
+        key = sticky_key_of(head, fields, admission.caller)
         target = admission.entry.pick(key, random.random, arm)
         not_loaded = target.adapter is not None and not self._pool.serves(target.served_model)
         if target.arm == "candidate" and arm is None and not_loaded:
             return admission.entry.stable
         return target
 
-    async def _forward(self, request: Request, exchange: RequestInFlight) -> ASGIApp:
+    async def _forward(
+        self, head: RequestHead, receive: Receive, exchange: RequestInFlight
+    ) -> ASGIApp:
         path = exchange.path
         try:
-            authorization = request.headers.get("authorization")
+            authorization = head.authorization
             caller = self._guard.caller(authorization)  # 401 before the body is read
-            fields = parse_request(
-                await read_body(request, self._max_body_bytes), self.models[path]
-            )
+            raw = await read_body(receive, head.content_length, self._max_body_bytes)
+            fields = parse_request(raw, self.models[path])
             exchange.fields = fields
-            asked = AdmissionRequest(path, fields, authorization, request.headers.get(ARM_HEADER))
+            asked = AdmissionRequest(path, fields, authorization, head.arm)
             admission = await self._guard.admit(caller, asked, self._table.current)
             exchange.admission = admission
-            target = exchange.target = self._choose(admission, request, fields)
+            target = exchange.target = self._choose(admission, head, fields)
             contract = _request_contract(fields, target)
             request_id = exchange.request_id = new_request_id()
-            exchange.client_request_id = client_request_id_of(request)
+            exchange.client_request_id = client_request_id_of(head)
             headers = _turnout_headers(target, request_id, exchange.client_request_id)
             streamed = fields.get("stream") is True
             entry = admission.entry

@@ -2,10 +2,12 @@
 
 The response head goes out as soon as the stream is open; each block of whole SSE events (model
 name already rewritten by the proxy) goes out as one body message as it comes; the upstream
-request is closed however the relay ends. A client that leaves is noticed through ASGI's
-`http.disconnect` and cancels the relay at once, which drops the upstream connection (vLLM then
-aborts the generation). Body writes that may block (flow control has paused writing) go
-through `StallGuard`, so a client that stops reading is cut (`gateway.api.stream_guard`).
+request is closed however the relay ends. A client that leaves cancels the relay at once, which
+drops the upstream connection (vLLM then aborts the generation): the gateway's own server says
+so through the request's `DepartureNotice`, any other server through ASGI's `http.disconnect`,
+which a task of the relay's waits for. Body writes that may block (flow control has paused
+writing) go through `StallGuard`, so a client that stops reading is cut
+(`gateway.api.stream_guard`).
 
 Why not starlette's `StreamingResponse`: per stream it runs an anyio task group and a task, and
 per event a generator layer and its checks. With the timers that used to wrap every event, the
@@ -21,6 +23,7 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.departure import DEPARTURE_EXTENSION, DepartureNotice
 from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
 from gateway.outcomes.recorder import StreamTranscript
 from gateway.upstream.proxy import OpenStream
@@ -71,7 +74,12 @@ class StreamRelay:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = asyncio.current_task()
         assert relay is not None
-        watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
+        notice: DepartureNotice | None = scope.get("extensions", {}).get(DEPARTURE_EXTENSION)
+        watcher: asyncio.Task[None] | None = None
+        if notice is not None:
+            notice.watch(lambda: self._departed_now(relay))
+        else:
+            watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
             await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
@@ -85,7 +93,10 @@ class StreamRelay:
                 raise
         finally:
             self._finished = True
-            watcher.cancel()
+            if notice is not None:
+                notice.unwatch()
+            if watcher is not None:
+                watcher.cancel()
             await self._resources.aclose()
             self._on_close()
 
@@ -118,6 +129,9 @@ class StreamRelay:
         while (await receive())["type"] != "http.disconnect":
             pass
         # uvicorn also says `http.disconnect` once the response is complete: not a departure.
+        self._departed_now(relay)
+
+    def _departed_now(self, relay: asyncio.Task[None]) -> None:
         if not self._finished:
             self._departed = True
             relay.cancel()

@@ -15,6 +15,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.api.departure import DEPARTURE_EXTENSION, DepartureNotice
 from gateway.api.stream_guard import FLOW_EXTENSION, TRANSPORT_EXTENSION
 from monitoring.metrics import WORKER_CONNECTIONS
 
@@ -57,8 +58,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`.
 
     Each request's scope carries the transport (extension `turnout.transport`), so a stream
-    whose client stopped reading can be cut, and the connection's flow control (extension
-    `turnout.flow`), so a write that cannot block is not timed (`gateway.api.stream_guard`).
+    whose client stopped reading can be cut, the connection's flow control (extension
+    `turnout.flow`), so a write that cannot block is not timed (`gateway.api.stream_guard`),
+    and a `DepartureNotice` (extension `turnout.departure`), told when the connection is lost
+    before the response completed (`gateway.api.departure`).
     """
 
     def on_message_begin(self) -> None:
@@ -66,8 +69,19 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         extensions: dict[str, Any] = {
             TRANSPORT_EXTENSION: self.transport,
             FLOW_EXTENSION: self.flow,
+            DEPARTURE_EXTENSION: DepartureNotice(),
         }
         self.scope["extensions"] = extensions
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        # uvicorn marks the cycle disconnected only when its response had not completed.
+        if cycle is not None and cycle.disconnected:
+            extensions: dict[str, Any] = cycle.scope.get("extensions", {})
+            notice: DepartureNotice | None = extensions.get(DEPARTURE_EXTENSION)
+            if notice is not None:
+                notice.departed()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         loop = asyncio.get_running_loop()

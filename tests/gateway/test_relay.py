@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
+from gateway.api.departure import DEPARTURE_EXTENSION, DepartureNotice
 from gateway.api.relay import StreamRelay
 from gateway.api.stream_guard import FLOW_EXTENSION, ClientStalled, StallGuard
 from gateway.outcomes.recorder import StreamTranscript
@@ -102,6 +103,69 @@ def test_a_departure_ends_the_relay_soon_even_from_a_source_that_never_waits() -
     # It returns (no CancelledError escapes), closes the upstream and records the outcome.
     assert asyncio.run(scenario()) == ["upstream", "outcome"]
     assert 100 <= relayed <= 100 + 16
+
+
+def test_a_departure_told_by_the_server_ends_the_relay_without_waiting_on_receive() -> None:
+    # The gateway's own server tells the request's DepartureNotice when the connection is
+    # lost; the relay then needs no task waiting on `receive` (and never calls it).
+    relayed = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal relayed
+        while relayed < 10_000:
+            await asyncio.sleep(0)
+            relayed += 1
+            yield EVENT
+
+    async def scenario() -> tuple[list[str], int]:
+        notice = DepartureNotice()
+        tasks_before = len(asyncio.all_tasks())
+        tasks_during: list[int] = []
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and relayed == 50:
+                tasks_during.append(len(asyncio.all_tasks()))
+                notice.departed()  # what the protocol's connection_lost does
+
+        async def receive() -> Message:
+            raise AssertionError("the relay waits on receive although the server tells it")
+
+        closed: list[str] = []
+        extensions = {FLOW_EXTENSION: Flow(), DEPARTURE_EXTENSION: notice}
+        scope: dict[str, Any] = {"type": "http", "extensions": extensions}
+        await asyncio.wait_for(_relay(endless(), closed)(scope, receive, send), 5)
+        notice.departed()  # a word after the relay ended reaches nobody
+        assert tasks_during == [tasks_before + 1]  # the task wait_for runs it in; no watcher
+        return closed, relayed
+
+    closed, relayed_events = asyncio.run(scenario())
+    assert closed == ["upstream", "outcome"]
+    assert 50 <= relayed_events <= 51
+
+
+def test_a_response_completed_is_no_departure() -> None:
+    async def three() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield EVENT
+
+    async def scenario() -> list[str]:
+        notice = DepartureNotice()
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        async def receive() -> Message:
+            raise AssertionError("not called")
+
+        closed: list[str] = []
+        extensions = {FLOW_EXTENSION: Flow(), DEPARTURE_EXTENSION: notice}
+        scope: dict[str, Any] = {"type": "http", "extensions": extensions}
+        await _relay(three(), closed)(scope, receive, send)
+        assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+        return closed
+
+    assert asyncio.run(scenario()) == ["upstream", "outcome"]
 
 
 def test_a_write_is_timed_only_while_the_flow_is_paused() -> None:
