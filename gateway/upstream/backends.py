@@ -136,11 +136,10 @@ class Http1Upstream:
         """One exchange read to its end within `timeout_s`."""
         response: http1.Response | None = None
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._pool.request(
-                    self._origin(backend), method, path, body, headers
-                )
-                payload = await response.read()
+            response = await self._pool.request(
+                self._origin(backend), method, path, body, headers, timeout_s, timed_body=True
+            )
+            payload = await response.read()
         except (OSError, TimeoutError) as error:
             raise _transport_error(error, backend) from error
         finally:
@@ -154,10 +153,9 @@ class Http1Upstream:
     ) -> AsyncIterator[UpstreamStream]:
         headers = _JSON_HEADERS + b"x-request-id: " + request_id.encode() + b"\r\n"
         try:
-            async with asyncio.timeout(self._timeouts.response_s):
-                response = await self._pool.request(
-                    self._origin(backend), b"POST", path, body, headers
-                )
+            response = await self._pool.request(
+                self._origin(backend), b"POST", path, body, headers, self._timeouts.response_s
+            )
         except (OSError, TimeoutError) as error:
             raise _transport_error(error, backend) from error
         try:

@@ -61,6 +61,12 @@ class _ArrivingResponse:
     error: BaseException | None = None
     wakeup: asyncio.Future[None] | None = None
     received_at: float = 0.0  # loop time of the last body bytes
+    deadline: asyncio.TimerHandle | None = None  # fails the exchange when it fires
+
+    def stop_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
 
 class _Connection(asyncio.Protocol):
@@ -165,6 +171,12 @@ class _Connection(asyncio.Protocol):
         if exchange is self._exchange:
             self._fail(TimeoutError(f"no body bytes for {idle_timeout_s:g} s"))
 
+    def fail_late(self, exchange: _ArrivingResponse, timeout_s: float) -> None:
+        """Fail the exchange with `TimeoutError`: its time (`timeout_s`) is up."""
+        exchange.deadline = None
+        if exchange is self._exchange:
+            self._fail(TimeoutError(f"no complete response within {timeout_s:g} s"))
+
     @staticmethod
     def _wake(exchange: _ArrivingResponse) -> None:
         if exchange.wakeup is not None and not exchange.wakeup.done():
@@ -223,6 +235,9 @@ class Response:
                 watch.stop()
 
     async def read(self) -> bytes:
+        exchange = self._exchange
+        if exchange.complete:  # the usual short answer: its body came with its head
+            return self._connection.take(exchange)
         return b"".join([chunk async for chunk in self.chunks()])
 
     def finish(self) -> None:
@@ -230,6 +245,7 @@ class Response:
         if self._finished:
             return
         self._finished = True
+        self._exchange.stop_deadline()
         if self._connection.reusable():
             self._pool.release(self._connection)
         else:
@@ -286,6 +302,14 @@ class _IdleWatch:
         self._timer = self._loop.call_at(deadline, self._check)
 
 
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    """When a request's time is up (loop time), and the time it was given."""
+
+    at: float
+    timeout_s: float
+
+
 class ConnectionPool:
     """Idle keep-alive connections per origin, opened on demand."""
 
@@ -295,9 +319,22 @@ class ConnectionPool:
         self._ssl = ssl.create_default_context()
 
     async def request(
-        self, origin: Origin, method: bytes, path: str, body: bytes, headers: bytes
+        self,
+        origin: Origin,
+        method: bytes,
+        path: str,
+        body: bytes,
+        headers: bytes,
+        timeout_s: float | None = None,
+        timed_body: bool = False,
     ) -> Response:
         """Send a request and wait for the response's head.
+
+        `timeout_s`: `TimeoutError` unless the head arrives within it (opening a connection
+        included) and, with `timed_body`, the whole body too (its reader meets the error, and
+        the connection is dropped). One timer per exchange, not `asyncio.timeout`, whose object,
+        task lookup and cancellation cost about 8% of the gateway's CPU for a whole answer
+        (docs/performance.md, "The request path, cut").
 
         A reused connection that the server had already closed (keep-alive expiry) is retried
         once on a fresh one: no byte of the response had arrived, so the server never saw it.
@@ -306,14 +343,15 @@ class ConnectionPool:
             method, path.encode(), origin.host_header, len(body), headers,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else _Deadline(loop.time() + timeout_s, timeout_s)
         connection = self._idle_connection(origin)
         if connection is not None:
             try:
-                return await self._exchange(connection, head, body, loop)
+                return await self._exchange(connection, head, body, loop, deadline, timed_body)
             except ConnectionError:
                 pass
-        connection = await self._connect(origin, loop)
-        return await self._exchange(connection, head, body, loop)
+        connection = await self._connect(origin, loop, deadline)
+        return await self._exchange(connection, head, body, loop, deadline, timed_body)
 
     def release(self, connection: _Connection) -> None:
         self._idle.setdefault(connection.origin, deque()).append(connection)
@@ -332,18 +370,36 @@ class ConnectionPool:
         return None
 
     async def _exchange(
-        self, connection: _Connection, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop
+        self,
+        connection: _Connection,
+        head: bytes,
+        body: bytes,
+        loop: asyncio.AbstractEventLoop,
+        deadline: _Deadline | None,
+        timed_body: bool,
     ) -> Response:
         exchange = connection.send(head, body, loop)
+        if deadline is not None:
+            exchange.deadline = loop.call_at(
+                deadline.at, connection.fail_late, exchange, deadline.timeout_s
+            )
         try:
             await exchange.headers_done
         except BaseException:
+            exchange.stop_deadline()
             connection.close()
             raise
+        if not timed_body:
+            exchange.stop_deadline()
         return Response(connection, exchange, self)
 
-    async def _connect(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> _Connection:
-        async with asyncio.timeout(self._connect_timeout_s):
+    async def _connect(
+        self, origin: Origin, loop: asyncio.AbstractEventLoop, deadline: _Deadline | None
+    ) -> _Connection:
+        timeout_s = self._connect_timeout_s
+        if deadline is not None:
+            timeout_s = min(timeout_s, max(0.0, deadline.at - loop.time()))
+        async with asyncio.timeout(timeout_s):
             _, connection = await loop.create_connection(
                 lambda: _Connection(origin),
                 origin.host,

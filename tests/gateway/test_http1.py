@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import pytest
 
@@ -192,6 +193,76 @@ def test_a_stream_silent_past_its_idle_limit_raises_timeout() -> None:
             await anext(chunks)
         assert 0.25 < time.monotonic() - started < 3
         response.finish()
+        server.close()
+
+    run(scenario)
+
+
+class NeverAnswers(asyncio.Protocol):
+    """Reads the request and says nothing back; records when its connection closed."""
+
+    closed: ClassVar[list[float]] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        NeverAnswers.closed.append(time.monotonic())
+
+
+def test_a_head_later_than_the_timeout_is_a_timeout_and_drops_the_connection() -> None:
+    async def scenario() -> None:
+        NeverAnswers.closed.clear()
+        server, origin = await serve(NeverAnswers)
+        pool = ConnectionPool(connect_timeout_s=2)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pool.request(origin, b"POST", "/v1/completions", BODY, JSON, timeout_s=0.3)
+        assert 0.25 < time.monotonic() - started < 3
+        await asyncio.sleep(0.1)
+        assert len(NeverAnswers.closed) == 1  # dropped: the server would go on generating
+        server.close()
+
+    run(scenario)
+
+
+def test_a_timed_body_must_end_within_the_timeout_and_an_untimed_one_need_not() -> None:
+    # 8 chunks 0.1 s apart: the head comes at once, the body ends after about 0.8 s.
+    async def scenario() -> None:
+        server, origin = await serve(PacedChunks)
+        pool = ConnectionPool(connect_timeout_s=2)
+        timed = await pool.request(
+            origin, b"POST", "/v1/completions", BODY, JSON, timeout_s=0.35, timed_body=True
+        )
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await timed.read()
+        assert time.monotonic() - started < 0.7
+        timed.finish()
+        untimed = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON, timeout_s=0.35)
+        assert await untimed.read() == b"data: " * 8  # past 0.35 s: only the head was timed
+        untimed.finish()
+        server.close()
+
+    run(scenario)
+
+
+def test_answers_within_their_timeout_keep_the_connection_and_leave_no_timer() -> None:
+    async def scenario() -> None:
+        CountingStub.connections = 0
+        server, origin = await serve(lambda: CountingStub(set()))
+        pool = ConnectionPool(connect_timeout_s=2)
+        for _ in range(3):
+            response = await pool.request(
+                origin, b"POST", "/v1/chat/completions", BODY, JSON, timeout_s=0.2, timed_body=True
+            )
+            assert b'"model":"m@v1"' in await response.read()
+            response.finish()
+            assert response._exchange.deadline is None  # cancelled, not left to fire
+        await asyncio.sleep(0.4)  # past every request's time: nothing fires on the kept one
+        response = await pool.request(origin, b"POST", "/v1/chat/completions", BODY, JSON)
+        assert response.status == 200
+        await response.read()
+        response.finish()
+        assert CountingStub.connections == 1
+        pool.close()
         server.close()
 
     run(scenario)
