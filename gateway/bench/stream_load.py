@@ -3,7 +3,9 @@
 The N streams start at once (a burst), or, with `--steady-s`, 2N start at an even pace that
 keeps about N open (the steady state of N concurrent streams).
 
-Each stream is its own connection: one POST with `"stream": true`, then every read is scanned
+Each stream is its own connection (opened before its clock starts), or, with `--pooled`, it
+takes an idle keep-alive connection if one is free and opens one only if none is, as an OpenAI
+client's connection pool does: one POST with `"stream": true`, then every read is scanned
 for the blank line that ends an SSE event. Per stream it records the time from sending the
 request to the first event and the gap between consecutive reads that brought events (events
 that arrive in one read share a timestamp: their gap is 0). `data: [DONE]` ends a stream and is
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 
 _DONE = b"data: [DONE]\n\n"
+_LAST_CHUNK = b"0\r\n\r\n"  # a chunked body's end
 
 
 @dataclass(slots=True)
@@ -49,13 +52,56 @@ def _request(host: str, port: int, path: str, model: str, max_tokens: int) -> by
     ).encode() + body
 
 
-async def one_stream(host: str, port: int, request: bytes, timeout_s: float) -> StreamTiming:
-    """Send `request`, read its SSE answer to `[DONE]`, and time it."""
+@dataclass(slots=True)
+class Connections:
+    """Where streams get their connections: a fresh one each, or (`pooled`) an idle kept-alive
+    one, opened only when none is idle."""
+
+    host: str
+    port: int
+    pooled: bool = False
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    opened: int = 0
+
+    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.idle:
+            return self.idle.pop()
+        self.opened += 1
+        return await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
+    def give_back(
+        self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], reusable: bool
+    ) -> None:
+        if self.pooled and reusable:
+            self.idle.append(connection)
+        else:
+            connection[1].close()
+
+
+async def _read_to_last_chunk(reader: asyncio.StreamReader, after_done: bytes) -> bool:
+    """Read what is left of a chunked answer after its `[DONE]` event; whether it ended."""
+    rest = after_done
+    while not rest.endswith(_LAST_CHUNK):
+        data = await reader.read(65536)
+        if not data:
+            return False
+        rest = rest[-len(_LAST_CHUNK) :] + data
+    return True
+
+
+async def one_stream(
+    host: str, port: int, request: bytes, timeout_s: float, connections: Connections | None = None
+) -> StreamTiming:
+    """Send `request`, read its SSE answer to `[DONE]`, and time it (from the request's
+    sending: a fresh connection is opened before)."""
     timing = StreamTiming()
-    writer: asyncio.StreamWriter | None = None
+    connections = connections or Connections(host, port)
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    reusable = False
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+            connection = await connections.take()
+            reader, writer = connection
             sent = time.perf_counter()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -84,13 +130,16 @@ async def one_stream(host: str, port: int, request: bytes, timeout_s: float) -> 
                     timing.events += events
                     last = now
                 if done:
+                    if connections.pooled and b"connection: close" not in head.lower():
+                        after = scanned[scanned.rfind(_DONE) + len(_DONE) :]
+                        reusable = await _read_to_last_chunk(reader, after)
                     return timing
     except (OSError, TimeoutError, asyncio.IncompleteReadError) as error:
         timing.error = type(error).__name__
         return timing
     finally:
-        if writer is not None:
-            writer.close()
+        if connection is not None:
+            connections.give_back(connection, reusable)
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -123,32 +172,37 @@ def summarise(timings: list[StreamTiming], wall_s: float) -> dict[str, Any]:
 
 async def run_streams(
     url: str, model: str, streams: int, timeout_s: float, max_tokens: int = 4096,
-    steady_s: float = 0.0,
+    steady_s: float = 0.0, pooled: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """`streams` concurrent streams against `url` (http://host:port/path), summarised.
 
     With `steady_s` (one stream's length) 0, every stream starts at once (a burst). Otherwise
     twice as many streams start one after another at an even pace, `streams` per `steady_s`,
     so that once the first has ended about `streams` are open at any moment: the steady state
-    of that many concurrent streams, without the burst of connections at the start."""
+    of that many concurrent streams, without the burst of connections at the start.
+    `pooled`: streams reuse idle keep-alive connections (`Connections`)."""
     rest = url.removeprefix("http://")
     address, _, path = rest.partition("/")
     host, _, port = address.partition(":")
     request = _request(host, int(port), "/" + path, model, max_tokens)
+    connections = Connections(host, int(port), pooled)
     started = time.perf_counter()
     if steady_s <= 0:
         timings = await asyncio.gather(
-            *(one_stream(host, int(port), request, timeout_s) for _ in range(streams))
+            *(one_stream(host, int(port), request, timeout_s, connections) for _ in range(streams))
         )
     else:
         pace_s = steady_s / streams
 
         async def starting_at(index: int) -> StreamTiming:
             await asyncio.sleep(max(0.0, started + index * pace_s - time.perf_counter()))
-            return await one_stream(host, int(port), request, timeout_s)
+            return await one_stream(host, int(port), request, timeout_s, connections)
 
         timings = await asyncio.gather(*(starting_at(index) for index in range(2 * streams)))
-    return summarise(list(timings), time.perf_counter() - started)
+    wall_s = time.perf_counter() - started
+    for _, writer in connections.idle:
+        writer.close()
+    return {**summarise(list(timings), wall_s), "connections_opened": connections.opened}
 
 
 def main() -> None:
@@ -164,10 +218,12 @@ def main() -> None:
     parser.add_argument(
         "--steady-s", type=float, default=0.0, help="one stream's length: start at a steady pace"
     )
+    parser.add_argument("--pooled", action="store_true", help="reuse idle keep-alive connections")
     args = parser.parse_args()
-    report = uvloop.run(
-        run_streams(args.url, args.model, args.streams, args.timeout, steady_s=args.steady_s)
+    run = run_streams(
+        args.url, args.model, args.streams, args.timeout, steady_s=args.steady_s, pooled=args.pooled
     )
+    report = uvloop.run(run)
     print(orjson.dumps(report).decode())
 
 

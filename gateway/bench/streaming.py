@@ -12,6 +12,9 @@ the load client and the upstream). `--layout shared` puts the gateway on the loa
 then no wake-up crosses CPUs, which inside a virtual machine can cost more than the gateway's
 own work (`gateway.bench.wake_probe`; every report carries the machine's round trips as
 `machine`). `--arrivals steady` starts the streams at an even pace instead of all at once.
+`--connections pooled` lets each stream reuse an idle keep-alive connection, as an OpenAI
+client's pool does, instead of opening its own (`fresh`): then a stream's figures leave out
+what opening and closing a connection costs the server.
 
 Each level also runs through the floor (`gateway.bench.forwarder`, pinned where a one-worker
 gateway is): a forwarder that passes bytes between the client and the upstream unparsed, on the
@@ -136,12 +139,22 @@ def _peak_rss(pid: int, into: list[int]) -> Iterator[None]:
         into.append(max(peak[0], rss_bytes(pid)))
 
 
+@dataclass(frozen=True)
+class LoadShape:
+    """How a level's streams come: `steady_s` (one stream's length) above 0 starts them at an
+    even pace, else all at once; `pooled` streams reuse idle keep-alive connections."""
+
+    steady_s: float = 0.0
+    pooled: bool = False
+
+
 def _load(
-    url: str, model: str, streams: int, cpu: int | None, steady_s: float = 0.0
+    url: str, model: str, streams: int, cpu: int | None, shape: LoadShape = LoadShape()
 ) -> dict[str, Any]:
     command = [
         sys.executable, "-m", "gateway.bench.stream_load",
-        "--url", url, "--model", model, "--streams", str(streams), "--steady-s", str(steady_s),
+        "--url", url, "--model", model, "--streams", str(streams),
+        "--steady-s", str(shape.steady_s), *(["--pooled"] if shape.pooled else []),
     ]  # fmt: skip
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]
@@ -245,13 +258,13 @@ def _level(
 
 
 def _floor(
-    forwarder_pid: int, url: str, streams: int, cpu: int | None, steady_s: float,
+    forwarder_pid: int, url: str, streams: int, cpu: int | None, shape: LoadShape,
     direct: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     """One level through the forwarder: its load report, what it added over direct, and its
     CPU time per event."""
     cpu_before = cpu_seconds(forwarder_pid)
-    floor = _load(url, STUB_ADAPTER, streams, cpu, steady_s)
+    floor = _load(url, STUB_ADAPTER, streams, cpu, shape)
     spent = cpu_seconds(forwarder_pid) - cpu_before
     events = floor["events"]
     floor.update(_added_over(direct, floor))
@@ -260,12 +273,12 @@ def _floor(
 
 
 def _direct(
-    upstream_pid: int, url: str, streams: int, cpu: int | None, steady_s: float
+    upstream_pid: int, url: str, streams: int, cpu: int | None, shape: LoadShape
 ) -> dict[str, Any]:
     """One level against the upstream itself, with the upstream's CPU time per event it sent:
     what one event costs a plain asyncio process on this machine, beside the gateway's."""
     cpu_before = cpu_seconds(upstream_pid)
-    direct = _load(url, STUB_ADAPTER, streams, cpu, steady_s)
+    direct = _load(url, STUB_ADAPTER, streams, cpu, shape)
     spent = cpu_seconds(upstream_pid) - cpu_before
     events = direct["events"]
     direct["upstream_cpu_us_per_event"] = round(spent / events * 1e6, 2) if events else None
@@ -273,7 +286,7 @@ def _direct(
 
 
 def _relayed(
-    pid: int, url: str, streams: int, cpu: int | None, baseline: int, steady_s: float = 0.0
+    pid: int, url: str, streams: int, cpu: int | None, baseline: int, shape: LoadShape
 ) -> tuple[dict[str, Any], int, float, float | None, GcPauses]:
     """One level through one gateway: the load's report, the gateway's memory growth, CPU
     seconds, run-queue wait and garbage collections over it."""
@@ -283,7 +296,7 @@ def _relayed(
     cpu_before = cpu_seconds(pid)
     waited_before = run_queue_seconds(pid)
     with _peak_rss(pid, peaks):
-        relayed = _load(url, ROUTE, streams, cpu, steady_s)
+        relayed = _load(url, ROUTE, streams, cpu, shape)
     cpu_s = cpu_seconds(pid) - cpu_before
     waited_after = run_queue_seconds(pid)
     time.sleep(FLUSH_S * 1.5)  # the gateway observes its collections every FLUSH_S
@@ -296,7 +309,7 @@ def _relayed(
 
 def run_streaming_benchmark(
     levels: tuple[int, ...], chunks: int, interval_ms: float, workers: tuple[int, ...] = (1,),
-    arrivals: str = "burst", layout: str = "split",
+    arrivals: str = "burst", layout: str = "split", connections: str = "fresh",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One report per level of concurrent streams and gateway (`workers` processes); see the
     module docstring for the set-up."""
@@ -308,6 +321,7 @@ def run_streaming_benchmark(
     if arrivals == "steady" and interval_ms <= 0:
         raise ValueError("steady arrivals need paced streams (--interval-ms above 0)")
     steady_s = chunks * interval_ms / 1000 if arrivals == "steady" else 0.0
+    shape = LoadShape(steady_s, connections == "pooled")
     cpus = _two_cpus()
     machine = machine_wake_report(cpus)
     gateway_cpu, load_cpu = cpus if cpus is not None else (None, None)
@@ -351,15 +365,16 @@ def run_streaming_benchmark(
         baselines = {pid: rss_bytes(pid) for _, pid, _ in gateways}
         reports = []
         for streams in levels:
-            direct = _direct(upstream.pid, direct_url, streams, load_cpu, steady_s)
-            floor = _floor(forwarder.pid, floor_url + PATH, streams, load_cpu, steady_s, direct)
+            direct = _direct(upstream.pid, direct_url, streams, load_cpu, shape)
+            floor = _floor(forwarder.pid, floor_url + PATH, streams, load_cpu, shape, direct)
             for count, pid, url in gateways:
                 relayed, growth, cpu_s, waited_s, collected = _relayed(
-                    pid, url, streams, load_cpu, baselines[pid], steady_s
+                    pid, url, streams, load_cpu, baselines[pid], shape
                 )
                 report = _level(streams, direct, relayed, growth, cpu_s, waited_s, collected)
                 reports.append(
-                    {"workers": count, "arrivals": arrivals, "layout": layout, **report,
+                    {"workers": count, "arrivals": arrivals, "layout": layout,
+                     "connections": connections, **report,
                      "floor": floor, "machine": machine}
                 )  # fmt: skip
         return reports
@@ -369,8 +384,9 @@ def cmd_bench_streaming(args: argparse.Namespace) -> int:
     levels = tuple(int(part) for part in args.streams.split(","))
     workers = tuple(int(part) for part in args.workers.split(","))
     report = run_streaming_benchmark(
-        levels, args.chunks, args.interval_ms, workers, args.arrivals, args.layout
-    )
+        levels, args.chunks, args.interval_ms, workers, args.arrivals, args.layout,
+        args.connections,
+    )  # fmt: skip
     for level in report:
         print(json.dumps(level, indent=None if args.json else 2))
     return 0
@@ -409,6 +425,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         default="split",
         help="split: the gateway on one CPU, the load and upstream on another; shared: all on "
         "one CPU (no wake-up crosses CPUs)",
+    )
+    command.add_argument(
+        "--connections",
+        choices=("fresh", "pooled"),
+        default="fresh",
+        help="fresh: each stream opens its own connection; pooled: streams reuse idle "
+        "keep-alive connections, as an OpenAI client's pool does",
     )
     command.add_argument("--json", action="store_true", help="one JSON object per line")
     command.set_defaults(run=cmd_bench_streaming)

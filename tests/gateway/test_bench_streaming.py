@@ -17,7 +17,7 @@ from gateway.serving.embedded_vllm import free_port
 
 
 async def _against_stub(
-    chunks: int, interval_s: float, streams: int, steady_s: float = 0.0
+    chunks: int, interval_s: float, streams: int, steady_s: float = 0.0, pooled: bool = False
 ) -> dict[str, object]:
     port = free_port()
     server = asyncio.create_task(serve("127.0.0.1", port, chunks, interval_s))
@@ -31,7 +31,7 @@ async def _against_stub(
                 await asyncio.sleep(0.02)
         return await run_streams(
             f"http://127.0.0.1:{port}/v1/chat/completions", "bench@v1", streams, 30,
-            steady_s=steady_s,
+            steady_s=steady_s, pooled=pooled,
         )  # fmt: skip
     finally:
         server.cancel()
@@ -66,6 +66,20 @@ def test_steady_arrivals_start_twice_the_streams_at_an_even_pace() -> None:
     assert burst["wall_s"] < 0.27  # type: ignore[operator]
 
 
+def test_pooled_streams_reuse_kept_alive_connections() -> None:
+    # 8 streams of 5 events 20 ms apart start 25 ms apart: about 4 are open at any moment, so a
+    # pool needs about 4 connections, while fresh connections are one per stream.
+    pooled = asyncio.run(
+        _against_stub(chunks=5, interval_s=0.02, streams=4, steady_s=0.1, pooled=True)
+    )
+    assert pooled["errors"] == 0
+    assert pooled["events"] == 8 * 5
+    assert 1 <= pooled["connections_opened"] < 8  # type: ignore[operator]
+    fresh = asyncio.run(_against_stub(chunks=5, interval_s=0.02, streams=4, steady_s=0.1))
+    assert fresh["errors"] == 0
+    assert fresh["connections_opened"] == 8
+
+
 def test_the_wake_probe_times_round_trips_between_two_processes() -> None:
     timings = wake_round_trip_us((0, 0), round_trips=200)
     assert 0 < timings["p50"] <= timings["p90"] <= timings["p99"]
@@ -75,23 +89,26 @@ def test_the_wake_probe_times_round_trips_between_two_processes() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("arrivals", "layout", "started"), [("burst", "split", 1), ("steady", "shared", 2)]
+    ("arrivals", "layout", "connections", "started"),
+    [("burst", "split", "fresh", 1), ("steady", "shared", "pooled", 2)],
 )
 def test_bench_streaming_reports_every_relayed_event(
-    arrivals: str, layout: str, started: int
+    arrivals: str, layout: str, connections: str, started: int
 ) -> None:
     done = subprocess.run(
         [
             sys.executable, "-m", "gateway.cli", "bench", "streaming",
             "--streams", "1,8", "--chunks", "5", "--interval-ms", "10", "--json",
-            "--arrivals", arrivals, "--layout", layout,
+            "--arrivals", arrivals, "--layout", layout, "--connections", connections,
         ],
         capture_output=True, text=True, timeout=180, check=True,
     )  # fmt: skip
     levels = [json.loads(line) for line in done.stdout.splitlines()]
     assert [level["streams"] for level in levels] == [1, 8]
     for level in levels:
-        assert (level["arrivals"], level["layout"]) == (arrivals, layout)
+        assert (level["arrivals"], level["layout"], level["connections"]) == (
+            arrivals, layout, connections,
+        )  # fmt: skip
         # Steady arrivals start twice the level's streams, so that many stay open.
         assert (
             level["gateway"]["streams"] == level["direct"]["streams"] == started * level["streams"]
@@ -104,6 +121,11 @@ def test_bench_streaming_reports_every_relayed_event(
             assert level[side]["first_event_p99_ms"] >= level[side]["first_event_p50_ms"] > 0
             # 10 ms apart: no gap of 5 ms or more would mean events were not paced.
             assert level[side]["gap_max_ms"] >= 5
+            opened = level[side]["connections_opened"]
+            if connections == "fresh":
+                assert opened == level[side]["streams"]
+            elif level["streams"] == 8:  # 16 steady streams, about 8 open at once
+                assert 1 <= opened < 16
         assert level["added_first_event_p50_ms"] == pytest.approx(
             level["gateway"]["first_event_p50_ms"] - level["direct"]["first_event_p50_ms"],
             abs=0.002,
