@@ -302,14 +302,6 @@ class _IdleWatch:
         self._timer = self._loop.call_at(deadline, self._check)
 
 
-@dataclass(frozen=True, slots=True)
-class _Deadline:
-    """When a request's time is up (loop time), and the time it was given."""
-
-    at: float
-    timeout_s: float
-
-
 class ConnectionPool:
     """Idle keep-alive connections per origin, opened on demand."""
 
@@ -343,15 +335,16 @@ class ConnectionPool:
             method, path.encode(), origin.host_header, len(body), headers,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else _Deadline(loop.time() + timeout_s, timeout_s)
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        timing = (deadline, timeout_s, timed_body)
         connection = self._idle_connection(origin)
         if connection is not None:
             try:
-                return await self._exchange(connection, head, body, loop, deadline, timed_body)
+                return await self._exchange(connection, head, body, loop, *timing)
             except ConnectionError:
                 pass
         connection = await self._connect(origin, loop, deadline)
-        return await self._exchange(connection, head, body, loop, deadline, timed_body)
+        return await self._exchange(connection, head, body, loop, *timing)
 
     def release(self, connection: _Connection) -> None:
         self._idle.setdefault(connection.origin, deque()).append(connection)
@@ -375,14 +368,15 @@ class ConnectionPool:
         head: bytes,
         body: bytes,
         loop: asyncio.AbstractEventLoop,
-        deadline: _Deadline | None,
+        deadline: float | None,
+        timeout_s: float | None,
         timed_body: bool,
     ) -> Response:
+        """Send on `connection` and wait for the head; until `deadline` (loop time), the
+        exchange fails with `TimeoutError` naming `timeout_s`."""
         exchange = connection.send(head, body, loop)
-        if deadline is not None:
-            exchange.deadline = loop.call_at(
-                deadline.at, connection.fail_late, exchange, deadline.timeout_s
-            )
+        if deadline is not None and timeout_s is not None:
+            exchange.deadline = loop.call_at(deadline, connection.fail_late, exchange, timeout_s)
         try:
             await exchange.headers_done
         except BaseException:
@@ -394,11 +388,11 @@ class ConnectionPool:
         return Response(connection, exchange, self)
 
     async def _connect(
-        self, origin: Origin, loop: asyncio.AbstractEventLoop, deadline: _Deadline | None
+        self, origin: Origin, loop: asyncio.AbstractEventLoop, deadline: float | None
     ) -> _Connection:
         timeout_s = self._connect_timeout_s
         if deadline is not None:
-            timeout_s = min(timeout_s, max(0.0, deadline.at - loop.time()))
+            timeout_s = min(timeout_s, max(0.0, deadline - loop.time()))
         async with asyncio.timeout(timeout_s):
             _, connection = await loop.create_connection(
                 lambda: _Connection(origin),
