@@ -3,9 +3,9 @@
 The gateway's HTTP protocol gives each request a `DepartureNotice` (scope extension
 `turnout.departure`) and tells it when the connection is lost before the response completed.
 A relay that watches the notice is cancelled from there, at once, as it would be by a task
-waiting on ASGI's `receive` for `http.disconnect` (which other servers still get): that task,
-created, stepped and cancelled for every stream, was the relay's largest fixed cost after the
-socket writes (docs/performance.md, "The request path, cut").
+waiting on ASGI's `receive` for `http.disconnect` would be (other servers still get that task),
+but without a task created, stepped and cancelled for every stream (docs/performance.md, "The
+request path, cut").
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ found in one pass over the ASGI scope's header list, and the body read straight 
 
 starlette's `Request` builds a header mapping and decodes every header for each lookup (six a
 request here), and reads the body through an async generator the event loop registers and
-forgets per request; together about 7% of the gateway's CPU for a whole answer
-(docs/performance.md, "The request path, cut").
+forgets per request. Without it a whole answer cost the gateway 121 - 126 µs of CPU instead of
+135 - 142 (docs/performance.md, "The request path, cut").
 """
 
 from __future__ import annotations
