@@ -1,11 +1,16 @@
-"""Relays an open upstream stream to the client as ASGI messages, event by event.
+"""Relays an open upstream stream to the client, event by event.
 
 The response head goes out as soon as the stream is open; each block of whole SSE events (model
-name already rewritten by the proxy) goes out as one body message as it comes; the upstream
-request is closed however the relay ends. A client that leaves cancels the relay at once, which
-drops the upstream connection (vLLM then aborts the generation): the gateway's own server says
-so through the request's `DepartureNotice`, any other server through ASGI's `http.disconnect`,
-which a task of the relay's waits for. Body writes that may block (flow control has paused
+name already rewritten by the proxy) goes out as it comes; the upstream request is closed
+however the relay ends. Under the gateway's own server a stream that the proxy can push
+(`OpenStream.pushed`) is written to the client from the upstream connection's callback
+(`ClientWire`), with no task woken per event; otherwise (a contract's verdict wraps the events,
+or another server) each block is a body message sent through ASGI's `send`.
+
+A client that leaves cancels the relay at once, which drops the upstream connection (vLLM then
+aborts the generation): the gateway's own server says so through the request's
+`DepartureNotice`, any other server through ASGI's `http.disconnect`, which a task of the
+relay's waits for. Body writes that may block (flow control has paused
 writing) go through `StallGuard`, so a client that stops reading is cut
 (`gateway.api.stream_guard`).
 
@@ -23,10 +28,11 @@ from contextlib import AsyncExitStack
 
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.client_wire import WIRE_EXTENSION, ClientWire
 from gateway.api.departure import DEPARTURE_EXTENSION, DepartureNotice
 from gateway.api.stream_guard import ClientStalled, StallGuard, cut_stream
 from gateway.outcomes.recorder import StreamTranscript
-from gateway.upstream.proxy import OpenStream
+from gateway.upstream.proxy import OpenStream, PushedEvents
 
 # Every this many events the relay yields to the event loop once, so a departure is noticed
 # even from a source that never has to wait (the HTTP/1.1 source waits between reads from its
@@ -57,6 +63,7 @@ class StreamRelay:
         stall_s: float = 10.0,
     ) -> None:
         self._events: AsyncIterator[bytes] = stream.events
+        self._pushed = stream.pushed
         self._head = {
             "type": "http.response.start",
             "status": 200,
@@ -82,7 +89,12 @@ class StreamRelay:
             watcher = asyncio.create_task(self._cancel_on_departure(receive, relay))
         try:
             await send(self._head)
-            await self._relay(send, StallGuard.for_scope(scope, send, self._stall_s))
+            guard = StallGuard.for_scope(scope, send, self._stall_s)
+            wire: ClientWire | None = scope.get("extensions", {}).get(WIRE_EXTENSION)
+            if self._pushed is not None and wire is not None and wire.open():
+                await self._push(self._pushed, wire, guard)
+            else:
+                await self._relay(send, guard)
         except ClientStalled:
             # Flow control bounds what is buffered; past the stall limit the stream is cut.
             self._on_stall()
@@ -123,6 +135,38 @@ class StreamRelay:
                 if unpaused == _YIELD_EVERY:
                     unpaused = 0
                     await asyncio.sleep(0)
+        await guard({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _push(self, pushed: PushedEvents, wire: ClientWire, guard: StallGuard) -> None:
+        """Each block of events written to the client from the upstream connection's callback
+        as it is parsed (`PushedEvents`, `ClientWire`): this task wakes only when the stream
+        ends, or when a write could block. Then the upstream is held (its socket no longer
+        read), what was held back goes out through `guard`, timed, and the upstream is
+        released."""
+        feed = self._transcript.feed
+        held: list[bytes] = []
+        first = True
+
+        def sink(events: bytes) -> None:
+            nonlocal first
+            if first:
+                first = False
+                self._on_first_chunk()
+            if held or not wire.write(events):
+                if not held:
+                    pushed.hold()
+                held.append(events)
+            feed(events)
+
+        while True:
+            ended = await pushed.pushed(sink)
+            if held:
+                body = b"".join(held)
+                held.clear()
+                await guard({"type": "http.response.body", "body": body, "more_body": True})
+            if ended:
+                break
+            pushed.release()
         await guard({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _cancel_on_departure(self, receive: Receive, relay: asyncio.Task[None]) -> None:

@@ -13,7 +13,10 @@ Per round, the CPU time of this process's event-loop thread (`time.thread_time`)
 before the load client starts to just after it ends, divided by the events the client received
 (`[DONE]` not counted): CPU µs per relayed event, request handling included (one request per
 `--chunks` events); and that time split into user and system time (`getrusage`, the kernel's
-split: system time is mostly the socket reads and writes and the loop's waits). A warm-up
+split: system time is mostly the socket reads and writes and the loop's waits). Also per round,
+`garbage_objects`: the objects garbage collection freed during the round and in a collection
+just after it, that is, what the round left in reference cycles instead of freeing as it went
+(0 for the relay stack: a stream's objects go when it ends). A warm-up
 round opens the upstream connections first; as in the gateway, what was allocated before
 traffic is frozen out of garbage collection (`gc.freeze`).
 
@@ -111,10 +114,28 @@ def _measured(report: dict[str, Any], cpu_s: float, before: Any, after: Any) -> 
 
 
 async def _timed_load(url: str, streams: int) -> dict[str, Any]:
-    started, before = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD)
-    report = await _load(url, streams)
-    cpu_s = time.thread_time() - started
-    return _measured(report, cpu_s, before, resource.getrusage(resource.RUSAGE_THREAD))
+    garbage = _GarbageCount()
+    gc.callbacks.append(garbage)
+    try:
+        started, before = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD)
+        report = await _load(url, streams)
+        cpu_s = time.thread_time() - started
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        gc.collect()  # what the round left in reference cycles, counted by the callback
+    finally:
+        gc.callbacks.remove(garbage)
+    return {**_measured(report, cpu_s, before, after), "garbage_objects": garbage.collected}
+
+
+class _GarbageCount:
+    """A `gc.callbacks` entry adding up the objects that collections freed."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            self.collected += info["collected"]
 
 
 async def _load(url: str, streams: int) -> dict[str, Any]:

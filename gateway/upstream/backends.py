@@ -9,7 +9,7 @@ HTTP/1.1 pool (`gateway.upstream.http1_pool`), chosen over aiohttp and httpx by 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +49,19 @@ class UpstreamStream(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; raises a `TurnoutError` if the transport fails."""
+        ...
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        """The body handed to `sink` as it arrives, until it ends (True) or `hold` is called
+        (False; call again after `release`); raises a `TurnoutError` if the transport fails."""
+        ...
+
+    def hold(self) -> None:
+        """Stop taking the body from upstream for now: `pushed` returns False."""
+        ...
+
+    def release(self) -> None:
+        """Take the body from upstream again after `hold`."""
         ...
 
     async def read(self) -> bytes:
@@ -100,6 +113,15 @@ class _Http1Stream:
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.chunks(self._idle_timeout_s, self._failed)
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        return await self._response.pushed(sink, self._idle_timeout_s, self._failed)
+
+    def hold(self) -> None:
+        self._response.hold()
+
+    def release(self) -> None:
+        self._response.release()
 
     def _failed(self, error: OSError | TimeoutError) -> TurnoutError:
         return _transport_error(error, self._backend)

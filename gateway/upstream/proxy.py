@@ -8,10 +8,10 @@ document, or in every SSE event of a stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -67,13 +67,31 @@ def sse_error_event(error: TurnoutError) -> bytes:
     return b"data: " + orjson.dumps(error_object(error)) + b"\n\n"
 
 
+class PushedEvents(Protocol):
+    """A stream's whole SSE events handed to a sink as they arrive (`RewrittenPush`)."""
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        """Events to `sink` until the stream ends (True) or `hold` is called (False; call
+        again after `release`); a transport failure ends it with an error event."""
+        ...
+
+    def hold(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 @dataclass(slots=True)
 class OpenStream:
-    """An upstream stream that answered 200; the caller must close `resources`."""
+    """An upstream stream that answered 200; the caller must close `resources`.
+
+    Its events come either from `events` or, when `pushed` is given, from that (which a relay
+    prefers: no task wakes per event); one of the two is used, never both.
+    """
 
     content_type: str
     events: AsyncIterator[bytes]
     resources: AsyncExitStack
+    pushed: PushedEvents | None = None
 
 
 class InferenceProxy:
@@ -226,7 +244,8 @@ class InferenceProxy:
             self._check_adapter_known(backend, target, upstream.status, held)
             return UpstreamReply(upstream.status, upstream.content_type, rewrite.apply(answer))
         events = _rewritten_events(upstream, rewrite, backend)
-        return OpenStream(upstream.content_type, events, resources)
+        pushed = RewrittenPush(upstream, rewrite, backend)
+        return OpenStream(upstream.content_type, events, resources, pushed)
 
     async def shadow(
         self, target: Target, path: str, fields: dict[str, Any], request_id: str
@@ -256,25 +275,93 @@ def _served_adapter(target: Target) -> str | None:
     return target.served_model if target.adapter is not None else None
 
 
+class SseFraming:
+    """Cuts a body that arrives in pieces into blocks of whole SSE events."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def whole(self, piece: bytes) -> bytes:
+        """The whole events completed by `piece` (b"" for none); the rest waits."""
+        if not self._pending and piece.endswith(b"\n\n"):  # the usual case: whole events
+            return piece
+        pending = self._pending + piece
+        end = pending.rfind(b"\n\n")
+        if end < 0:
+            self._pending = pending
+            return b""
+        self._pending = pending[end + 2 :]
+        return pending[: end + 2]
+
+    def rest(self) -> bytes:
+        """What came after the last whole event, once the body has ended."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
 async def _rewritten_events(
     upstream: UpstreamStream, rewrite: ModelNameRewrite, backend: str
 ) -> AsyncIterator[bytes]:
     """Whole SSE events, model name rewritten; a transport failure ends in an error event."""
-    pending = b""
+    framing = SseFraming()
     try:
         async for chunk in upstream.chunks():
-            if not pending and chunk.endswith(b"\n\n"):  # the usual case: whole events
-                yield rewrite.apply(chunk)
-                continue
-            pending += chunk
-            end = pending.rfind(b"\n\n")
-            if end < 0:
-                continue
-            complete, pending = pending[: end + 2], pending[end + 2 :]
-            yield rewrite.apply(complete)
+            events = framing.whole(chunk)
+            if events:
+                yield rewrite.apply(events)
     except TurnoutError as error:
         metrics.UPSTREAM_ERRORS.labels(backend, error.code).inc()
         yield sse_error_event(error)
         return
-    if pending:
-        yield rewrite.apply(pending)
+    rest = framing.rest()
+    if rest:
+        yield rewrite.apply(rest)
+
+
+class RewrittenPush:
+    """`_rewritten_events`, pushed: whole SSE events with the model name rewritten, handed to
+    a sink from the upstream connection's own callback as they are parsed."""
+
+    __slots__ = ("_backend", "_framing", "_rewrite", "_sink", "_upstream")
+
+    def __init__(self, upstream: UpstreamStream, rewrite: ModelNameRewrite, backend: str) -> None:
+        self._upstream = upstream
+        self._rewrite = rewrite
+        self._backend = backend
+        self._framing = SseFraming()
+        self._sink: Callable[[bytes], None] = _nowhere
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        self._sink = sink
+        try:
+            ended = await self._upstream.pushed(self._piece)
+        except TurnoutError as error:
+            metrics.UPSTREAM_ERRORS.labels(self._backend, error.code).inc()
+            sink(sse_error_event(error))
+            return True
+        finally:
+            # The sink (a relay's closure) refers back to this object: kept, the two would
+            # form a cycle that only the garbage collector frees, with the stream's transcript.
+            self._sink = _nowhere
+        if ended:
+            rest = self._framing.rest()
+            if rest:
+                sink(self._rewrite.apply(rest))
+        return ended
+
+    def hold(self) -> None:
+        self._upstream.hold()
+
+    def release(self) -> None:
+        self._upstream.release()
+
+    def _piece(self, chunk: bytes) -> None:
+        events = self._framing.whole(chunk)
+        if events:
+            self._sink(self._rewrite.apply(events))
+
+
+def _nowhere(_: bytes) -> None:
+    """The sink before the first `pushed`."""

@@ -178,20 +178,28 @@ def test_a_stream_slower_than_its_idle_limit_in_total_but_not_between_chunks_liv
     run(scenario)
 
 
-def test_a_stream_silent_past_its_idle_limit_raises_timeout() -> None:
-    class OneChunkThenSilence(PacedChunks):
-        count = None
+class OneChunkThenSilence(PacedChunks):
+    count = None
 
+
+@pytest.mark.parametrize("reader", ["pulled", "pushed"])
+def test_a_stream_silent_past_its_idle_limit_raises_timeout(reader: str) -> None:
     async def scenario() -> None:
         server, origin = await serve(OneChunkThenSilence)
         pool = ConnectionPool(connect_timeout_s=2)
         response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
-        chunks = response.chunks(idle_timeout_s=0.3)
-        assert await anext(chunks) == b"data: "
+        pieces: list[bytes] = []
+        if reader == "pulled":
+            chunks = response.chunks(idle_timeout_s=0.3)
+            pieces.append(await anext(chunks))
+            silence = anext(chunks)
+        else:
+            silence = response.pushed(pieces.append, idle_timeout_s=0.3)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
-            await anext(chunks)
+            await silence
         assert 0.25 < time.monotonic() - started < 3
+        assert pieces == [b"data: "]
         response.finish()
         server.close()
 
@@ -263,6 +271,56 @@ def test_answers_within_their_timeout_keep_the_connection_and_leave_no_timer() -
         response.finish()
         assert CountingStub.connections == 1
         pool.close()
+        server.close()
+
+    run(scenario)
+
+
+def test_a_pushed_stream_reaches_the_sink_in_order_and_keeps_its_connection() -> None:
+    async def scenario() -> None:
+        CountingStub.connections = 0
+        server, origin = await serve(lambda: CountingStub(set()))
+        pool = ConnectionPool(connect_timeout_s=2)
+        body = b'{"model":"m@v1","stream":true}'
+        response = await pool.request(origin, b"POST", "/v1/completions", body, JSON)
+        pieces: list[bytes] = []
+        assert await response.pushed(pieces.append) is True
+        response.finish()
+        pulled = await pool.request(origin, b"POST", "/v1/completions", body, JSON)
+        assert b"".join(pieces) == await pulled.read()  # the same body as read whole
+        pulled.finish()
+        assert b"".join(pieces).count(b"data: ") == 10
+        assert CountingStub.connections == 1  # ended: the connection went back to the pool
+        pool.close()
+        server.close()
+
+    run(scenario)
+
+
+def test_a_held_push_reads_nothing_more_until_released() -> None:
+    class FastChunks(PacedChunks):
+        count = 40
+        interval_s = 0.005
+
+    async def scenario() -> None:
+        server, origin = await serve(FastChunks)
+        pool = ConnectionPool(connect_timeout_s=2)
+        response = await pool.request(origin, b"POST", "/v1/completions", BODY, JSON)
+        pieces: list[bytes] = []
+
+        def hold_at_first(piece: bytes) -> None:
+            pieces.append(piece)
+            response.hold()
+
+        assert await response.pushed(hold_at_first) is False
+        held_at = len(pieces)
+        await asyncio.sleep(0.5)  # the server sends all 40 meanwhile; none is read
+        assert len(pieces) == held_at
+        assert not response._exchange.chunks  # left in the socket, not read and buffered
+        response.release()
+        assert await response.pushed(pieces.append) is True
+        response.finish()
+        assert b"".join(pieces) == b"data: " * 40
         server.close()
 
     run(scenario)

@@ -8,13 +8,14 @@ and test_slow_client.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 from starlette.types import Message
 
+from gateway.api.client_wire import WIRE_EXTENSION
 from gateway.api.departure import DEPARTURE_EXTENSION, DepartureNotice
 from gateway.api.relay import StreamRelay
 from gateway.api.stream_guard import FLOW_EXTENSION, ClientStalled, StallGuard
@@ -181,5 +182,126 @@ def test_a_write_is_timed_only_while_the_flow_is_paused() -> None:
         flow.write_paused = True
         with pytest.raises(ClientStalled):
             await guard(message)
+
+    asyncio.run(scenario())
+
+
+class PushedSource:
+    """A `PushedEvents` handing `count` events to the sink, one per loop step, as the
+    upstream connection's callback would; records hold and release."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.held = False
+        self.calls: list[str] = []
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        while self.left:
+            await asyncio.sleep(0)
+            self.left -= 1
+            sink(EVENT)
+            if self.held:
+                return False
+        return True
+
+    def hold(self) -> None:
+        self.held = True
+        self.calls.append("hold")
+
+    def release(self) -> None:
+        self.held = False
+        self.calls.append("release")
+
+
+class Wire:
+    """A `ClientWire` whose writes could block after `open_for` of them (flow paused)."""
+
+    def __init__(self, open_for: int) -> None:
+        self.open_for = open_for
+        self.written: list[bytes] = []
+
+    def open(self) -> bool:
+        return True
+
+    def write(self, body: bytes) -> bool:
+        if len(self.written) >= self.open_for:
+            return False
+        self.written.append(body)
+        return True
+
+
+async def _never(*_: Any) -> AsyncIterator[bytes]:
+    raise AssertionError("a pushed stream is not pulled")
+    yield b""
+
+
+def _pushed_relay(
+    source: PushedSource, closed: list[str], transcript: StreamTranscript
+) -> StreamRelay:
+    resources = AsyncExitStack()
+    resources.callback(closed.append, "upstream")
+    return StreamRelay(
+        OpenStream("text/event-stream", _never(), resources, source),
+        {},
+        transcript,
+        on_first_chunk=lambda: closed.append("first"),
+        on_close=lambda: closed.append("outcome"),
+    )
+
+
+def test_a_pushed_stream_goes_on_the_wire_and_what_could_block_through_send_held() -> None:
+    async def scenario() -> None:
+        source, wire, transcript = PushedSource(5), Wire(open_for=2), StreamTranscript()
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+            if message.get("body"):
+                wire.open_for += 10  # the client drained: writes go on the wire again
+
+        async def receive() -> Message:
+            raise AssertionError("not called")
+
+        closed: list[str] = []
+        extensions = {FLOW_EXTENSION: Flow(), DEPARTURE_EXTENSION: DepartureNotice()}
+        scope: dict[str, Any] = {"type": "http", "extensions": {**extensions, WIRE_EXTENSION: wire}}
+        await _pushed_relay(source, closed, transcript)(scope, receive, send)
+        # Two written straight, the third could block: the source is held, the third goes
+        # through send (which waits for the client), the source is released, two more written.
+        assert wire.written == [EVENT] * 4
+        assert [m["type"] for m in sent] == ["http.response.start"] + ["http.response.body"] * 2
+        assert sent[1] == {"type": "http.response.body", "body": EVENT, "more_body": True}
+        assert sent[2] == {"type": "http.response.body", "body": b"", "more_body": False}
+        assert source.calls == ["hold", "release"]
+        assert transcript.answer().text == "hi " * 5
+        assert closed == ["first", "upstream", "outcome"]
+
+    asyncio.run(scenario())
+
+
+def test_a_departure_ends_a_pushed_relay_at_once() -> None:
+    async def scenario() -> None:
+        source, wire, notice = PushedSource(10_000), Wire(open_for=10_000), DepartureNotice()
+
+        async def send(message: Message) -> None:
+            pass
+
+        async def receive() -> Message:
+            raise AssertionError("not called")
+
+        def depart_at_50(body: bytes) -> bool:
+            if len(wire.written) == 50:
+                notice.departed()
+            return Wire.write(wire, body)
+
+        wire.write = depart_at_50  # type: ignore[method-assign]
+        closed: list[str] = []
+        extensions = {FLOW_EXTENSION: Flow(), DEPARTURE_EXTENSION: notice, WIRE_EXTENSION: wire}
+        scope: dict[str, Any] = {"type": "http", "extensions": extensions}
+        await asyncio.wait_for(
+            _pushed_relay(source, closed, StreamTranscript())(scope, receive, send), 5
+        )
+        assert 51 <= len(wire.written) <= 52
+        assert closed == ["first", "upstream", "outcome"]
 
     asyncio.run(scenario())

@@ -132,6 +132,23 @@ class _Stream:
         self._events = events
         self._exchange = exchange
         self._idle_s = idle_s
+        self._pushing: AsyncIterator[bytes] | None = None
+        self._held = False
+
+    async def pushed(self, sink: Callable[[bytes], None]) -> bool:
+        if self._pushing is None:
+            self._pushing = aiter(self.chunks())
+        async for chunk in self._pushing:
+            sink(chunk)
+            if self._held:
+                return False
+        return True
+
+    def hold(self) -> None:
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         answer = self._answer
