@@ -2,9 +2,11 @@
 
 uvicorn already bounds what one connection buffers: before each body write it waits until the
 socket transport's buffer is below its high-water mark (flow control), and the upstream side
-stops reading from the backend past its own mark (`gateway.upstream.http1_pool`). So a client
-that reads
-nothing holds at most those buffers, but it would hold them, its upstream request and its
+stops reading from the backend past its own mark (`gateway.upstream.http1_pool`). A pushed
+stream (`gateway.api.relay`) checks the same flow control before each write it makes itself,
+and once a write could block it holds the upstream (its socket is no longer read), keeping at
+most what the last read from it brought. So a client that reads nothing holds at most those
+buffers, but it would hold them, its upstream request and its
 admission slot for ever. `StallGuard` bounds that wait: a body write still blocked after
 `stall_s` raises `ClientStalled`, and `cut_stream` then ends the response itself: a final SSE
 error event (`client_too_slow`) and the chunked terminator are queued behind what the client has
