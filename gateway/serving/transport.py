@@ -5,7 +5,8 @@ app sends it: two system calls for every whole answer. On loopback each call als
 bytes to the reader, and the first of them cost the gateway more CPU than any of its own steps
 (docs/performance.md). Here the writes that one step of the event loop makes are held and sent
 together at the end of that step, so a head and its body leave in one call; a stream's events
-still leave as they come, at most one loop step later.
+still leave as they come, at most one loop step later (a pushed stream's at once, while the
+socket takes them: `write_now`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class CoalescingTransport:
         """Write at once while the socket takes everything (a stream's event written from the
         upstream connection's callback: no call queued to flush it); else after what this
         step holds, joined with it, as `write` does: a client that lags then queues fewer,
-        larger writes (each write queued on its own cost a stream 8 to 10 KiB more memory
+        larger writes (each write queued on its own cost a stream 7 to 10 KiB more memory
         at 1,024 streams; docs/performance.md, "Pushed, not pulled")."""
         if self._pending or self._transport.get_write_buffer_size():
             self.write(data)
